@@ -1,0 +1,43 @@
+"""The ``recbase`` console command.
+
+Every module in :mod:`recbase.commands` is one sub-command: it defines ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are discovered, so a stage adds its command by adding
+a file, and importing one command never imports the heavy dependencies of another.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import recbase.commands
+
+
+def _command_modules() -> dict[str, str]:
+    names = {}
+    for info in pkgutil.iter_modules(recbase.commands.__path__):
+        if not info.name.startswith("_"):
+            names[info.name.replace("_", "-")] = f"recbase.commands.{info.name}"
+    return dict(sorted(names.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recbase", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in _command_modules().items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

