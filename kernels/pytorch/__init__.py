@@ -1,0 +1,1 @@
+"""Plain PyTorch references: the specification every Triton kernel is tested against."""
