@@ -1,34 +1,67 @@
-"""rq_search: the PyTorch reference against the definition, the Triton kernel (interpreter on CPU) against the
-reference, and the dispatcher's backend choice."""
-import os
+"""rq_search: the PyTorch reference against the definition, the Triton kernel (the interpreter on CPU) against
+the reference on shapes that are not multiples of the block sizes, and the dispatcher's backend choice."""
+from kernels.testing import enable_interpreter, kernel_device, rerun_interpreted
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is decorated (read at decoration)
+TRITON_HERE = enable_interpreter()  # before any Triton kernel module is imported
 
-import pytest
-import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
-from kernels.pytorch.pt_rq_search import pt_rq_search
-from kernels.rq_search import pick_backend, rq_search
+from kernels.pytorch.pt_rq_search import pt_rq_search  # noqa: E402
+from kernels.rq_search import pick_backend, rq_search  # noqa: E402
+
+needs_triton = pytest.mark.skipif(
+    not TRITON_HERE, reason="triton was imported before the interpreter could be enabled; "
+    "these run in a fresh process by test_triton_in_fresh_interpreter"
+)
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def brute_force_codes(x, codebooks):
-    """The definition, written out: full squared distances, first minimum per level."""
+    """The definition, written out in float64: full squared distances, first minimum per level."""
     r = x.double()
     codes = []
     for cb in codebooks.double():
-        d = ((r[:, None, :] - cb[None, :, :]) ** 2).sum(-1)
-        idx = d.argmin(1)
+        idx = ((r[:, None, :] - cb[None, :, :]) ** 2).sum(-1).argmin(1)
         codes.append(idx)
         r = r - cb[idx]
     return torch.stack(codes, 1), r
 
 
+def random_problem(n, d, k, levels, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g).to(dtype), torch.randn(levels, k, d, generator=g).to(dtype)
+
+
+def integer_problem_with_ties(n, d, k, levels, dtype, seed=0):
+    """Small-integer data, so every dot product is exact in fp32 whatever the summation order and equal
+    scores are truly equal; codeword 3 is duplicated at 20 (same 32-wide tile), 40 and 65 (later tiles) on every
+    level, and each row sits next to codeword 3 of level 0."""
+    g = torch.Generator().manual_seed(seed)
+    codebooks = torch.randint(-3, 4, (levels, k, d), generator=g).float()
+    for dup in (20, 40, 65):
+        codebooks[:, dup] = codebooks[:, 3]
+    x = codebooks[0, 3] + torch.randint(-1, 2, (n, d), generator=g).float()
+    return x.to(dtype), codebooks.to(dtype)
+
+
+def triton_vs_reference(x, codebooks):
+    """Codes must be equal; residuals equal up to fp32 rounding of the dot products."""
+    from kernels.triton.triton_rq_search import triton_rq_search
+
+    dev = kernel_device()
+    got_codes, got_res = triton_rq_search(x.to(dev), codebooks.to(dev), return_residual=True)
+    want_codes, want_res = pt_rq_search(x, codebooks, return_residual=True)
+    assert got_codes.dtype == torch.long
+    assert torch.equal(got_codes.cpu(), want_codes)
+    torch.testing.assert_close(got_res.cpu(), want_res, atol=1e-4, rtol=1e-4)
+    return got_codes.cpu()
+
+
 def test_reference_matches_definition():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(37, 50, generator=g)
-    cb = torch.randn(3, 70, 50, generator=g)
+    x, cb = random_problem(37, 50, 70, 3, torch.float32)
     codes, residual = pt_rq_search(x, cb, return_residual=True)
     want_codes, want_residual = brute_force_codes(x, cb)
     assert codes.dtype == torch.long and codes.shape == (37, 3)
@@ -37,11 +70,10 @@ def test_reference_matches_definition():
 
 
 def test_reference_ties_go_to_lowest_index():
-    cb = torch.randn(2, 6, 4)
-    cb[:, 4] = cb[:, 1]  # duplicated codeword: index 1 must win over 4
-    x = cb[0, 1:2] + 0.0
-    codes = pt_rq_search(x, cb)
-    assert codes[0, 0].item() == 1
+    x, cb = integer_problem_with_ties(5, 3, 70, 2, torch.float32)
+    x = cb[0, 3].expand(5, -1).clone()
+    codes, want = pt_rq_search(x, cb), brute_force_codes(x, cb)[0]
+    assert (codes[:, 0] == 3).all() and torch.equal(codes, want)
 
 
 @pytest.mark.parametrize(
@@ -58,5 +90,54 @@ def test_dispatcher_picks_reference_on_cpu():
     assert pick_backend(torch.device("cpu"), None) == "pytorch"
     assert pick_backend(torch.device("cuda", 0), None) == "triton"
     assert pick_backend(torch.device("cpu"), "triton") == "triton"
+    x, cb = random_problem(9, 6, 5, 2, torch.float32)
+    assert torch.equal(rq_search(x, cb), pt_rq_search(x, cb))
     with pytest.raises(ValueError, match="unknown kernel backend"):
         pick_backend(torch.device("cpu"), "cuda")
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_matches_reference(dtype):
+    triton_vs_reference(*random_problem(37, 50, 70, 3, dtype))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_ties_match_reference(dtype):
+    x, cb = integer_problem_with_ties(37, 50, 70, 3, dtype)
+    codes = triton_vs_reference(x, cb)
+    assert torch.equal(codes, brute_force_codes(x, cb)[0])  # exact data: the definition's first minimum
+
+
+@needs_triton
+def test_triton_single_level_through_dispatcher():
+    x, cb = random_problem(37, 50, 70, 1, torch.bfloat16)
+    dev = kernel_device()
+    codes = rq_search(x.to(dev), cb.to(dev), backend="triton")
+    assert torch.equal(codes.cpu(), pt_rq_search(x, cb))
+
+
+@needs_triton
+def test_triton_rejects_too_wide_rows():
+    from kernels.triton.triton_rq_search import MAX_D, triton_rq_search
+
+    with pytest.raises(ValueError, match="exceeds the kernel's maximum"):
+        triton_rq_search(torch.zeros(2, MAX_D + 1), torch.zeros(1, 2, MAX_D + 1))
+
+
+@needs_triton
+@settings(max_examples=6, deadline=None)
+@given(
+    n=st.integers(1, 70), d=st.integers(1, 130), k=st.integers(1, 100), levels=st.integers(1, 4),
+    dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16),
+)
+def test_triton_random_shapes(n, d, k, levels, dtype, seed):
+    triton_vs_reference(*random_problem(n, d, k, levels, dtype, seed))
+
+
+@pytest.mark.skipif(TRITON_HERE, reason="the Triton tests already ran in this process")
+def test_triton_in_fresh_interpreter():
+    done = rerun_interpreted(__file__, "triton and not fresh")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout
