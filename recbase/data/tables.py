@@ -7,6 +7,9 @@ interactions: domain (str), user_id (str), item_id (str), timestamp (int64 secon
 Readers produce :class:`DomainTables`; :func:`finalize` applies the paper's filters (users with fewer than
 ``min_user_interactions`` dropped, histories cut to the last ``max_history``), drops interactions whose item has
 no metadata and exact duplicate rows, and counts everything it dropped in an :class:`IngestSummary`.
+
+A reader may attach extra tables keyed by ``domain, user_id, item_id`` (MIND's ``impressions``); they are filtered
+to the kept users and known items and written beside the two main tables as ``<name>.parquet``.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -40,6 +44,10 @@ class IngestSummary:
     users: int = 0
     interactions: int = 0
     dropped: Counter = field(default_factory=Counter)
+    read_items: int = 0          # item rows the reader produced, before deduplication
+    read_interactions: int = 0   # interaction rows the reader produced, before any filter
+    extra: dict = field(default_factory=dict)   # rows kept per extra table
+    seconds: float = 0.0         # wall time of read + finalize
 
     def drop(self, reason: str, n: int = 1) -> None:
         if n:
@@ -47,13 +55,22 @@ class IngestSummary:
 
     def format(self) -> str:
         lines = [f"[{self.domain}] items={self.items:,} users={self.users:,} interactions={self.interactions:,}"]
+        if self.read_items or self.read_interactions:
+            lines.append(f"  read {self.read_items:,} item rows and {self.read_interactions:,} interaction rows")
+        for name, n in sorted(self.extra.items()):
+            lines.append(f"  {name}={n:,}")
         for reason, n in sorted(self.dropped.items()):
             lines.append(f"  dropped {n:,}: {reason}")
+        if self.seconds:
+            rate = self.read_interactions / self.seconds
+            lines.append(f"  took {self.seconds:.2f}s ({rate:,.0f} interactions/s)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"domain": self.domain, "items": self.items, "users": self.users,
-                "interactions": self.interactions, "dropped": dict(self.dropped)}
+                "interactions": self.interactions, "dropped": dict(self.dropped),
+                "read_items": self.read_items, "read_interactions": self.read_interactions,
+                "extra": dict(self.extra), "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -64,6 +81,7 @@ class DomainTables:
     items: pa.Table          # domain, item_id, text, raw fields...
     interactions: pa.Table   # INTERACTION_SCHEMA
     summary: IngestSummary
+    extra: dict[str, pa.Table] = field(default_factory=dict)   # name -> table with user_id and item_id columns
 
 
 def make_items_table(domain: str, item_ids: list[str], texts: list[str], raw: dict[str, list] | None = None) -> pa.Table:
@@ -89,72 +107,76 @@ def make_interactions_table(domain: str, user_ids, item_ids, timestamps) -> pa.T
 
 
 def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history: int = 2500) -> DomainTables:
-    """Deduplicate, drop dangling interactions, apply the paper's user filters, sort by (user, time)."""
+    """Deduplicate, drop dangling interactions, apply the paper's user filters, sort by (user, time).
+
+    ``max_history=0`` keeps whole histories; ``min_user_interactions=0`` keeps every user.
+    """
     s = tables.summary
     items = tables.items
+    s.read_items = items.num_rows
+    s.read_interactions = tables.interactions.num_rows
+
     # Items: duplicate ids keep the first row.
-    ids = items.column("item_id").to_pylist()
-    seen: set[str] = set()
-    keep = []
-    for i, item_id in enumerate(ids):
-        if item_id in seen:
-            continue
-        seen.add(item_id)
-        keep.append(i)
-    s.drop("duplicate item rows", len(ids) - len(keep))
-    if len(keep) != len(ids):
-        items = items.take(pa.array(keep, pa.int64()))
+    item_ids = items.column("item_id").to_pandas()
+    dup_items = item_ids.duplicated().to_numpy()
+    s.drop("duplicate item rows", int(dup_items.sum()))
+    if dup_items.any():
+        items = items.filter(pa.array(~dup_items))
+    known_items = pd.Index(item_ids[~dup_items])
 
-    inter = tables.interactions
-    users = np.asarray(inter.column("user_id").to_pylist(), dtype=object)
-    item_col = np.asarray(inter.column("item_id").to_pylist(), dtype=object)
-    ts = inter.column("timestamp").to_numpy()
-
-    known = np.fromiter((x in seen for x in item_col), dtype=bool, count=len(item_col))
+    df = pd.DataFrame({
+        "user_id": tables.interactions.column("user_id").to_pandas(),
+        "item_id": tables.interactions.column("item_id").to_pandas(),
+        "timestamp": tables.interactions.column("timestamp").to_numpy(),
+    })
+    known = df["item_id"].isin(known_items).to_numpy()
     s.drop("interaction whose item has no metadata", int((~known).sum()))
-    users, item_col, ts = users[known], item_col[known], ts[known]
+    df = df[known]
 
-    # Exact duplicate (user, item, timestamp) rows.
-    if len(users):
-        keys = np.rec.fromarrays([users.astype(str), item_col.astype(str), ts], names="u,i,t")
-        _, first = np.unique(keys, return_index=True)
-        first.sort()
-        s.drop("duplicate interaction rows", len(users) - len(first))
-        users, item_col, ts = users[first], item_col[first], ts[first]
+    # Exact duplicate (user, item, timestamp) rows keep the first.
+    dup = df.duplicated(["user_id", "item_id", "timestamp"]).to_numpy()
+    s.drop("duplicate interaction rows", int(dup.sum()))
+    df = df[~dup]
 
     # Chronological per user; stable so equal timestamps keep source order.
-    order = np.lexsort((ts, users.astype(str))) if len(users) else np.zeros(0, dtype=np.int64)
-    users, item_col, ts = users[order], item_col[order], ts[order]
+    df = df.sort_values(["user_id", "timestamp"], kind="stable")
 
-    counts = Counter(users.tolist())
-    short = {u for u, c in counts.items() if c < min_user_interactions}
-    if short:
-        mask = np.fromiter((u not in short for u in users), dtype=bool, count=len(users))
-        s.drop(f"users with < {min_user_interactions} interactions ({len(short):,} users)", int((~mask).sum()))
-        users, item_col, ts = users[mask], item_col[mask], ts[mask]
+    counts = df.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+    short = counts < min_user_interactions
+    if short.any():
+        n_users = df["user_id"][short].nunique()
+        s.drop(f"users with < {min_user_interactions} interactions ({n_users:,} users)", int(short.sum()))
+        df = df[~short]
 
-    if max_history and len(users):
-        # Position from the end of each user's run; keep the last max_history.
-        boundaries = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
-        pos_from_end = np.empty(len(users), dtype=np.int64)
-        for a, b in zip(boundaries[:-1], boundaries[1:]):
-            pos_from_end[a:b] = np.arange(b - a)[::-1]
-        mask = pos_from_end < max_history
-        s.drop(f"interactions older than the last {max_history} of a user", int((~mask).sum()))
-        users, item_col, ts = users[mask], item_col[mask], ts[mask]
+    if max_history and len(df):
+        from_end = df.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+        old = from_end >= max_history
+        s.drop(f"interactions older than the last {max_history} of a user", int(old.sum()))
+        df = df[~old]
 
-    inter = make_interactions_table(tables.domain, users.tolist(), item_col.tolist(), ts)
+    inter = make_interactions_table(tables.domain, df["user_id"].to_numpy(object), df["item_id"].to_numpy(object),
+                                    df["timestamp"].to_numpy())
+    kept_users = pd.Index(df["user_id"].unique())
+    extra = {}
+    for name, table in tables.extra.items():
+        mask = (table.column("user_id").to_pandas().isin(kept_users)
+                & table.column("item_id").to_pandas().isin(known_items)).to_numpy()
+        s.drop(f"{name} rows of dropped users or unknown items", int((~mask).sum()))
+        extra[name] = table.filter(pa.array(mask))
+        s.extra[name] = extra[name].num_rows
     s.items = items.num_rows
-    s.users = len(set(users.tolist()))
+    s.users = len(kept_users)
     s.interactions = inter.num_rows
-    return DomainTables(tables.domain, items, inter, s)
+    return DomainTables(tables.domain, items, inter, s, extra)
 
 
 def write_domain(tables: DomainTables, out_dir: str | Path) -> Path:
-    """Write ``<out_dir>/<domain>/{items,interactions}.parquet`` atomically; returns the domain folder."""
+    """Write ``<out_dir>/<domain>/{items,interactions}.parquet`` (and any extra tables) atomically."""
     d = Path(out_dir) / tables.domain
     d.mkdir(parents=True, exist_ok=True)
-    for name, table in ((ITEMS_FILE, tables.items), (INTERACTIONS_FILE, tables.interactions)):
+    outputs = [(ITEMS_FILE, tables.items), (INTERACTIONS_FILE, tables.interactions)]
+    outputs += [(f"{name}.parquet", table) for name, table in tables.extra.items()]
+    for name, table in outputs:
         with atomic_path(d / name) as tmp:
             pq.write_table(table, tmp)
     return d

@@ -1,0 +1,50 @@
+"""``recbase ingest FORMAT PATH --out DIR``: a public dataset -> items.parquet + interactions.parquet."""
+from __future__ import annotations
+
+HELP = "read a public dataset (movielens, amazon, mind, ...) into items.parquet + interactions.parquet"
+
+
+def add_arguments(parser) -> None:
+    from recbase.data.ingest import MAX_HISTORY, MIN_USER_INTERACTIONS
+    from recbase.data.readers import FORMATS
+
+    parser.add_argument("format", choices=sorted(FORMATS), metavar="FORMAT",
+                        help="; ".join(f"{name}: {what}" for name, (_, _, what) in FORMATS.items()))
+    parser.add_argument("path", help="the unpacked dataset folder (or file); for generic, the folder the spec's "
+                                     "file names are relative to, or the spec file itself")
+    parser.add_argument("--out", required=True, help="output folder; tables go to OUT/<domain>/")
+    parser.add_argument("--domain", help="domain name (default: from PATH)")
+    parser.add_argument("--min-user-interactions", type=int, default=MIN_USER_INTERACTIONS,
+                        help="drop users with fewer interactions (paper: 15; 0 keeps all)")
+    parser.add_argument("--max-history", type=int, default=MAX_HISTORY,
+                        help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
+    parser.add_argument("--kind", help="template kind for recbole and generic (movie, product, book, ...)")
+    parser.add_argument("--spec", help="generic: JSON spec file (see docs/data.md)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="generic: spec fields, e.g. items=items.csv user_id=user text_fields=title,genres")
+
+
+def run(args) -> int:
+    from recbase.data.ingest import ingest
+    from recbase.data.readers import InputError
+
+    options = {}
+    if args.format == "generic":
+        from recbase.data.readers.generic import load_spec
+
+        options["spec"] = load_spec(args.path, args.spec, args.overrides)
+    elif args.spec or args.overrides:
+        raise SystemExit(f"--spec and KEY=VALUE apply to the generic format only, not {args.format}")
+    if args.kind:
+        if args.format not in ("recbole", "generic"):
+            raise SystemExit(f"--kind applies to recbole and generic only; {args.format} has a fixed kind")
+        options["kind"] = args.kind
+    try:
+        tables = ingest(args.format, args.path, args.out, domain=args.domain,
+                        min_user_interactions=args.min_user_interactions, max_history=args.max_history, **options)
+    except InputError as e:
+        print(f"error: {e}")
+        return 2
+    print(tables.summary.format())
+    print(f"wrote {args.out}/{tables.domain}/")
+    return 0

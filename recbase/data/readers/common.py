@@ -1,0 +1,249 @@
+"""What every reader shares: precise input errors, line and CSV reading, and the item-table builder.
+
+Structural problems (a missing file or column, a malformed row, a byte that is not UTF-8, an unparsable value,
+an empty file) raise :class:`InputError` naming the file, line and field, because a half-read source would
+silently change the dataset. Semantic problems (an interaction whose item has no metadata, duplicates, an item
+with no text at all) are skipped and counted in the :class:`~recbase.data.tables.IngestSummary`.
+"""
+from __future__ import annotations
+
+import ast
+import bz2
+import gzip
+import io
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, make_items_table
+from recbase.data.templates import clean_value, field_order, render
+
+
+class InputError(ValueError):
+    """Bad input, located: ``<file>, line <n>, field '<name>': <what is wrong>``."""
+
+    def __init__(self, path, message: str, line: int | None = None, field: str | None = None):
+        self.path, self.line, self.field = Path(path), line, field
+        where = str(path)
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field {field!r}"
+        super().__init__(f"{where}: {message}")
+
+
+def open_binary(path: Path):
+    """Open a file for reading, decompressing ``.gz`` and ``.bz2`` transparently."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rb")
+    return open(path, "rb")
+
+
+def check_nonempty(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    with open_binary(path) as f:
+        if not f.read(1):
+            raise InputError(path, "file is empty")
+
+
+def iter_lines(path: Path, desc: str | None = None) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each non-blank line, with a byte progress bar; invalid UTF-8 is an error."""
+    check_nonempty(path)
+    size = path.stat().st_size
+    with open(path, "rb") as raw, tqdm(total=size, unit="B", unit_scale=True, desc=desc or path.name,
+                                       leave=False, mininterval=1.0) as bar:
+        stream = gzip.open(raw, "rb") if path.suffix == ".gz" else bz2.open(raw, "rb") if path.suffix == ".bz2" \
+            else raw
+        for lineno, data in enumerate(stream, 1):
+            if lineno % 65536 == 0:
+                bar.update(raw.tell() - bar.n)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(path, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {e.start + 1})",
+                                 line=lineno) from None
+            if text.strip():
+                yield lineno, text
+        bar.update(raw.tell() - bar.n)
+
+
+def parse_record(text: str, path: Path, lineno: int) -> dict:
+    """One JSON-lines record; Python-literal lines (Amazon 2014 meta, Steam) are accepted too."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        try:
+            record = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise InputError(path, f"malformed record ({e.msg} at column {e.colno})", line=lineno) from None
+    if not isinstance(record, dict):
+        raise InputError(path, f"expected an object, got {type(record).__name__}", line=lineno)
+    return record
+
+
+def iter_records(path: Path, desc: str | None = None) -> Iterator[tuple[int, dict]]:
+    for lineno, text in iter_lines(path, desc):
+        yield lineno, parse_record(text, path, lineno)
+
+
+def require(record: dict, key: str, path: Path, lineno: int):
+    """A field that must be present and non-empty."""
+    value = record.get(key)
+    if value is None or value == "":
+        raise InputError(path, "missing field", line=lineno, field=key)
+    return value
+
+
+def first_invalid_utf8_line(path: Path) -> tuple[int, str]:
+    with open_binary(path) as f:
+        for lineno, data in enumerate(f, 1):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return lineno, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {e.start + 1})"
+    return 0, "not valid UTF-8"
+
+
+_PANDAS_LINE = re.compile(r"line (\d+)")
+
+
+def read_csv(path: Path, columns: list[str] | None = None, sep: str = ",", header: bool = True,
+             names: list[str] | None = None, encoding: str = "utf-8", quoting: int = 0,
+             data: str | None = None) -> pd.DataFrame:
+    """Read a delimited file as strings (fast C parser), turning parser failures into located InputErrors.
+
+    ``columns`` are required in the header; ``names`` name the columns of a header-less file (extra trailing
+    columns are an error). ``data`` reads already-decoded text instead of the file (the ``::`` DAT files).
+    """
+    if data is None:
+        check_nonempty(path)
+    elif not data.strip():
+        raise InputError(path, "file is empty")
+    source = io.StringIO(data) if data is not None else path
+    try:
+        df = pd.read_csv(source, sep=sep, header=0 if header else None, names=names, dtype=str,
+                         keep_default_na=False, na_filter=False, encoding=encoding, quoting=quoting,
+                         engine="c", index_col=False)
+    except UnicodeDecodeError:
+        line, message = first_invalid_utf8_line(path)
+        raise InputError(path, message, line=line) from None
+    except pd.errors.ParserError as e:
+        m = _PANDAS_LINE.search(str(e))
+        raise InputError(path, f"malformed row: {str(e).split('error: ')[-1].strip()}",
+                         line=int(m.group(1)) if m else None) from None
+    except pd.errors.EmptyDataError:
+        raise InputError(path, "file is empty") from None
+    for col in columns or []:
+        if col not in df.columns:
+            raise InputError(path, f"missing column (header has: {', '.join(map(str, df.columns))})",
+                             line=1, field=col)
+    if names is not None and len(df.columns) > len(names):
+        raise InputError(path, f"malformed row: expected {len(names)} fields", line=None)
+    return df
+
+
+def int_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) -> np.ndarray:
+    """Parse an integer column; the first bad value is an error naming its line (``first_line`` = data row 0)."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = values.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(path, f"not a number: {df[column].iloc[row]!r}", line=row + first_line, field=column)
+    return values.to_numpy().astype(np.int64)
+
+
+def id_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) -> np.ndarray:
+    """An id column as text; an empty id is an error naming its line."""
+    values = df[column].astype(str).str.strip()
+    empty = (df[column].isna() | (values == "")).to_numpy()
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise InputError(path, "empty id", line=row + first_line, field=column)
+    return values.to_numpy(object)
+
+
+def parse_time(value, fmt: str, path: Path, lineno: int, field: str) -> int:
+    """Seconds since the epoch from ``unix``, ``unix_ms``, ``iso`` or a ``strftime`` pattern; naive times are UTC."""
+    try:
+        if fmt == "unix":
+            return int(float(value))
+        if fmt == "unix_ms":
+            return int(float(value)) // 1000
+        if fmt == "iso":
+            t = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        else:
+            t = datetime.strptime(str(value).strip(), fmt)
+    except (TypeError, ValueError):
+        raise InputError(path, f"not a time ({fmt}): {value!r}", line=lineno, field=field) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int(t.timestamp())
+
+
+def time_column(series: pd.Series, fmt: str, path: Path, first_line: int = 2) -> np.ndarray:
+    """Vectorised :func:`parse_time` for a whole column."""
+    if fmt in ("unix", "unix_ms"):
+        values = pd.to_numeric(series, errors="coerce")
+        bad = values.isna().to_numpy()
+        if not bad.any():
+            out = values.to_numpy().astype(np.int64)
+            return out // 1000 if fmt == "unix_ms" else out
+    else:
+        parsed = pd.to_datetime(series, format=None if fmt == "iso" else fmt, errors="coerce", utc=True)
+        bad = parsed.isna().to_numpy()
+        if not bad.any():
+            return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
+    row = int(np.flatnonzero(bad)[0])
+    raise InputError(path, f"not a time ({fmt}): {series.iloc[row]!r}", line=row + first_line, field=series.name)
+
+
+def build_items(domain: str, kind: str, item_ids: list, fields: dict[str, list], summary: IngestSummary,
+                path: Path | None = None):
+    """The items table: formatted text from ``fields`` (columns of raw values), raw fields kept as columns.
+
+    Items whose every field is empty carry no information for the embedder; they are skipped and counted.
+    """
+    names = field_order(kind, fields)
+    ids, texts, keep = [], [], []
+    for i, item_id in enumerate(item_ids):
+        row = {name: fields[name][i] for name in names}
+        text = render(kind, row)
+        if text.endswith("{}"):
+            continue
+        ids.append(str(item_id))
+        texts.append(text)
+        keep.append(i)
+    summary.drop("item rows with no text fields", len(item_ids) - len(ids))
+    raw = {name: [clean_value(fields[name][i]) for i in keep] for name in names}
+    return make_items_table(domain, ids, texts, raw)
+
+
+def make_tables(domain: str, items, user_ids, item_ids, timestamps, summary: IngestSummary,
+                extra: dict | None = None) -> DomainTables:
+    return DomainTables(domain, items, make_interactions_table(domain, user_ids, item_ids, timestamps), summary,
+                        extra or {})
+
+
+def find_file(root: Path, patterns: list[str], what: str) -> Path:
+    """The single file under ``root`` matching the first pattern that matches; ``root`` may be the file itself."""
+    if root.is_file():
+        return root
+    if not root.exists():
+        raise InputError(root, "path not found")
+    for pattern in patterns:
+        hits = sorted(p for p in root.glob(pattern) if p.is_file())
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise InputError(root, f"several {what} files match {pattern!r}: {', '.join(p.name for p in hits)}; "
+                                   "pass the file itself")
+    raise InputError(root, f"no {what} file (looked for {', '.join(patterns)})")

@@ -1,0 +1,82 @@
+"""Formatted item text, the paper's "unified textual representation" (RecBase, Appendix C).
+
+Every item becomes one prompt line naming its domain kind, then a JSON object of its descriptive fields::
+
+    Describe a movie:
+    {"title": "Toy Story (1995)", "genres": "Adventure | Animation | Children | Comedy | Fantasy"}
+
+One template per kind fixes the field order, so items of one kind always read alike whatever order a source
+stores them in; empty fields are left out rather than rendered as ``""`` or ``null``, and lists are joined with
+``" | "``. Fields a template does not know (from the generic reader) follow the known ones in the order given.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+LIST_SEPARATOR = " | "
+
+
+@dataclass(frozen=True)
+class Template:
+    prompt: str                  # first line, without the colon
+    fields: tuple[str, ...]      # JSON keys in their fixed order
+
+
+TEMPLATES: dict[str, Template] = {
+    "movie": Template("Describe a movie", ("title", "genres", "tags", "year", "director", "description")),
+    "product": Template("Describe a product", ("title", "brand", "categories", "price", "features",
+                                               "description", "text")),
+    "book": Template("Describe a book", ("title", "authors", "series", "publisher", "publication_year",
+                                         "genres", "description")),
+    "game": Template("Describe a game", ("title", "genres", "tags", "specs", "developer", "publisher",
+                                         "release_date", "price")),
+    "news": Template("Describe a news article", ("title", "category", "subcategory", "abstract")),
+    "business": Template("Describe a business", ("name", "categories", "city", "state")),
+    "article": Template("Describe a fashion article", ("name", "product_type", "product_group", "colour",
+                                                       "appearance", "section", "garment_group", "description")),
+    "item": Template("Describe an item", ("title", "name", "categories", "description", "text")),
+}
+
+
+def clean_value(value: Any) -> str | None:
+    """One field's rendered value, or None when it is empty (None, NaN, blank, or a list of empties)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, (list, tuple)):
+        parts = [p for p in (clean_value(v) for v in value) if p]
+        return LIST_SEPARATOR.join(parts) or None
+    if isinstance(value, dict):
+        return None
+    text = " ".join(str(value).split())
+    return text or None
+
+
+def field_order(kind: str, names: Iterable[str]) -> list[str]:
+    """``names`` in the template's order, unknown names after, in the order given."""
+    known = template(kind).fields
+    names = list(dict.fromkeys(names))
+    return [f for f in known if f in names] + [f for f in names if f not in known]
+
+
+def template(kind: str) -> Template:
+    try:
+        return TEMPLATES[kind]
+    except KeyError:
+        raise ValueError(f"unknown template kind {kind!r}; known: {', '.join(TEMPLATES)}") from None
+
+
+def render(kind: str, fields: Mapping[str, Any]) -> str:
+    """The formatted text of one item; ``fields`` maps JSON keys to raw values."""
+    obj = {}
+    for name in field_order(kind, fields):
+        value = clean_value(fields[name])
+        if value:
+            obj[name] = value
+    return f"{template(kind).prompt}:\n" + json.dumps(obj, ensure_ascii=False)
