@@ -1,0 +1,155 @@
+"""Eval sets for held-out domains: per user a history, held-out positives and sampled negatives.
+
+Layout (docs/formats.md): ``eval/<domain>.parquet``, one row per user with ``user_id``, ``history`` (token ids,
+``bos`` first, no ``eos``), ``candidates`` (item ids), ``candidate_tokens`` (L tokens each), ``labels`` (1 = held
+out positive, 0 = negative) and ``target`` (the next item after the history, for leave-one-out retrieval).
+
+The positives are each user's last ``positives`` items. Negatives are the dataset's real non-clicks when an
+``impressions.parquet`` (``user_id, item_id, clicked``) lies beside the tables (MIND), otherwise items drawn
+uniformly from the domain's catalog outside everything the user interacted with. Users are taken in a seeded
+random order until the domain's pair budget is spent, so the set is a fixed, unbiased sample of users.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recbase.data.shards import Codes, EvalSetConfig, assemble, load_domain, stable_hash
+from recbase.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+IMPRESSIONS_FILE = "impressions.parquet"
+MAX_POSITIVES = 10
+SCHEMA = pa.schema([
+    ("user_id", pa.string()),
+    ("history", pa.list_(pa.int32())),
+    ("candidates", pa.list_(pa.string())),
+    ("candidate_tokens", pa.list_(pa.list_(pa.int32()))),
+    ("labels", pa.list_(pa.int8())),
+    ("target", pa.string()),
+])
+
+
+def _non_clicks(domain_dir: Path, item_ids: pa.Array) -> dict[str, np.ndarray] | None:
+    """Catalog rows of each user's real non-clicked impressions, or None when the domain has no impressions."""
+    path = domain_dir / IMPRESSIONS_FILE
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    for col in ("user_id", "item_id", "clicked"):
+        if col not in table.column_names:
+            raise ValueError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
+    table = table.filter(pc.equal(pc.cast(table["clicked"], pa.int8()), 0))
+    rows = pc.index_in(table["item_id"], value_set=item_ids)
+    table = table.filter(rows.is_valid()).append_column("row", rows.filter(rows.is_valid()))
+    table = table.sort_by([("user_id", "ascending"), ("row", "ascending")])
+    users = table["user_id"].to_pylist()
+    item_rows = table["row"].to_numpy()
+    out: dict[str, list] = {}
+    for u, r in zip(users, item_rows):
+        out.setdefault(u, []).append(int(r))
+    return {u: np.unique(np.asarray(r, np.int64)) for u, r in out.items()}
+
+
+def sample_uniform_negatives(rng: np.random.Generator, n_items: int, exclude: np.ndarray, k: int) -> np.ndarray:
+    """``k`` distinct catalog rows drawn uniformly from ``[0, n_items)`` minus ``exclude`` (fewer if too few)."""
+    exclude = np.unique(exclude)
+    if n_items - len(exclude) <= 4 * k:
+        pool = np.setdiff1d(np.arange(n_items), exclude)
+        return rng.choice(pool, size=min(k, len(pool)), replace=False)
+    picked: list[int] = []
+    seen = set(exclude.tolist())
+    while len(picked) < k:
+        for r in rng.integers(0, n_items, size=2 * k).tolist():
+            if r not in seen:
+                seen.add(r)
+                picked.append(r)
+                if len(picked) == k:
+                    break
+    return np.asarray(picked, np.int64)
+
+
+def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, cfg: EvalSetConfig,
+                   seed: int) -> dict:
+    """Write the eval set of one held-out domain to ``out_path`` (skipped when it exists); returns its counts."""
+    domain_dir, out_path = Path(domain_dir), Path(out_path)
+    if not 1 <= cfg.positives <= MAX_POSITIVES:
+        raise ValueError(f"eval.positives must be in 1..{MAX_POSITIVES}, got {cfg.positives}")
+    if cfg.negatives_per_positive < 1:
+        raise ValueError(f"eval.negatives_per_positive must be >= 1, got {cfg.negatives_per_positive}")
+    if out_path.exists():
+        return _stats(pq.read_table(out_path), out_path, Counter())
+    seqs = load_domain(domain_dir, codes)
+    vocab = codes.vocab
+    item_ids, item_codes = codes.by_domain[seqs.domain]
+    item_id_list = item_ids.to_pylist()
+    cand_tokens = vocab.encode_codes(item_codes).astype(np.int32)
+    impressions = _non_clicks(domain_dir, item_ids)
+    rng = np.random.default_rng([seed, stable_hash(seqs.domain)])
+    n_pos, n_neg = cfg.positives, cfg.positives * cfg.negatives_per_positive
+    skipped = Counter(seqs.skipped)
+    eligible = np.flatnonzero(seqs.counts > n_pos)
+    skipped[f"users with <= {n_pos} interactions"] += len(seqs.counts) - len(eligible)
+    rows = {name: [] for name in SCHEMA.names}
+    pairs = 0
+    for u in rng.permutation(eligible):
+        start, count = int(seqs.starts[u]), int(seqs.counts[u])
+        seen = seqs.item_rows[start:start + count]
+        pos = seen[count - n_pos:]
+        if impressions is None:
+            neg = sample_uniform_negatives(rng, len(item_id_list), seen, n_neg)
+        else:
+            pool = np.setdiff1d(impressions.get(seqs.user_ids[u], np.zeros(0, np.int64)), seen)
+            neg = rng.choice(pool, size=min(n_neg, len(pool)), replace=False)
+        if len(neg) < n_neg:
+            skipped["users with fewer negatives available than asked"] += 1
+            if len(neg) == 0:
+                continue
+        if pairs + len(pos) + len(neg) > cfg.max_pairs:
+            break
+        pairs += len(pos) + len(neg)
+        history, _ = assemble(seqs.item_tokens, np.array([start]), np.array([count - n_pos]), np.array([False]),
+                              vocab, np.dtype(np.int32))
+        cands = np.concatenate([pos, neg])
+        rows["user_id"].append(seqs.user_ids[u])
+        rows["history"].append(history)
+        rows["candidates"].append([item_id_list[c] for c in cands])
+        rows["candidate_tokens"].append(cand_tokens[cands].tolist())
+        rows["labels"].append([1] * len(pos) + [0] * len(neg))
+        rows["target"].append(item_id_list[pos[0]])
+    table = pa.table({"user_id": pa.array(rows["user_id"], pa.string()),
+                      "history": pa.array([h.tolist() for h in rows["history"]], pa.list_(pa.int32())),
+                      "candidates": rows["candidates"], "candidate_tokens": rows["candidate_tokens"],
+                      "labels": rows["labels"], "target": rows["target"]},
+                     schema=SCHEMA.with_metadata({"negatives": "uniform" if impressions is None else "impressions",
+                                                  "seed": str(seed)}))
+    with atomic_path(out_path) as tmp:
+        pq.write_table(table, tmp)
+    stats = _stats(table, out_path, skipped)
+    log.info("eval set %s: %d users, %d pairs (%s negatives)", seqs.domain, stats["users"], stats["pairs"],
+             stats["negatives"])
+    return stats
+
+
+def _stats(table: pa.Table, path: Path, skipped: Counter) -> dict:
+    labels = pc.list_flatten(table["labels"]).to_numpy(zero_copy_only=False)
+    meta = table.schema.metadata or {}
+    return {"path": f"{path.parent.name}/{path.name}", "users": table.num_rows, "pairs": int(len(labels)),
+            "positives": int(labels.sum()), "negatives": meta.get(b"negatives", b"?").decode(),
+            "skipped": dict(skipped)}
+
+
+def read_eval_set(path: str | Path) -> pa.Table:
+    """Load an eval set, checking its columns against the documented schema."""
+    table = pq.read_table(path)
+    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    return table

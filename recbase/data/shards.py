@@ -1,0 +1,570 @@
+"""Shard builder: users' chronological histories as concept-ID tokens in WebDataset tar shards.
+
+A user's sequence is ``bos``, each item's L tokens in time order, then ``eos`` when the history is complete
+(docs/formats.md). One tar entry per user would cost ~4 KB of tar header and padding per user, so each tar entry
+is a *block* of many users stored as three files sharing one WebDataset key:
+
+    <key>.tokens.u16   flat little-endian token array (``.tokens.u32`` when the vocabulary exceeds 65,536 ids)
+    <key>.offsets.i64  little-endian int64 ``[n_users + 1]``; user ``i`` is ``tokens[offsets[i]:offsets[i+1]]``
+    <key>.meta.json    ``{"users": [...], "domains": [...], "domain_names": [...], "label_from": [...]?}``
+
+Everything is a pure function of the inputs and the config, so a rebuild is byte-identical: users are ordered by
+a seeded stable hash (which also mixes domains), blocks and shards are cut at fixed token counts, and tar
+members carry fixed mtimes, owners and modes. A task of a multi-machine build (``task_index`` of ``num_tasks``)
+takes the users whose unseeded stable hash falls in its slice and names its shards ``<split>-t<task>-<n>.tar``,
+so tasks never clash. Shards are written under a temporary name and renamed, so a rerun skips the shards that
+exist and rebuilds only the missing ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import tarfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from recbase.config import to_dict
+from recbase.data.tables import list_domains, read_interactions
+from recbase.io import atomic_path, atomic_write_text
+from recbase.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+FORMAT = "recbase-shards/1"
+SPLITS = ("train", "valid")
+MANIFEST = "manifest.json"
+BUILD_STAMP = "build.json"
+TASK_DIR = "tasks"
+EVAL_DIR = "eval"
+
+
+@dataclass
+class EvalSetConfig:
+    """Options of the eval sets written for held-out domains (recbase/data/evalsets.py)."""
+
+    positives: int = 1                 # last items of each user held out as positives (1..10)
+    negatives_per_positive: int = 1    # negatives sampled per positive
+    max_pairs: int = 20_000            # (user, candidate) pairs per domain at most
+
+
+@dataclass
+class ShardConfig:
+    """Options of ``tokenizer/build_shards.py`` / ``recbase shards``."""
+
+    data_dir: str = "data"                                     # folder of <domain>/{items,interactions}.parquet
+    domains: list[str] = field(default_factory=list)           # pretraining domains; empty = all not held out
+    heldout_domains: list[str] = field(default_factory=list)   # domains that get eval sets only, never shards
+    codes_path: str = "codes.parquet"                          # item -> concept codes (docs/formats.md)
+    codebook_size: int = 0                                     # K; 0 = from the codes.parquet metadata
+    out_dir: str = "shards"                                    # shards go to <out_dir>/<name>/
+    name: str = "default"                                      # name of this shard set
+    tokens_per_shard: int = 16_000_000                         # a shard closes after about this many tokens
+    tokens_per_block: int = 65_536                             # a tar entry holds about this many tokens
+    holdout: int = 1                                           # h: valid targets = items[-2h:-h], test = last h
+    workers: int = 1                                           # processes writing shards
+    task_index: int = 0                                        # this task's slice of users (SLURM array index)
+    num_tasks: int = 1                                         # number of slices
+    seed: int = 0                                              # user order and eval-set sampling
+    eval: EvalSetConfig = field(default_factory=EvalSetConfig)
+
+
+class ShardError(RuntimeError):
+    """A shard file that cannot be read as what the manifest says it is."""
+
+
+# --------------------------------------------------------------------------------------------------- codes
+
+
+@dataclass
+class Codes:
+    """The item -> concept code table of one tokenizer, split by domain."""
+
+    tokenizer_hash: str
+    vocab: Vocab
+    by_domain: dict[str, tuple[pa.Array, np.ndarray]]   # domain -> (item ids, codes [n, L])
+
+
+def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
+    """Read ``codes.parquet``; the vocabulary's K comes from ``codebook_size`` or the file's metadata."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: codes file not found (run `recbase tokenizer encode` first)")
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    if "tokenizer_hash" not in meta:
+        raise ValueError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")
+    for col in ("domain", "item_id", "codes"):
+        if col not in table.column_names:
+            raise ValueError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
+    lengths = pc.list_value_length(table["codes"]).to_numpy(zero_copy_only=False)
+    if len(lengths) == 0:
+        raise ValueError(f"{path}: no rows")
+    bad = np.flatnonzero(lengths != lengths[0])
+    if len(bad):
+        raise ValueError(f"{path}: row {bad[0]}, field 'codes': {lengths[bad[0]]} codes, row 0 has {lengths[0]}")
+    levels = int(lengths[0])
+    codes = pc.list_flatten(table["codes"]).to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, levels)
+    k = codebook_size or int(meta.get("codebook_size", 0))
+    if not k:
+        raise ValueError(f"{path}: no 'codebook_size' in the metadata; set codebook_size in the shard config")
+    bad = np.flatnonzero((codes < 0).any(1) | (codes >= k).any(1))
+    if len(bad):
+        raise ValueError(f"{path}: row {bad[0]}, field 'codes': {codes[bad[0]].tolist()} outside [0, {k})")
+    vocab = Vocab(levels=levels, codebook_size=k)
+    domains = table["domain"].to_numpy(zero_copy_only=False)
+    by_domain = {}
+    for d in sorted(set(domains.tolist())):
+        rows = np.flatnonzero(domains == d)
+        by_domain[d] = (table["item_id"].take(pa.array(rows)).combine_chunks(), codes[rows])
+    return Codes(meta["tokenizer_hash"], vocab, by_domain)
+
+
+def token_dtype(vocab: Vocab) -> np.dtype:
+    """uint16 when every id fits (the paper's L=4, K=2048 needs 8,200), else uint32."""
+    return np.dtype("<u2") if vocab.n_tokens <= 1 << 16 else np.dtype("<u4")
+
+
+# --------------------------------------------------------------------------------------------------- sequences
+
+
+@dataclass
+class DomainSequences:
+    """One domain's kept interactions as item tokens, grouped by user in chronological order."""
+
+    domain: str
+    user_ids: list[str]        # one per user
+    starts: np.ndarray         # int64 [n_users]: first row of the user in item_tokens
+    counts: np.ndarray         # int64 [n_users]: the user's number of kept interactions
+    item_tokens: np.ndarray    # int64 [n_interactions, L]
+    item_rows: np.ndarray      # int64 [n_interactions]: row of the item in the domain's codes
+    skipped: Counter
+
+
+def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
+    """Map a domain's interactions to item tokens; interactions of items without codes are skipped and counted."""
+    domain = domain_dir.name
+    if domain not in codes.by_domain:
+        raise ValueError(f"{domain_dir}: domain '{domain}' has no rows in the codes file")
+    item_ids, item_codes = codes.by_domain[domain]
+    table = read_interactions(domain_dir).select(["user_id", "item_id", "timestamp"])
+    for name in ("user_id", "item_id", "timestamp"):
+        nulls = table[name].null_count
+        if nulls:
+            row = int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
+            raise ValueError(f"{domain_dir / 'interactions.parquet'}: row {row}, field '{name}' is null")
+    skipped: Counter = Counter()
+    rows = pc.index_in(table["item_id"], value_set=item_ids)
+    known = rows.is_valid()
+    n_unknown = table.num_rows - pc.sum(known).as_py() if table.num_rows else 0
+    if n_unknown:
+        skipped["interactions whose item has no codes"] += n_unknown
+        table, rows = table.filter(known), rows.filter(known)
+    table = table.append_column("row", rows)
+    table = table.take(pc.sort_indices(table, [("user_id", "ascending"), ("timestamp", "ascending")]))
+    item_rows = table["row"].to_numpy().astype(np.int64)
+    user_codes = table["user_id"].combine_chunks().dictionary_encode()
+    idx = user_codes.indices.to_numpy()
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if len(idx) else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[starts, len(idx)])
+    user_ids = user_codes.dictionary.take(pa.array(idx[starts])).to_pylist()
+    tokens = codes.vocab.encode_codes(item_codes)[item_rows]
+    return DomainSequences(domain, user_ids, starts.astype(np.int64), counts.astype(np.int64), tokens, item_rows,
+                           skipped)
+
+
+def stable_hash(*parts) -> int:
+    """A 63-bit hash of ``parts`` that is the same on every machine and Python run (unlike ``hash``)."""
+    text = "\x1f".join(str(p) for p in parts).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def assemble(item_tokens: np.ndarray, starts: np.ndarray, counts: np.ndarray, eos: np.ndarray, vocab: Vocab,
+             dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Flat tokens and offsets of users ``bos, item tokens of rows starts[u]:starts[u]+counts[u], [eos]``."""
+    n_levels = item_tokens.shape[1]
+    lengths = 1 + counts * n_levels + eos.astype(np.int64)
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype)
+    out[offsets[:-1]] = vocab.bos_id
+    out[offsets[1:][eos] - 1] = vocab.eos_id
+    total = int(counts.sum())
+    if total:
+        before = np.cumsum(counts) - counts
+        step = np.arange(total, dtype=np.int64) - np.repeat(before, counts)
+        src = np.repeat(starts, counts) + step
+        dst = np.repeat(offsets[:-1] + 1, counts) + step * n_levels
+        out[dst[:, None] + np.arange(n_levels)] = item_tokens[src]
+    return out, offsets
+
+
+# --------------------------------------------------------------------------------------------------- layout
+
+
+@dataclass
+class SplitUsers:
+    """The users of one split of one task, in shard order, with where each of their tokens comes from."""
+
+    split: str
+    domain: np.ndarray       # int64 index into domain_names
+    user_ids: list[str]
+    starts: np.ndarray       # row in the concatenated item_tokens
+    counts: np.ndarray       # items in the sequence
+    eos: np.ndarray          # bool
+    label_from: np.ndarray   # token offset where the held-out targets start (valid), 0 for train
+    lengths: np.ndarray      # tokens per user
+    block: np.ndarray        # block index of each user (consecutive from 0)
+    shard: np.ndarray        # shard index of each block
+
+
+def _cut(lengths: np.ndarray, size: int) -> np.ndarray:
+    """Group consecutive items into runs of about ``size`` tokens: an item's run is its start offset // size."""
+    start = np.cumsum(lengths) - lengths
+    _, run = np.unique(start // max(size, 1), return_inverse=True)
+    return run.astype(np.int64)
+
+
+def layout_split(split: str, seqs: list[DomainSequences], cfg: ShardConfig, n_levels: int,
+                 skipped: Counter) -> SplitUsers:
+    """Select this task's users, order them by a seeded hash and cut them into blocks and shards."""
+    h = cfg.holdout
+    dom, users, starts, counts, eos, label_from, keys = [], [], [], [], [], [], []
+    base = 0
+    for d, s in enumerate(seqs):
+        for u, user in enumerate(s.user_ids):
+            if stable_hash(s.domain, user) % cfg.num_tasks != cfg.task_index:
+                continue
+            n = int(s.counts[u])
+            if n <= 2 * h:
+                if split == "train":
+                    skipped[f"users with <= {2 * h} interactions (nothing left after the held-out items)"] += 1
+                continue
+            kept = n - 2 * h if split == "train" else n - h
+            dom.append(d)
+            users.append(user)
+            starts.append(base + int(s.starts[u]))
+            counts.append(kept)
+            eos.append(h == 0)
+            label_from.append(0 if split == "train" else 1 + (n - 2 * h) * n_levels)
+            keys.append(stable_hash(cfg.seed, s.domain, user))
+        base += len(s.item_tokens)
+    order = np.argsort(np.asarray(keys, dtype=np.int64), kind="stable")
+    dom_a = np.asarray(dom, np.int64)[order]
+    counts_a = np.asarray(counts, np.int64)[order]
+    eos_a = np.asarray(eos, bool)[order]
+    lengths = 1 + counts_a * n_levels + eos_a
+    block = _cut(lengths, cfg.tokens_per_block)
+    block_tokens = np.bincount(block, weights=lengths).astype(np.int64) if len(block) else np.zeros(0, np.int64)
+    shard = _cut(block_tokens, cfg.tokens_per_shard)
+    return SplitUsers(split, dom_a, [users[i] for i in order], np.asarray(starts, np.int64)[order], counts_a, eos_a,
+                      np.asarray(label_from, np.int64)[order], lengths, block, shard)
+
+
+def _span(sorted_ids: np.ndarray, value: int) -> range:
+    """Positions holding ``value`` in a non-decreasing id array (users of a block, blocks of a shard)."""
+    return range(int(np.searchsorted(sorted_ids, value, "left")), int(np.searchsorted(sorted_ids, value, "right")))
+
+
+def _shard_users(su: SplitUsers, shard: int) -> slice:
+    blocks = _span(su.shard, shard)
+    return slice(_span(su.block, blocks.start).start, _span(su.block, blocks.stop - 1).stop)
+
+
+def shard_name(split: str, task_index: int, shard: int) -> str:
+    return f"{split}-t{task_index:03d}-{shard:06d}.tar"
+
+
+# --------------------------------------------------------------------------------------------------- tar I/O
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def encode_block(tokens: np.ndarray, offsets: np.ndarray, meta: dict) -> dict[str, bytes]:
+    """The three files of one block, by extension (see the module docstring)."""
+    ext = "tokens.u16" if tokens.dtype.itemsize == 2 else "tokens.u32"
+    return {ext: tokens.tobytes(),
+            "offsets.i64": offsets.astype("<i8").tobytes(),
+            "meta.json": json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode("utf-8")}
+
+
+def decode_block(sample: dict, where: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Inverse of :func:`encode_block` for a WebDataset sample; inconsistencies raise :class:`ShardError`."""
+    key = sample.get("__key__", "?")
+    try:
+        meta = json.loads(sample["meta.json"])
+        raw = sample.get("tokens.u16")
+        tokens = np.frombuffer(raw, "<u2") if raw is not None else np.frombuffer(sample["tokens.u32"], "<u4")
+        offsets = np.frombuffer(sample["offsets.i64"], "<i8")
+    except (KeyError, ValueError) as e:
+        raise ShardError(f"{where}: block '{key}' is corrupt ({type(e).__name__}: {e})") from None
+    n = len(meta.get("users", []))
+    if (len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != len(tokens)
+            or (n and np.any(np.diff(offsets) <= 0))):
+        raise ShardError(f"{where}: block '{key}' has offsets that do not match its {len(tokens)} tokens and "
+                         f"{n} users")
+    return tokens, offsets, meta
+
+
+def write_shard(path: Path, blocks: list[tuple[str, dict[str, bytes]]]) -> None:
+    """Write ``blocks`` (key, files) as one deterministic tar, atomically."""
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, files in blocks:
+                for ext in sorted(files):
+                    _add_member(tar, f"{key}.{ext}", files[ext])
+
+
+# --------------------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class _Work:
+    """What shard writers need; a module global so forked workers share it without pickling."""
+
+    cfg: ShardConfig
+    vocab: Vocab
+    item_tokens: np.ndarray
+    domain_names: list[str]
+    splits: dict[str, SplitUsers]
+    root: Path
+
+
+_WORK: _Work | None = None
+
+
+def _shard_blocks(work: _Work, split: str, shard: int) -> list[tuple[str, dict[str, bytes]]]:
+    su = work.splits[split]
+    dtype = token_dtype(work.vocab)
+    out = []
+    for b in _span(su.shard, shard):
+        span = _span(su.block, b)
+        sel = slice(span.start, span.stop)
+        tokens, offsets = assemble(work.item_tokens, su.starts[sel], su.counts[sel], su.eos[sel], work.vocab, dtype)
+        meta = {"users": su.user_ids[sel], "domains": su.domain[sel].tolist(),
+                "domain_names": work.domain_names}
+        if split != "train":
+            meta["label_from"] = su.label_from[sel].tolist()
+        key = f"{split}-t{work.cfg.task_index:03d}-{shard:06d}-{int(b):06d}"
+        out.append((key, encode_block(tokens, offsets, meta)))
+    return out
+
+
+def _build_one(job: tuple[str, int]) -> int:
+    """Build one shard (in a worker or in-process); returns its token count."""
+    split, shard = job
+    work = _WORK
+    blocks = _shard_blocks(work, split, shard)
+    write_shard(work.root / split / shard_name(split, work.cfg.task_index, shard), blocks)
+    return int(work.splits[split].lengths[_shard_users(work.splits[split], shard)].sum())
+
+
+def _config_fingerprint(cfg: ShardConfig) -> dict:
+    d = to_dict(cfg)
+    for k in ("workers", "task_index"):
+        d.pop(k)
+    return d
+
+
+def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str) -> None:
+    """Refuse to mix shards of different configs or tokenizers in one folder (a rerun must resume the same build)."""
+    stamp = {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg)}
+    path = root / BUILD_STAMP
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != stamp:
+            raise ValueError(f"{root} holds shards of another build (its {BUILD_STAMP} differs from this config or "
+                             f"tokenizer); pick another name or delete the folder")
+    else:
+        atomic_write_text(path, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+
+
+def _split_stats(su: SplitUsers, seqs: list[DomainSequences], root: Path, task_index: int) -> tuple[list, dict]:
+    """Per-shard and per-domain counts of one split."""
+    items = su.counts
+    shards = []
+    for s in range(int(su.shard.max()) + 1 if len(su.shard) else 0):
+        users = _shard_users(su, s)
+        path = Path(su.split) / shard_name(su.split, task_index, s)
+        shards.append({"path": path.as_posix(), "split": su.split, "users": users.stop - users.start,
+                       "items": int(items[users].sum()), "tokens": int(su.lengths[users].sum()),
+                       "blocks": int(np.count_nonzero(su.shard == s)),
+                       "bytes": (root / path).stat().st_size})
+    domains = {}
+    for d, s in enumerate(seqs):
+        m = su.domain == d
+        domains[s.domain] = {"users": int(m.sum()), "items": int(items[m].sum()), "tokens": int(su.lengths[m].sum())}
+    return shards, domains
+
+
+def build_shards(cfg: ShardConfig) -> Path:
+    """Build this task's shards (and, for task 0, the eval sets); merge the manifest once every task is done.
+
+    Returns the shard folder ``<out_dir>/<name>``.
+    """
+    global _WORK
+    if not 0 <= cfg.task_index < cfg.num_tasks:
+        raise ValueError(f"task_index {cfg.task_index} is outside 0..{cfg.num_tasks - 1}")
+    if cfg.holdout < 0:
+        raise ValueError(f"holdout must be >= 0, got {cfg.holdout}")
+    t0 = time.perf_counter()
+    codes = read_codes(cfg.codes_path, cfg.codebook_size)
+    pretrain_dirs, heldout_dirs = select_domains(cfg)
+    root = Path(cfg.out_dir) / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    _check_stamp(root, cfg, codes.tokenizer_hash)
+
+    seqs = [load_domain(d, codes) for d in tqdm(pretrain_dirs, desc="read domains", unit="domain")]
+    skipped: Counter = Counter()
+    for s in seqs:
+        skipped.update({f"{s.domain}: {k}": v for k, v in s.skipped.items()})
+    splits = {sp: layout_split(sp, seqs, cfg, codes.vocab.levels, skipped)
+              for sp in (SPLITS if cfg.holdout else SPLITS[:1])}
+    item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, codes.vocab.levels))
+    _WORK = _Work(cfg, codes.vocab, item_tokens, [s.domain for s in seqs], splits, root)
+
+    jobs = [(sp, s) for sp, su in splits.items() for s in range(int(su.shard.max()) + 1 if len(su.shard) else 0)]
+    todo = [j for j in jobs if not (root / j[0] / shard_name(j[0], cfg.task_index, j[1])).exists()]
+    for sp in splits:
+        (root / sp).mkdir(exist_ok=True)
+    log.info("task %d/%d: %d shards, %d to build (%d already complete)", cfg.task_index, cfg.num_tasks, len(jobs),
+             len(todo), len(jobs) - len(todo))
+    t1 = time.perf_counter()
+    n_tokens = 0
+    bar = tqdm(total=len(todo), desc="write shards", unit="shard")
+    if cfg.workers > 1 and len(todo) > 1:
+        with multiprocessing.get_context("fork").Pool(min(cfg.workers, len(todo))) as pool:
+            for n in pool.imap_unordered(_build_one, todo):
+                n_tokens += n
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t1):,.0f}")
+    else:
+        for job in todo:
+            n_tokens += _build_one(job)
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t1):,.0f}")
+    bar.close()
+    _WORK = None
+
+    eval_sets = {}
+    if cfg.task_index == 0:
+        from recbase.data.evalsets import build_eval_set
+
+        for d in heldout_dirs:
+            eval_sets[d.name] = build_eval_set(d, codes, root / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed)
+
+    shards, domains = [], {}
+    for sp, su in splits.items():
+        sh, dm = _split_stats(su, seqs, root, cfg.task_index)
+        shards += sh
+        for name, stats in dm.items():
+            domains.setdefault(name, {})[sp] = stats
+    elapsed = time.perf_counter() - t0
+    task = {"task_index": cfg.task_index, "num_tasks": cfg.num_tasks, "tokenizer_hash": codes.tokenizer_hash,
+            "vocab": codes.vocab.to_dict(), "token_dtype": token_dtype(codes.vocab).name, "shards": shards,
+            "domains": domains, "eval_sets": eval_sets, "skipped": dict(sorted(skipped.items())),
+            "config": to_dict(cfg)}
+    atomic_write_text(root / TASK_DIR / f"task-{cfg.task_index:03d}.json", json.dumps(task, indent=2) + "\n")
+    log.info("task %d: wrote %s tokens in %.1fs (%.0f tokens/s including reading)", cfg.task_index,
+             f"{n_tokens:,}", elapsed, n_tokens / max(elapsed, 1e-9))
+    merge_manifests(root, cfg.num_tasks, missing_ok=True)
+    return root
+
+
+def select_domains(cfg: ShardConfig) -> tuple[list[Path], list[Path]]:
+    """The pretraining and held-out domain folders named by the config (all non-held-out ones by default)."""
+    found = {p.name: p for p in list_domains(cfg.data_dir)} if Path(cfg.data_dir).is_dir() else {}
+    if not found:
+        raise FileNotFoundError(f"{cfg.data_dir}: no domain folders with items.parquet and interactions.parquet")
+    both = sorted(set(cfg.domains) & set(cfg.heldout_domains))
+    if both:
+        raise ValueError(f"domains {', '.join(both)} are both pretraining and held-out domains")
+    for name in list(cfg.domains) + list(cfg.heldout_domains):
+        if name not in found:
+            raise ValueError(f"domain '{name}' not found in {cfg.data_dir} (have {', '.join(sorted(found))})")
+    pretrain = list(cfg.domains) or [n for n in found if n not in cfg.heldout_domains]
+    return [found[n] for n in sorted(pretrain)], [found[n] for n in sorted(cfg.heldout_domains)]
+
+
+def merge_manifests(root: str | Path, num_tasks: int, missing_ok: bool = False) -> Path | None:
+    """Write ``manifest.json`` from the per-task manifests (the final step of an array job).
+
+    With ``missing_ok`` a missing task returns None (another task will merge); otherwise it is an error.
+    """
+    root = Path(root)
+    tasks = []
+    for t in range(num_tasks):
+        p = root / TASK_DIR / f"task-{t:03d}.json"
+        if not p.exists():
+            if missing_ok:
+                return None
+            raise FileNotFoundError(f"{p}: task {t} of {num_tasks} has not finished; rerun it before merging")
+        tasks.append(json.loads(p.read_text(encoding="utf-8")))
+    first = tasks[0]
+    for t in tasks[1:]:
+        if t["tokenizer_hash"] != first["tokenizer_hash"] or t["vocab"] != first["vocab"]:
+            raise ValueError(f"{root}: task {t['task_index']} used another tokenizer than task 0")
+    shards = [s for t in tasks for s in t["shards"]]
+    domains: dict = {}
+    for t in tasks:
+        for name, per_split in t["domains"].items():
+            for sp, stats in per_split.items():
+                acc = domains.setdefault(name, {}).setdefault(sp, Counter())
+                acc.update(stats)
+    totals: dict = {}
+    for s in shards:
+        acc = totals.setdefault(s["split"], Counter())
+        acc.update({k: s[k] for k in ("users", "items", "tokens", "blocks", "bytes")})
+        acc["shards"] += 1
+    skipped: Counter = Counter()
+    for t in tasks:
+        skipped.update(t["skipped"])
+    config = dict(first["config"])
+    config.pop("task_index")
+    manifest = {
+        "format": FORMAT, "tokenizer_hash": first["tokenizer_hash"], "vocab": first["vocab"],
+        "token_dtype": first["token_dtype"],
+        "split": {"holdout": config["holdout"], "splits": sorted(totals),
+                  "rule": "train = items[:-2h] (+eos when h=0), valid = items[:-h] labelled from label_from, "
+                          "test = the last h items (never in shards)"},
+        "totals": {sp: dict(c) for sp, c in sorted(totals.items())},
+        "domains": {n: {sp: dict(c) for sp, c in v.items()} for n, v in sorted(domains.items())},
+        "shards": shards, "eval_sets": first["eval_sets"], "skipped": dict(sorted(skipped.items())),
+        "num_tasks": num_tasks, "config": config,
+    }
+    path = root / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_manifest(root: str | Path, expected_tokenizer_hash: str | None = None) -> dict:
+    """Load ``manifest.json``; refuse it when its tokenizer hash differs from the expected one."""
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest (the build has not finished, or merge the task manifests with "
+                                f"`recbase shards --merge`)")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if expected_tokenizer_hash is not None and manifest["tokenizer_hash"] != expected_tokenizer_hash:
+        raise ValueError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
+                         f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")
+    return manifest

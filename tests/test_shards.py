@@ -1,0 +1,169 @@
+"""Shard builder: round trip against the tables, byte-identical rebuilds, crash + rerun, task slices, bad shards."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from shards_world import LEVELS, TOKENIZER_HASH, expected_sequences, make_world  # noqa: E402
+
+from recbase.data import shards as shards_mod  # noqa: E402
+from recbase.data.loader import read_shard  # noqa: E402
+from recbase.data.shards import ShardConfig, ShardError, build_shards, merge_manifests, read_manifest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
+def config(world: Path, out: Path, **kw) -> ShardConfig:
+    base = dict(data_dir=str(world / "data"), heldout_domains=["news"], codes_path=str(world / "codes.parquet"),
+                out_dir=str(out), tokens_per_shard=3000, tokens_per_block=700)
+    base.update(kw)
+    return ShardConfig(**base)
+
+
+def read_users(root: Path, split: str = "train") -> dict[tuple[str, str], list[int]]:
+    """(domain, user) -> tokens, read back through the loader's shard reader."""
+    manifest = read_manifest(root)
+    out = {}
+    for shard in manifest["shards"]:
+        if shard["split"] != split:
+            continue
+        for tokens, offsets, meta in read_shard(root, shard):
+            for u, user in enumerate(meta["users"]):
+                key = (meta["domain_names"][meta["domains"][u]], user)
+                assert key not in out, f"user {key} appears twice"
+                out[key] = tokens[offsets[u]:offsets[u + 1]].tolist()
+    return out
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".tar", ".parquet")}
+
+
+@pytest.mark.parametrize("holdout", [0, 1])
+def test_round_trip_equals_tokens_computed_from_the_tables(world, tmp_path, holdout):
+    root = build_shards(config(world, tmp_path, holdout=holdout))
+    got = read_users(root)
+    want = {(d, u): seq for d in ("books", "movies") for u, seq in expected_sequences(world, d, holdout).items()}
+    assert got == want
+    manifest = read_manifest(root, TOKENIZER_HASH)
+    assert manifest["totals"]["train"]["tokens"] == sum(map(len, want.values()))
+    assert manifest["vocab"]["levels"] == LEVELS
+    if holdout:
+        valid = read_users(root, "valid")
+        assert all(valid[k][:len(v)] == v and len(valid[k]) == len(v) + LEVELS for k, v in want.items())
+
+
+def test_rebuild_is_byte_identical_and_workers_do_not_change_bytes(world, tmp_path):
+    a = digests(build_shards(config(world, tmp_path / "a")))
+    b = digests(build_shards(config(world, tmp_path / "b", workers=2)))
+    assert a == b and len([k for k in a if k.endswith(".tar")]) > 4
+
+
+def test_crash_after_first_shard_then_rerun_gives_the_same_shards(world, tmp_path, monkeypatch):
+    clean = digests(build_shards(config(world, tmp_path / "clean")))
+    real, calls = shards_mod.write_shard, []
+
+    def failing(path, blocks):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("injected crash")
+        real(path, blocks)
+
+    monkeypatch.setattr(shards_mod, "write_shard", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        build_shards(config(world, tmp_path / "crash"))
+    root = tmp_path / "crash" / "default"
+    assert len(list(root.rglob("*.tar"))) == 1 and not list(root.rglob("*.tmp"))
+    assert not (root / "manifest.json").exists()
+    monkeypatch.setattr(shards_mod, "write_shard", real)
+    built = []
+    monkeypatch.setattr(shards_mod, "write_shard", lambda p, b: (built.append(p), real(p, b)))
+    assert digests(build_shards(config(world, tmp_path / "crash"))) == clean
+    assert calls[0] not in built and len(built) == len([k for k in clean if k.endswith(".tar")]) - 1
+
+
+def test_two_task_slices_equal_one_full_build(world, tmp_path):
+    full = read_users(build_shards(config(world, tmp_path / "full")))
+    build_shards(config(world, tmp_path / "split", num_tasks=2, task_index=1))
+    root = tmp_path / "split" / "default"
+    assert not (root / "manifest.json").exists()        # task 0 has not run yet
+    with pytest.raises(FileNotFoundError, match="task 0 of 2"):
+        merge_manifests(root, 2)
+    build_shards(config(world, tmp_path / "split", num_tasks=2, task_index=0))
+    parts = read_users(root)
+    assert parts == full
+    names = [s["path"] for s in read_manifest(root)["shards"]]
+    assert any("-t000-" in n for n in names) and any("-t001-" in n for n in names) and len(set(names)) == len(names)
+    assert (root / "eval" / "news.parquet").exists()
+
+
+def test_changed_config_in_the_same_folder_is_refused(world, tmp_path):
+    build_shards(config(world, tmp_path))
+    with pytest.raises(ValueError, match="another build"):
+        build_shards(config(world, tmp_path, tokens_per_block=300))
+
+
+def test_truncated_and_corrupt_shards_are_reported_by_name(world, tmp_path):
+    root = build_shards(config(world, tmp_path))
+    shard = read_manifest(root)["shards"][0]
+    path = root / shard["path"]
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ShardError, match=path.name):
+        list(read_shard(root, shard))
+    # Same size, garbage inside: the tar reader fails and the error still names the shard.
+    path.write_bytes(data[:1024] + bytes(range(256)) * ((len(data) - 1024) // 256) + b"\0" * ((len(data) - 1024) % 256))
+    with pytest.raises(ShardError, match=path.name):
+        list(read_shard(root, shard))
+
+
+def test_manifest_counts_match_the_shards(world, tmp_path):
+    root = build_shards(config(world, tmp_path))
+    manifest = read_manifest(root)
+    for shard in manifest["shards"]:
+        blocks = list(read_shard(root, shard))
+        assert len(blocks) == shard["blocks"]
+        assert sum(len(t) for t, _, _ in blocks) == shard["tokens"]
+        assert sum(len(m["users"]) for _, _, m in blocks) == shard["users"]
+        assert (root / shard["path"]).stat().st_size == shard["bytes"]
+    per_domain = sum(v["train"]["tokens"] for v in manifest["domains"].values())
+    assert per_domain == manifest["totals"]["train"]["tokens"]
+    assert json.loads((root / "build.json").read_text())["tokenizer_hash"] == TOKENIZER_HASH
+
+
+def test_codes_with_a_bad_row_are_refused_naming_the_row(world, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(world / "codes.parquet")
+    codes = table["codes"].to_pylist()
+    codes[5] = [0, 1, 2, 9999]
+    bad = table.set_column(2, "codes", pa.array(codes, pa.list_(pa.int32())))
+    pq.write_table(bad.replace_schema_metadata(table.schema.metadata), tmp_path / "codes.parquet")
+    with pytest.raises(ValueError, match=r"row 5, field 'codes'"):
+        build_shards(config(world, tmp_path, codes_path=str(tmp_path / "codes.parquet")))
+
+
+def test_empty_blocks_never_happen_and_assemble_matches_a_loop():
+    from recbase.data.shards import assemble
+    from recbase.vocab import Vocab
+
+    vocab = Vocab(2, 5)
+    rng = np.random.default_rng(0)
+    items = rng.integers(8, 18, size=(20, 2))
+    starts, counts, eos = np.array([0, 3, 10]), np.array([3, 0, 10]), np.array([True, False, False])
+    tokens, offsets = assemble(items, starts, counts, eos, vocab, np.dtype("<u2"))
+    want = []
+    for s, c, e in zip(starts, counts, eos):
+        want.append([1] + items[s:s + c].ravel().tolist() + ([2] if e else []))
+    assert [tokens[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == want
