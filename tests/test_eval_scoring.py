@@ -1,0 +1,83 @@
+"""Fast scoring (history once, candidates as masked branches) against one full forward per pair."""
+import numpy as np
+import pytest
+import torch
+
+from eval_helpers import tiny_model
+from recbase.eval.scoring import CandidateScorer, branch_mask, truncate_history
+from recbase.vocab import Vocab
+
+VOCAB = Vocab(levels=4, codebook_size=16)
+
+
+def random_user(rng, n_items, n_cands, vocab=VOCAB):
+    codes = rng.integers(0, vocab.codebook_size, size=(n_items + n_cands, vocab.levels))
+    tokens = vocab.encode_codes(codes)
+    history = np.r_[vocab.bos_id, tokens[:n_items].reshape(-1)]
+    return history, tokens[n_items:]
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_fast_equals_naive(batch_size):
+    model = tiny_model(VOCAB)
+    rng = np.random.default_rng(0)
+    fast = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "fast", batch_size)
+    naive = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "naive")
+    for n_items in (0, 1, 12):
+        history, cands = random_user(rng, n_items, 10)
+        a, b = fast.score_user(history, cands), naive.score_user(history, cands)
+        assert a.shape == (10, VOCAB.levels)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        assert np.ptp(a.sum(1)) > 1e-2  # candidates really get different scores
+    assert fast.timing.pairs == 30 and fast.timing.users == 3
+
+
+def test_log_probs_are_a_distribution_over_the_first_level():
+    """Summed over every possible first token, P(first token | history) is 1: scores are real log-probs."""
+    model = tiny_model(VOCAB)
+    rng = np.random.default_rng(1)
+    history, _ = random_user(rng, 5, 1)
+    lo, hi = VOCAB.level_range(0)
+    all_first = np.stack([np.r_[t, [VOCAB.level_range(level)[0] for level in range(1, VOCAB.levels)]]
+                          for t in range(VOCAB.model_vocab_size)])
+    logp = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id).score_user(history, all_first)
+    assert np.exp(logp[:, 0]).sum() == pytest.approx(1.0, abs=1e-4)
+    assert (logp <= 0).all()
+
+
+def test_long_history_truncated_keeps_bos_and_whole_items():
+    history = np.r_[VOCAB.bos_id, np.arange(100, 140)]  # 10 items of 4 tokens
+    cut = truncate_history(history, 4, VOCAB.bos_id, max_tokens=15)
+    np.testing.assert_array_equal(cut, np.r_[VOCAB.bos_id, np.arange(128, 140)])
+    assert truncate_history(history, 4, VOCAB.bos_id, max_tokens=41) is not None
+    np.testing.assert_array_equal(truncate_history(history, 4, VOCAB.bos_id, 41), history)
+    with pytest.raises(ValueError, match="cannot hold"):
+        truncate_history(history, 4, VOCAB.bos_id, max_tokens=4)
+
+
+def test_history_beyond_context_scores_like_its_truncation():
+    model = tiny_model(VOCAB, max_positions=32)
+    rng = np.random.default_rng(2)
+    history, cands = random_user(rng, 20, 6)  # 81 tokens, context 32
+    scorer = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "fast", 4)
+    short = truncate_history(history, VOCAB.levels, VOCAB.bos_id, 32 - (VOCAB.levels - 1))
+    assert len(short) == 29 and short[0] == VOCAB.bos_id
+    naive = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "naive")
+    np.testing.assert_allclose(scorer.score_user(history, cands), naive.score_user(short, cands), atol=1e-4)
+
+
+def test_branch_mask_lets_each_branch_see_prefix_and_its_own_past():
+    allowed = branch_mask(2, 3, 4, torch.float32, torch.device("cpu"))[0, 0] == 0
+    assert allowed.shape == (6, 10)
+    assert allowed[:, :4].all()
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                             [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(allowed[:, 4:], expected)
+
+
+def test_bad_candidate_shape_is_refused():
+    scorer = CandidateScorer(tiny_model(VOCAB), VOCAB.levels, VOCAB.bos_id)
+    with pytest.raises(ValueError, match=r"expected \[C, 4\]"):
+        scorer.score_user(np.array([VOCAB.bos_id]), np.zeros((3, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="scoring mode"):
+        CandidateScorer(scorer.model, VOCAB.levels, VOCAB.bos_id, mode="slow")
