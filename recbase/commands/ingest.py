@@ -20,8 +20,8 @@ def add_arguments(parser) -> None:
                         help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
     parser.add_argument("--kind", help="template kind for recbole and generic (movie, product, book, ...)")
     parser.add_argument("--spec", help="generic: JSON spec file (see docs/data.md)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="generic: spec fields, e.g. items=items.csv user_id=user text_fields=title,genres")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="generic: spec fields, e.g. --set items=items.csv user_id=user text_fields=title,genres")
 
 
 def run(args) -> int:
@@ -34,7 +34,7 @@ def run(args) -> int:
 
         options["spec"] = load_spec(args.path, args.spec, args.overrides)
     elif args.spec or args.overrides:
-        raise SystemExit(f"--spec and KEY=VALUE apply to the generic format only, not {args.format}")
+        raise SystemExit(f"--spec and --set apply to the generic format only, not {args.format}")
     if args.kind:
         if args.format not in ("recbole", "generic"):
             raise SystemExit(f"--kind applies to recbole and generic only; {args.format} has a fixed kind")

@@ -118,11 +118,12 @@ _PANDAS_LINE = re.compile(r"line (\d+)")
 
 def read_csv(path: Path, columns: list[str] | None = None, sep: str = ",", header: bool = True,
              names: list[str] | None = None, encoding: str = "utf-8", quoting: int = 0,
-             data: str | None = None) -> pd.DataFrame:
+             data: str | None = None, only: bool = False) -> pd.DataFrame:
     """Read a delimited file as strings (fast C parser), turning parser failures into located InputErrors.
 
-    ``columns`` are required in the header; ``names`` name the columns of a header-less file (extra trailing
-    columns are an error). ``data`` reads already-decoded text instead of the file (the ``::`` DAT files).
+    ``columns`` are required in the header (``only``: and the only ones read, which saves memory on big
+    files); ``names`` name the columns of a header-less file (extra trailing columns are an error). ``data``
+    reads already-decoded text instead of the file (the ``::`` DAT files).
     """
     if data is None:
         check_nonempty(path)
@@ -132,7 +133,7 @@ def read_csv(path: Path, columns: list[str] | None = None, sep: str = ",", heade
     try:
         df = pd.read_csv(source, sep=sep, header=0 if header else None, names=names, dtype=str,
                          keep_default_na=False, na_filter=False, encoding=encoding, quoting=quoting,
-                         engine="c", index_col=False)
+                         engine="c", index_col=False, usecols=columns if only else None)
     except UnicodeDecodeError:
         line, message = first_invalid_utf8_line(path)
         raise InputError(path, message, line=line) from None
@@ -142,6 +143,13 @@ def read_csv(path: Path, columns: list[str] | None = None, sep: str = ",", heade
                          line=int(m.group(1)) if m else None) from None
     except pd.errors.EmptyDataError:
         raise InputError(path, "file is empty") from None
+    except ValueError as e:   # after its subclasses above: usecols names a missing column
+        if not only or "Usecols" not in str(e):
+            raise
+        header_names = pd.read_csv(path, sep=sep, nrows=0, encoding=encoding).columns
+        missing = [c for c in columns if c not in header_names]
+        raise InputError(path, f"missing column (header has: {', '.join(header_names)})", line=1,
+                         field=missing[0] if missing else None) from None
     for col in columns or []:
         if col not in df.columns:
             raise InputError(path, f"missing column (header has: {', '.join(map(str, df.columns))})",
@@ -247,3 +255,30 @@ def find_file(root: Path, patterns: list[str], what: str) -> Path:
             raise InputError(root, f"several {what} files match {pattern!r}: {', '.join(p.name for p in hits)}; "
                                    "pass the file itself")
     raise InputError(root, f"no {what} file (looked for {', '.join(patterns)})")
+
+
+def items_from_records(path: Path, domain: str, kind: str, id_key: str, fields_of, summary: IngestSummary,
+                       skip_missing_id: bool = False):
+    """Items from a JSON-lines catalog: ``fields_of(record)`` gives each item's template fields (same keys for
+    every record). A record without an id is an error, or skipped and counted with ``skip_missing_id`` (for
+    sources known to publish a few such rows)."""
+    ids: list[str] = []
+    columns: dict[str, list] = {}
+    for lineno, record in iter_records(path, "items"):
+        if skip_missing_id and record.get(id_key) in (None, ""):
+            summary.drop(f"item rows without {id_key}")
+            continue
+        ids.append(str(require(record, id_key, path, lineno)))
+        for name, value in fields_of(record).items():
+            columns.setdefault(name, []).append(value)
+    return build_items(domain, kind, ids, columns, summary)
+
+
+def interactions_from_records(path: Path, user_key: str, item_key: str, time_key: str, time_format: str):
+    """(users, items, seconds) from a JSON-lines log; a missing key or bad time is an error naming the line."""
+    users, items, times = [], [], []
+    for lineno, record in iter_records(path, "interactions"):
+        users.append(str(require(record, user_key, path, lineno)))
+        items.append(str(require(record, item_key, path, lineno)))
+        times.append(parse_time(require(record, time_key, path, lineno), time_format, path, lineno, time_key))
+    return users, items, times

@@ -4,7 +4,7 @@ names the id, user and time columns, the text fields and the template kind.
 The spec is a :class:`GenericSpec`, read from JSON with :func:`recbase.config.load_config` and/or given as
 ``key=value`` on the command line, e.g.::
 
-    recbase ingest generic my_catalog/ --out data items=items.csv interactions=events.jsonl \\
+    recbase ingest generic my_catalog/ --out data --set items=items.csv interactions=events.jsonl \\
         item_id=sku user_id=customer time=ts time_format=iso text_fields=title,brand kind=product
 """
 from __future__ import annotations
