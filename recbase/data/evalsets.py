@@ -5,7 +5,8 @@ Layout (docs/formats.md): ``eval/<domain>.parquet``, one row per user with ``use
 out positive, 0 = negative) and ``target`` (the next item after the history, for leave-one-out retrieval).
 
 The positives are each user's last ``positives`` items. Negatives are the dataset's real non-clicks when an
-``impressions.parquet`` (``user_id, item_id, clicked``) lies beside the tables (MIND), otherwise items drawn
+``impressions.parquet`` (``user_id, item_id, label``: 1 clicked, 0 not, null unlabelled; the MIND reader writes
+it) lies beside the tables (MIND), otherwise items drawn
 uniformly from the domain's catalog outside everything the user interacted with. Users are taken in a seeded
 random order until the domain's pair budget is spent, so the set is a fixed, unbiased sample of users.
 """
@@ -43,10 +44,10 @@ def _non_clicks(domain_dir: Path, item_ids: pa.Array) -> dict[str, np.ndarray] |
     if not path.exists():
         return None
     table = pq.read_table(path)
-    for col in ("user_id", "item_id", "clicked"):
+    for col in ("user_id", "item_id", "label"):
         if col not in table.column_names:
             raise ValueError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
-    table = table.filter(pc.equal(pc.cast(table["clicked"], pa.int8()), 0))
+    table = table.filter(pc.fill_null(pc.equal(pc.cast(table["label"], pa.int8()), 0), False))
     rows = pc.index_in(table["item_id"], value_set=item_ids)
     table = table.filter(rows.is_valid()).append_column("row", rows.filter(rows.is_valid()))
     table = table.sort_by([("user_id", "ascending"), ("row", "ascending")])
@@ -96,7 +97,8 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
     n_pos, n_neg = cfg.positives, cfg.positives * cfg.negatives_per_positive
     skipped = Counter(seqs.skipped)
     eligible = np.flatnonzero(seqs.counts > n_pos)
-    skipped[f"users with <= {n_pos} interactions"] += len(seqs.counts) - len(eligible)
+    if len(eligible) < len(seqs.counts):
+        skipped[f"users with <= {n_pos} interactions"] += len(seqs.counts) - len(eligible)
     rows = {name: [] for name in SCHEMA.names}
     pairs = 0
     for u in rng.permutation(eligible):

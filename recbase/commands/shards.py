@@ -1,0 +1,54 @@
+"""``recbase shards --config cfg.json [key=value ...]``: interactions + item codes -> WebDataset shards + eval sets."""
+from __future__ import annotations
+
+HELP = "build WebDataset shards of users' concept-ID sequences and eval sets for held-out domains (resumable)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="JSON file of ShardConfig (recbase/data/shards.py); a bare name is also "
+                                         "looked up in launch/configs")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. workers=8 eval.max_pairs=5000")
+    parser.add_argument("--task-index", type=int, help="this task's slice of users (default: $SLURM_ARRAY_TASK_ID "
+                                                       "or the config's task_index)")
+    parser.add_argument("--num-tasks", type=int, help="number of slices (default: $SLURM_ARRAY_TASK_COUNT or the "
+                                                      "config's num_tasks)")
+    parser.add_argument("--merge", action="store_true",
+                        help="only write manifest.json from the finished tasks' manifests (final array-job step)")
+
+
+def run(args) -> int:
+    import json
+    import logging
+    import os
+    from pathlib import Path
+
+    from recbase.config import load_config
+    from recbase.data.shards import MANIFEST, ShardConfig, build_shards, merge_manifests
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = list(args.overrides)
+    task = args.task_index if args.task_index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    tasks = args.num_tasks if args.num_tasks is not None else os.environ.get("SLURM_ARRAY_TASK_COUNT")
+    if task is not None:
+        overrides.append(f"task_index={int(task)}")
+    if tasks is not None:
+        overrides.append(f"num_tasks={int(tasks)}")
+    cfg = load_config(ShardConfig, args.config, overrides, search_dirs=[Path("launch/configs")])
+    root = Path(cfg.out_dir) / cfg.name
+    if args.merge:
+        path = merge_manifests(root, cfg.num_tasks)
+    else:
+        build_shards(cfg)
+        path = root / MANIFEST
+        if not path.exists():
+            print(f"task {cfg.task_index} of {cfg.num_tasks} done in {root}/ (manifest.json is written when every "
+                  f"task has finished, or by --merge)")
+            return 0
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for split, t in manifest["totals"].items():
+        print(f"{split}: {t['shards']} shards, {t['users']:,} users, {t['tokens']:,} tokens, "
+              f"{t['bytes'] / max(t['tokens'], 1):.2f} bytes/token")
+    for domain, e in manifest["eval_sets"].items():
+        print(f"eval {domain}: {e['users']:,} users, {e['pairs']:,} pairs ({e['negatives']} negatives)")
+    print(f"wrote {path}")
+    return 0

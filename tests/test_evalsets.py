@@ -1,0 +1,96 @@
+"""Eval sets: positives are the held-out last items, negatives never in the history, seeded, budgeted."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from shards_world import K, LEVELS, make_world  # noqa: E402
+
+from recbase.data.evalsets import build_eval_set, read_eval_set  # noqa: E402
+from recbase.data.shards import EvalSetConfig, read_codes  # noqa: E402
+from recbase.vocab import Vocab  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return make_world(tmp_path_factory.mktemp("world"), domains=("news",), n_users=80, n_items=60)
+
+
+def histories(world: Path) -> dict[str, list[str]]:
+    rows = pq.read_table(world / "data" / "news" / "interactions.parquet").to_pylist()
+    out: dict[str, list[str]] = {}
+    for r in sorted(rows, key=lambda r: (r["user_id"], r["timestamp"])):
+        out.setdefault(r["user_id"], []).append(r["item_id"])
+    return out
+
+
+def build(world: Path, out: Path, seed=0, **kw) -> pa.Table:
+    codes = read_codes(world / "codes.parquet")
+    build_eval_set(world / "data" / "news", codes, out, EvalSetConfig(**kw), seed)
+    return read_eval_set(out)
+
+
+def test_positives_history_and_negatives(world, tmp_path):
+    table = build(world, tmp_path / "news.parquet", positives=3, negatives_per_positive=2, max_pairs=10_000)
+    vocab = Vocab(LEVELS, K)
+    codes = {r["item_id"]: r["codes"] for r in pq.read_table(world / "codes.parquet").to_pylist()}
+    hist = histories(world)
+    assert table.num_rows == sum(len(h) > 3 for h in hist.values())
+    for row in table.to_pylist():
+        items = hist[row["user_id"]]
+        n_pos = sum(row["labels"])
+        assert n_pos == 3 and len(row["labels"]) == 9
+        pos = [c for c, lab in zip(row["candidates"], row["labels"]) if lab]
+        neg = [c for c, lab in zip(row["candidates"], row["labels"]) if not lab]
+        assert pos == items[-3:] and row["target"] == items[-3]
+        assert not set(neg) & set(items) and len(set(neg)) == len(neg)
+        want_history = [vocab.bos_id] + vocab.encode_codes(np.array([codes[i] for i in items[:-3]])).ravel().tolist()
+        assert row["history"] == want_history
+        assert row["candidate_tokens"] == vocab.encode_codes(np.array([codes[c] for c in row["candidates"]])).tolist()
+
+
+def test_seeded_and_budgeted(world, tmp_path):
+    a = build(world, tmp_path / "a.parquet", seed=5, max_pairs=50)
+    b = build(world, tmp_path / "b.parquet", seed=5, max_pairs=50)
+    c = build(world, tmp_path / "c.parquet", seed=6, max_pairs=50)
+    assert a.equals(b) and not a.equals(c)
+    assert sum(len(x) for x in a["labels"].to_pylist()) <= 50
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_real_non_clicks_are_used_when_impressions_exist(world, tmp_path):
+    data = tmp_path / "data" / "news"
+    data.mkdir(parents=True)
+    for name in ("items.parquet", "interactions.parquet"):
+        (data / name).write_bytes((world / "data" / "news" / name).read_bytes())
+    hist = histories(world)
+    rng = np.random.default_rng(1)
+    rows = {"user_id": [], "item_id": [], "label": []}
+    shown = {}
+    for user, items in hist.items():
+        pool = [f"n{i:04d}" for i in rng.choice(59, size=12, replace=False)]
+        shown[user] = {i for i in pool if i not in items}
+        rows["user_id"] += [user] * 14
+        rows["item_id"] += pool + [items[-1], "n0059"]
+        rows["label"] += [0] * 12 + [1, None]                 # unlabelled impressions are never negatives
+    pq.write_table(pa.table({k: pa.array(v, pa.int8() if k == "label" else pa.string()) for k, v in rows.items()}),
+                   data / "impressions.parquet")
+    codes = read_codes(world / "codes.parquet")
+    stats = build_eval_set(data, codes, tmp_path / "news.parquet", EvalSetConfig(negatives_per_positive=3), 0)
+    assert stats["negatives"] == "impressions"
+    table = read_eval_set(tmp_path / "news.parquet")
+    assert table.num_rows > 0
+    for row in table.to_pylist():
+        neg = [c for c, lab in zip(row["candidates"], row["labels"]) if not lab]
+        assert neg and set(neg) <= shown[row["user_id"]]
+
+
+def test_bad_options_are_refused(world, tmp_path):
+    with pytest.raises(ValueError, match="positives"):
+        build(world, tmp_path / "x.parquet", positives=11)
