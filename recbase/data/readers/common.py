@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import re
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -118,22 +119,26 @@ _PANDAS_LINE = re.compile(r"line (\d+)")
 
 def read_csv(path: Path, columns: list[str] | None = None, sep: str = ",", header: bool = True,
              names: list[str] | None = None, encoding: str = "utf-8", quoting: int = 0,
-             data: str | None = None, only: bool = False) -> pd.DataFrame:
+             data: str | None = None) -> pd.DataFrame:
     """Read a delimited file as strings (fast C parser), turning parser failures into located InputErrors.
 
-    ``columns`` are required in the header (``only``: and the only ones read, which saves memory on big
-    files); ``names`` name the columns of a header-less file (extra trailing columns are an error). ``data``
-    reads already-decoded text instead of the file (the ``::`` DAT files).
+    ``columns`` are required in the header; ``names`` name the columns of a header-less file. A row with more
+    fields than the header is an error; a row with fewer reads as empty strings, which the id, number and time
+    parsers below reject with its line. ``data`` reads already-decoded text instead of the file (the ``::`` DAT
+    files).
     """
     if data is None:
         check_nonempty(path)
     elif not data.strip():
         raise InputError(path, "file is empty")
-    source = io.StringIO(data) if data is not None else path
+    first_line = 2 if header else 1
     try:
-        df = pd.read_csv(source, sep=sep, header=0 if header else None, names=names, dtype=str,
-                         keep_default_na=False, na_filter=False, encoding=encoding, quoting=quoting,
-                         engine="c", index_col=False, usecols=columns if only else None)
+        with warnings.catch_warnings():
+            # pandas only warns when the first data row is longer than the header; that is a malformed row.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(data) if data is not None else path, sep=sep, header=0 if header else None,
+                             names=names, dtype=str, keep_default_na=False, na_filter=False, encoding=encoding,
+                             quoting=quoting, engine="c", index_col=False)
     except UnicodeDecodeError:
         line, message = first_invalid_utf8_line(path)
         raise InputError(path, message, line=line) from None
@@ -141,21 +146,14 @@ def read_csv(path: Path, columns: list[str] | None = None, sep: str = ",", heade
         m = _PANDAS_LINE.search(str(e))
         raise InputError(path, f"malformed row: {str(e).split('error: ')[-1].strip()}",
                          line=int(m.group(1)) if m else None) from None
+    except pd.errors.ParserWarning:
+        raise InputError(path, "malformed row: more fields than the header", line=first_line) from None
     except pd.errors.EmptyDataError:
         raise InputError(path, "file is empty") from None
-    except ValueError as e:   # after its subclasses above: usecols names a missing column
-        if not only or "Usecols" not in str(e):
-            raise
-        header_names = pd.read_csv(path, sep=sep, nrows=0, encoding=encoding).columns
-        missing = [c for c in columns if c not in header_names]
-        raise InputError(path, f"missing column (header has: {', '.join(header_names)})", line=1,
-                         field=missing[0] if missing else None) from None
     for col in columns or []:
         if col not in df.columns:
             raise InputError(path, f"missing column (header has: {', '.join(map(str, df.columns))})",
                              line=1, field=col)
-    if names is not None and len(df.columns) > len(names):
-        raise InputError(path, f"malformed row: expected {len(names)} fields", line=None)
     return df
 
 

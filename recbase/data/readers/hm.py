@@ -20,11 +20,11 @@ FIELDS = {"name": "prod_name", "product_type": "product_type_name", "product_gro
 def read(path: Path, domain: str) -> DomainTables:
     articles_path = find_file(Path(path), ["articles.csv*"], "H&M articles")
     transactions_path = find_file(Path(path), ["transactions_train.csv*", "transactions*.csv*"], "H&M transactions")
-    articles = read_csv(articles_path, ["article_id", *FIELDS.values()], only=True)
+    articles = read_csv(articles_path, ["article_id", *FIELDS.values()])
     summary = IngestSummary(domain)
     items = build_items(domain, KIND, list(id_column(articles, "article_id", articles_path)),
                         {name: articles[column].tolist() for name, column in FIELDS.items()}, summary)
-    tx = read_csv(transactions_path, ["t_dat", "customer_id", "article_id"], only=True)
+    tx = read_csv(transactions_path, ["t_dat", "customer_id", "article_id"])
     return make_tables(domain, items, id_column(tx, "customer_id", transactions_path),
                        id_column(tx, "article_id", transactions_path),
                        time_column(tx["t_dat"], "%Y-%m-%d", transactions_path), summary)

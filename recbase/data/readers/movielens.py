@@ -52,7 +52,7 @@ def _tables(domain, movie_ids, titles, genres, ratings, ratings_path, first) -> 
 
 def _read_csv_layout(path: Path, domain: str) -> DomainTables:
     movies = read_csv(path / "movies.csv", ["movieId", "title", "genres"])
-    ratings = read_csv(path / "ratings.csv", ["userId", "movieId", "timestamp"], only=True)
+    ratings = read_csv(path / "ratings.csv", ["userId", "movieId", "timestamp"])
     return _tables(domain, movies["movieId"], movies["title"], map(split_genres, movies["genres"]),
                    ratings, path / "ratings.csv", 2)
 
