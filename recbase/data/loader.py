@@ -10,8 +10,8 @@ Data order is a pure function of (seed, epoch, rank, worker), which is what make
   Every stream therefore yields batches and every rank can step.
 * **Users** of the blocks pass a seeded WebDataset shuffle buffer, are cut into chunks of at most ``seq_len`` tokens
   (a longer user becomes several chunks, each starting at position 0 with an unlabelled first token, because
-  keeping attention inside one row is what varlen attention needs), and are packed greedily: a chunk that does
-  not fit in the rest of the row starts the next row. Labels are -100 at padding and at each chunk's first token,
+  keeping attention inside one row is what varlen attention needs), and are packed first-fit into a few open rows
+  (a row leaves when full, or the fullest one when no open row has room). Labels are -100 at padding and at each chunk's first token,
   so no position predicts across a user boundary; in the ``valid`` split they are also -100 before the user's
   held-out targets.
 * **Resume**: the loader counts batches consumed per worker and yields them in a fixed round-robin order over
@@ -130,12 +130,13 @@ class PackedLoader:
                     break
                 batch.pop("_worker")
                 self._consumed[0] += 1
-                yield batch
+                yield _to_torch(batch)
             self._done[0] = True
             return
         dataset = _BatchStream(self, self._epoch, list(self._consumed))
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                                             prefetch_factor=self.prefetch_factor, multiprocessing_context="fork")
+                                             prefetch_factor=self.prefetch_factor, multiprocessing_context="fork",
+                                             collate_fn=_identity)
         pending = {w: deque() for w in range(self.num_workers)}
         it = iter(loader)
         while not all(self._done):
@@ -153,7 +154,7 @@ class PackedLoader:
                 continue
             batch.pop("_worker")
             self._consumed[w] += 1
-            yield batch
+            yield _to_torch(batch)
 
     def __repr__(self) -> str:
         return (f"PackedLoader({str(self.shard_dir)!r}, split={self.split!r}, seq_len={self.seq_len}, "
@@ -221,6 +222,10 @@ class _BatchStream(torch.utils.data.IterableDataset):
                     yield tokens[offsets[u]:offsets[u + 1]], (label_from[u] if label_from else 1)
 
 
+def _identity(batch):
+    return batch
+
+
 def hash_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -254,19 +259,26 @@ def _chunks(users, seq_len: int) -> Iterator[Segment]:
             yield tokens[a:a + seq_len], max(1, label_from - a)
 
 
-def pack_rows(users, seq_len: int) -> Iterator[list[Segment]]:
-    """Greedy packing: chunks fill a row in order; one that does not fit starts the next row."""
-    row: list[Segment] = []
-    used = 0
+def pack_rows(users, seq_len: int, open_rows: int = 8) -> Iterator[list[Segment]]:
+    """First-fit packing over a few open rows: a chunk goes to the first open row with room; when none has room
+    and ``open_rows`` are open, the fullest row is emitted. Deterministic, and fuller than one open row."""
+    rows: list[list] = []   # [tokens used, segments]
     for seg in _chunks(users, seq_len):
         n = len(seg[0])
-        if used + n > seq_len:
-            yield row
-            row, used = [], 0
-        row.append(seg)
-        used += n
-    if row:
-        yield row
+        target = next((r for r in rows if r[0] + n <= seq_len), None)
+        if target is None:
+            if len(rows) == open_rows:
+                fullest = max(range(len(rows)), key=lambda i: rows[i][0])
+                yield rows.pop(fullest)[1]
+            target = [0, []]
+            rows.append(target)
+        target[0] += n
+        target[1].append(seg)
+        if target[0] == seq_len:
+            rows.remove(target)
+            yield target[1]
+    for _, segs in rows:
+        yield segs
 
 
 def single_rows(users, seq_len: int) -> Iterator[list[Segment]]:
@@ -308,6 +320,10 @@ def make_batch(rows: list[list[Segment]], batch_size: int, seq_len: int, pad_id:
             seglens.append(seq_len - pos)
     cu = np.zeros(len(seglens) + 1, np.int32)
     np.cumsum(seglens, out=cu[1:])
-    return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
-            "position_ids": torch.from_numpy(position_ids), "cu_seqlens": torch.from_numpy(cu),
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "cu_seqlens": cu,
             "max_seqlen": int(max(seglens)), "n_label_tokens": int((labels != -100).sum())}
+
+
+def _to_torch(batch: dict) -> dict:
+    """Arrays cross the worker boundary as pickled numpy (cheaper than shared-memory tensors at these sizes)."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
