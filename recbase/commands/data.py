@@ -1,0 +1,54 @@
+"""``recbase data fetch NAME --dest DIR`` and ``recbase data list``: known public datasets."""
+from __future__ import annotations
+
+HELP = "download a known public dataset (verified by SHA-256), unpack it and ingest it; or list them"
+
+
+def add_arguments(parser) -> None:
+    from recbase.data.ingest import MAX_HISTORY, MIN_USER_INTERACTIONS
+
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    sub.add_parser("list", help="the datasets `fetch` knows")
+    fetch = sub.add_parser("fetch", help="download, verify, unpack and ingest one dataset")
+    fetch.add_argument("name", help="dataset name (see `recbase data list`)")
+    fetch.add_argument("--dest", required=True, help="download folder; the dataset goes to DEST/NAME/")
+    fetch.add_argument("--out", help="tables folder for the ingest (default: DEST/tables)")
+    fetch.add_argument("--no-ingest", action="store_true", help="only download, verify and unpack")
+    fetch.add_argument("--domain", help="domain name (default: NAME)")
+    fetch.add_argument("--min-user-interactions", type=int, default=MIN_USER_INTERACTIONS,
+                       help="drop users with fewer interactions (paper: 15; 0 keeps all)")
+    fetch.add_argument("--max-history", type=int, default=MAX_HISTORY,
+                       help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from recbase.data.fetch import REGISTRY, ChecksumError, fetch
+
+    if args.action == "list":
+        for name, entry in sorted(REGISTRY.items()):
+            print(f"{name:40s} {entry.describe()}")
+        return 0
+    try:
+        folder = fetch(args.name, args.dest)
+    except (KeyError, ChecksumError) as e:
+        print(f"error: {e.args[0]}")
+        return 2
+    print(f"{args.name}: verified and unpacked in {folder}")
+    if args.no_ingest:
+        return 0
+    from recbase.data.ingest import ingest
+    from recbase.data.readers import InputError
+
+    out = args.out or str(Path(args.dest) / "tables")
+    try:
+        tables = ingest(REGISTRY[args.name].format, folder, out, domain=args.domain or args.name,
+                        min_user_interactions=args.min_user_interactions, max_history=args.max_history)
+    except InputError as e:
+        print(f"error: {e}")
+        return 2
+    print(tables.summary.format())
+    print(f"wrote {out}/{tables.domain}/")
+    return 0
