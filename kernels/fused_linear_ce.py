@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.dispatch import pick_backend
 from kernels.pytorch.pt_fused_linear_ce import DEFAULT_CHUNK_SIZE, linear_cross_entropy, pt_ce_chunk_step
-from kernels.rq_search import pick_backend
 
 
 def fused_linear_cross_entropy(

@@ -9,8 +9,9 @@ import torch  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from kernels.dispatch import pick_backend  # noqa: E402
 from kernels.pytorch.pt_rq_search import pt_rq_search  # noqa: E402
-from kernels.rq_search import pick_backend, rq_search  # noqa: E402
+from kernels.rq_search import rq_search  # noqa: E402
 
 needs_triton = pytest.mark.skipif(
     not TRITON_HERE, reason="triton was imported before the interpreter could be enabled; "
