@@ -8,10 +8,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from recbase.vocab import Vocab
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: a second intra-op thread only adds spin-wait contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_model(vocab: Vocab, seed: int = 0, max_positions: int = 512, hidden: int = 32) -> Qwen2ForCausalLM:

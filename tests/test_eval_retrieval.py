@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from eval_helpers import tiny_model
 from recbase.eval.retrieval import Retriever, beam_search
 from recbase.eval.scoring import CandidateScorer

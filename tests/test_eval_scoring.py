@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from eval_helpers import tiny_model
 from recbase.eval.scoring import CandidateScorer, branch_mask, truncate_history
 from recbase.vocab import Vocab

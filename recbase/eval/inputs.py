@@ -1,0 +1,226 @@
+"""Reading what evaluation consumes: eval sets, the catalog's codes, the tokenizer hashes they carry, the users'
+history items and the domain's popularity counts (both from ``interactions.parquet``), and text embeddings.
+
+Every malformed row is an error naming the file, the row and the field: a silently wrong eval set would give a
+plausible but meaningless AUC.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+EVAL_COLUMNS = ("user_id", "history", "candidates", "candidate_tokens", "labels", "target")
+
+
+@dataclass
+class EvalSet:
+    """One held-out domain: per user a history, candidates with their tokens and labels, and the target."""
+
+    domain: str
+    path: Path
+    user_ids: list[str]
+    histories: list[np.ndarray]          # [T] int64, bos first
+    candidates: list[list[str]]
+    candidate_tokens: list[np.ndarray]   # [C, L] int64
+    labels: list[np.ndarray]             # [C] int8
+    targets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(c) for c in self.candidates)
+
+    def flat(self, per_user: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user index, score, label) over all pairs, for pooled AUC and GAUC."""
+        groups = np.repeat(np.arange(len(self)), [len(c) for c in self.candidates])
+        return groups, np.concatenate(per_user), np.concatenate(self.labels)
+
+
+def list_eval_domains(eval_dir: str | Path) -> list[str]:
+    domains = sorted(p.stem for p in Path(eval_dir).glob("*.parquet") if not p.name.startswith("."))
+    if not domains:
+        raise FileNotFoundError(f"no eval sets (<domain>.parquet) in {eval_dir}")
+    return domains
+
+
+def read_eval_set(path: str | Path, levels: int, bos_id: int, max_users: int = 0) -> EvalSet:
+    """Read and validate ``eval/<domain>.parquet`` (layout in docs/formats.md)."""
+    path = Path(path)
+    table = pq.read_table(path)
+    missing = [c for c in EVAL_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    if max_users:
+        table = table.slice(0, max_users)
+    cols = {c: table.column(c).to_pylist() for c in EVAL_COLUMNS}
+    out = EvalSet(path.stem, path, [], [], [], [], [], [])
+    for row in range(table.num_rows):
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"{path}: row {row} (user {cols['user_id'][row]!r}): field {field!r} {why}")
+
+        history = np.asarray(cols["history"][row] or [], dtype=np.int64)
+        if len(history) == 0 or history[0] != bos_id:
+            raise bad("history", f"must start with bos ({bos_id})")
+        if (len(history) - 1) % levels:
+            raise bad("history", f"has {len(history) - 1} tokens after bos, not a multiple of {levels} levels")
+        cands = cols["candidates"][row] or []
+        tokens = cols["candidate_tokens"][row] or []
+        labels = np.asarray(cols["labels"][row] or [], dtype=np.int8)
+        if not cands:
+            raise bad("candidates", "is empty")
+        if len(tokens) != len(cands) or len(labels) != len(cands):
+            raise bad("candidate_tokens/labels", f"lengths {len(tokens)}/{len(labels)} differ from "
+                      f"{len(cands)} candidates")
+        if any(t is None or len(t) != levels for t in tokens):
+            raise bad("candidate_tokens", f"has an entry that is not {levels} tokens")
+        if not np.isin(labels, (0, 1)).all():
+            raise bad("labels", "holds values other than 0 and 1")
+        target = cols["target"][row]
+        if target is None:
+            raise bad("target", "is null")
+        out.user_ids.append(str(cols["user_id"][row]))
+        out.histories.append(history)
+        out.candidates.append([str(c) for c in cands])
+        out.candidate_tokens.append(np.asarray(tokens, dtype=np.int64))
+        out.labels.append(labels)
+        out.targets.append(str(target))
+    if not len(out):
+        raise ValueError(f"{path}: no users")
+    return out
+
+
+def parquet_tokenizer_hash(path: Path) -> str | None:
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(b"tokenizer_hash")
+    return value.decode() if value else None
+
+
+def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokenizer_dir: str = "") -> dict[str, str]:
+    """Tokenizer hash stated by each input that states one, keyed by the file stating it.
+
+    Sources: the eval sets' Parquet metadata, the shards' ``manifest.json`` beside the ``eval/`` folder,
+    ``codes.parquet`` metadata and the tokenizer artifact's ``config.json``.
+    """
+    hashes: dict[str, str] = {}
+    for p in eval_paths:
+        h = parquet_tokenizer_hash(p)
+        if h:
+            hashes[str(p)] = h
+    manifests = {p.parent.parent / "manifest.json" for p in eval_paths}
+    for m in sorted(manifests):
+        if m.exists():
+            h = json.loads(m.read_text(encoding="utf-8")).get("tokenizer_hash")
+            if h:
+                hashes[str(m)] = str(h)
+    if codes_path:
+        h = parquet_tokenizer_hash(Path(codes_path))
+        if h:
+            hashes[str(codes_path)] = h
+    if tokenizer_dir:
+        cfg = Path(tokenizer_dir) / "config.json"
+        h = json.loads(cfg.read_text(encoding="utf-8")).get("hash")
+        if not h:
+            raise ValueError(f"{cfg}: missing field 'hash'")
+        hashes[str(cfg)] = str(h)
+    return hashes
+
+
+def read_catalog(codes_path: str | Path, domain: str, levels: int) -> tuple[list[str], np.ndarray]:
+    """The domain's items and their codes ``[N, L]`` from ``codes.parquet``."""
+    table = pq.read_table(codes_path, filters=[("domain", "=", domain)], columns=["item_id", "codes"])
+    if table.num_rows == 0:
+        raise ValueError(f"{codes_path}: no items of domain {domain!r}")
+    codes = table.column("codes").to_pylist()
+    for row, c in enumerate(codes):
+        if c is None or len(c) != levels:
+            raise ValueError(f"{codes_path}: domain {domain!r} row {row}: field 'codes' has "
+                             f"{0 if c is None else len(c)} entries, the model's vocabulary has {levels} levels")
+    return table.column("item_id").to_pylist(), np.asarray(codes, dtype=np.int64)
+
+
+def user_sequences(interactions_path: str | Path) -> dict[str, list[str]]:
+    """Each user's items in time order (the table is sorted by user, then time)."""
+    table = pq.read_table(interactions_path, columns=["user_id", "item_id", "timestamp"])
+    users = np.asarray(table.column("user_id").to_pylist(), dtype=object)
+    items = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+    ts = table.column("timestamp").to_numpy()
+    order = np.lexsort((ts, users.astype(str)))
+    seqs: dict[str, list[str]] = {}
+    for u, i in zip(users[order].tolist(), items[order].tolist()):
+        seqs.setdefault(u, []).append(i)
+    return seqs
+
+
+def history_items(eval_set: EvalSet, sequences: dict[str, list[str]], levels: int, source: str = "interactions",
+                  item_tokens: dict[str, np.ndarray] | None = None) -> tuple[list[list[str]], int]:
+    """The items behind each eval user's history tokens, by the held-out rule; and how many users are unverified.
+
+    The eval-set builder holds out a user's last items and keeps every earlier item as history, so the target
+    sits right after the history's ``n`` items. Among the target's occurrences at position ``>= n``, the first
+    whose ``n`` preceding items encode to exactly the eval set's history tokens (checked when ``item_tokens``,
+    item -> its L tokens, is given) is taken; when none verifies, the first occurrence is used and the user is
+    counted as unverified. A user or target absent from ``sequences`` is an error.
+    """
+    out, unverified = [], 0
+    for row, (user, target, hist) in enumerate(zip(eval_set.user_ids, eval_set.targets, eval_set.histories)):
+        seq = sequences.get(user)
+        if seq is None:
+            raise ValueError(f"{eval_set.path}: row {row}: user {user!r} is not in {source}")
+        n_hist = (len(hist) - 1) // levels
+        positions = [p for p, item in enumerate(seq) if item == target]
+        if not positions:
+            raise ValueError(f"{eval_set.path}: row {row}: target {target!r} of user {user!r} is not among the "
+                             f"user's interactions in {source}")
+        chosen = None
+        for p in (p for p in positions if p >= n_hist):
+            items = seq[p - n_hist:p]
+            if item_tokens is None or _encodes_to(items, item_tokens, hist[1:]):
+                chosen = items
+                break
+        if chosen is None or item_tokens is None:
+            unverified += 1
+        out.append(chosen if chosen is not None else seq[max(0, positions[0] - n_hist):positions[0]])
+    return out, unverified
+
+
+def _encodes_to(items: list[str], item_tokens: dict[str, np.ndarray], tokens: np.ndarray) -> bool:
+    try:
+        encoded = np.concatenate([item_tokens[i] for i in items]) if items else np.zeros(0, np.int64)
+    except KeyError:
+        return False
+    return np.array_equal(encoded, tokens)
+
+
+def popularity_counts(sequences: dict[str, list[str]], eval_set: EvalSet) -> Counter:
+    """Interactions per item in the domain, with each eval user's held-out positives removed."""
+    counts: Counter = Counter()
+    for seq in sequences.values():
+        counts.update(seq)
+    for cands, labels in zip(eval_set.candidates, eval_set.labels):
+        for item, label in zip(cands, labels.tolist()):
+            if label == 1:
+                counts[item] -= 1
+    return counts
+
+
+def read_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str]) -> np.ndarray:
+    """``<emb_dir>/<domain>.npy`` as float32, checked against the domain's items (count and id hash)."""
+    npy = Path(emb_dir) / f"{domain}.npy"
+    meta_path = Path(emb_dir) / f"{domain}.json"
+    emb = np.load(npy)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if emb.ndim != 2 or emb.shape[0] != len(item_ids):
+        raise ValueError(f"{npy}: shape {emb.shape} does not have one row per item ({len(item_ids)} items)")
+    digest = hashlib.sha256("\n".join(item_ids).encode("utf-8")).hexdigest()
+    if meta.get("item_ids_sha256") not in (None, digest):
+        raise ValueError(f"{meta_path}: field 'item_ids_sha256' does not match the items table's ids; "
+                         f"the embeddings were computed for another item order")
+    return emb.astype(np.float32)

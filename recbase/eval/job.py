@@ -1,0 +1,186 @@
+"""The evaluation job behind ``recbase evaluate`` / ``launch/evaluate.py``.
+
+For every held-out domain: score each user's candidates with every model (fast mode: history once per user),
+compute AUC / GAUC on the summed and the length-normalised log-probabilities, optionally retrieve over the full
+catalog with trie-constrained beam search, score the same pairs with the baselines, and write the report.
+Models are refused when their tokenizer hash differs from the one the inputs were made with.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from recbase.config import save_config, to_dict
+from recbase.eval import baselines as bl
+from recbase.eval.inputs import (EvalSet, history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts,
+                                 read_catalog, read_embeddings, read_eval_set, user_sequences)
+from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
+from recbase.eval.model_io import EvalModel, check_tokenizer_hash, load_eval_model
+from recbase.eval.report import write_report
+from recbase.eval.retrieval import Retriever
+from recbase.eval.scoring import MODES, CandidateScorer
+from recbase.eval.trie import CodeTrie
+
+
+@dataclass
+class EvalConfig:
+    models: dict[str, str] = field(default_factory=dict)   # name -> HF export folder or DeepSpeed checkpoint
+    eval_dir: str = ""                 # folder of eval/<domain>.parquet
+    domains: list[str] = field(default_factory=list)        # held-out domains to evaluate; empty = all in eval_dir
+    out_dir: str = "eval_out"          # where metrics.json, report.md and the charts go
+    data_dir: str = ""                 # <data_dir>/<domain>/{items,interactions}.parquet, for the baselines
+    embeddings_dir: str = ""           # <dir>/<domain>.npy + .json, for the text-similarity baselines
+    codes: str = ""                    # codes.parquet: the catalog for retrieval (and its tokenizer hash)
+    tokenizer_dir: str = ""            # tokenizer artifact folder, whose config.json hash the model must match
+    baselines: list[str] = field(default_factory=lambda: list(bl.BASELINES))  # subset of random, text_raw, ...
+    mode: str = "fast"                 # fast (history once per user) or naive (one forward per pair)
+    batch_size: int = 256              # candidates (or beams) per forward in fast mode
+    device: str = "auto"               # auto = cuda when available, else cpu
+    dtype: str = "auto"                # auto = bfloat16 on GPU, float32 on CPU
+    max_users: int = 0                 # users per domain to evaluate (0 = all), for quick runs
+    retrieval: bool = True             # beam-search retrieval over the catalog (needs codes)
+    beam_width: int = 20               # beams kept per level; items returned >= this
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs for Recall@K and NDCG@K
+    seed: int = 0                      # for the random baseline
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ValueError("no model to evaluate: set models (name -> path) or pass --model NAME=PATH")
+        if not self.eval_dir:
+            raise ValueError("eval_dir is not set")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+        unknown = sorted(set(self.baselines) - set(bl.BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; known: {list(bl.BASELINES)}")
+        needs_data = {"text_raw", "text_centred", "popularity"} & set(self.baselines)
+        if needs_data and not self.data_dir:
+            raise ValueError(f"baselines {sorted(needs_data)} need data_dir (items and interactions)")
+        if {"text_raw", "text_centred"} & set(self.baselines) and not self.embeddings_dir:
+            raise ValueError("text-similarity baselines need embeddings_dir")
+
+
+def ranking_metrics(eval_set: EvalSet, per_user: list[np.ndarray]) -> dict[str, float]:
+    groups, scores, labels = eval_set.flat(per_user)
+    return {"auc": auc(scores, labels), "gauc": gauc(groups, scores, labels),
+            "gauc_pair_weighted": gauc(groups, scores, labels, weighted=True)}
+
+
+def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: CodeTrie | None) -> dict:
+    scorer = CandidateScorer(em.model, em.vocab.levels, em.vocab.bos_id, cfg.mode, cfg.batch_size)
+    sums, means = [], []
+    bar = tqdm(zip(eval_set.histories, eval_set.candidate_tokens), total=len(eval_set),
+               desc=f"{em.name} / {eval_set.domain}", unit="user")
+    t0 = time.perf_counter()
+    for hist, tokens in bar:
+        logp = scorer.score_user(hist, tokens)
+        sums.append(logp.sum(1))
+        means.append(logp.mean(1))
+        bar.set_postfix(pairs_per_s=f"{scorer.timing.pairs_per_s:.0f}")
+    result = ranking_metrics(eval_set, sums)
+    norm = ranking_metrics(eval_set, means)
+    result.update({"auc_len_norm": norm["auc"], "gauc_len_norm": norm["gauc"]})
+    result["timing"] = {**scorer.timing.to_dict(), "total_seconds": time.perf_counter() - t0}
+    if trie is not None:
+        retriever = Retriever(em.model, trie, em.vocab.n_special, em.vocab.bos_id, cfg.beam_width)
+        t0 = time.perf_counter()
+        ranks = [retriever.retrieve(h).rank_of(t) for h, t in
+                 tqdm(zip(eval_set.histories, eval_set.targets), total=len(eval_set),
+                      desc=f"retrieve {em.name} / {eval_set.domain}", unit="user")]
+        result["retrieval"] = retrieval_metrics(ranks, cfg.ks)
+        result["retrieval"]["seconds"] = time.perf_counter() - t0
+        result["retrieval"]["catalog_items"] = len(trie.item_ids)
+        result["retrieval"]["catalog_tuples"] = trie.n_tuples
+    return result
+
+
+def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int,
+                       item_tokens: dict[str, np.ndarray] | None) -> tuple[dict, int | None]:
+    """Baseline metrics, and the number of users whose history items could not be verified against the tokens
+    (None when no baseline needed the history items)."""
+    out: dict[str, dict] = {}
+    n_cands = [len(c) for c in eval_set.candidates]
+    unverified = None
+    needs_data = {"text_raw", "text_centred", "popularity"} & set(cfg.baselines)
+    if needs_data:
+        domain_dir = Path(cfg.data_dir) / eval_set.domain
+        interactions = domain_dir / "interactions.parquet"
+        sequences = user_sequences(interactions)
+        hist_items, unverified = history_items(eval_set, sequences, levels, str(interactions), item_tokens)
+    for name in cfg.baselines:
+        if name == "random":
+            scores = bl.random_scores(n_cands, cfg.seed)
+        elif name == "popularity":
+            scores = bl.popularity_scores(popularity_counts(sequences, eval_set), eval_set.candidates)
+        else:
+            import pyarrow.parquet as pq
+
+            item_ids = pq.read_table(domain_dir / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+            emb = read_embeddings(cfg.embeddings_dir, eval_set.domain, item_ids)
+            sim = bl.TextSimilarity(item_ids, emb, centred=name == "text_centred")
+            scores = [sim.score(h, c) for h, c in zip(hist_items, eval_set.candidates)]
+        out[name] = ranking_metrics(eval_set, scores)
+    return out, unverified
+
+
+def _overall(domains: dict, kind: str) -> dict:
+    names = next(iter(domains.values()))[kind]
+    result = {}
+    for name in names:
+        metrics = {}
+        for key, value in next(iter(domains.values()))[kind][name].items():
+            if isinstance(value, float):
+                metrics[key] = overall(d[kind][name][key] for d in domains.values())
+        retrieval = [d[kind][name]["retrieval"] for d in domains.values() if "retrieval" in d[kind][name]]
+        if retrieval:
+            metrics["retrieval"] = {k: overall(r[k] for r in retrieval) for k in retrieval[0]
+                                    if k.startswith(("recall", "ndcg", "mrr"))}
+        result[name] = metrics
+    return result
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the whole evaluation and write the report under ``cfg.out_dir``; returns the results dict."""
+    cfg.validate()
+    domains = cfg.domains or list_eval_domains(cfg.eval_dir)
+    eval_paths = [Path(cfg.eval_dir) / f"{d}.parquet" for d in domains]
+    for p in eval_paths:
+        if not p.exists():
+            raise FileNotFoundError(f"eval set {p} not found")
+    expected = input_tokenizer_hashes(eval_paths, cfg.codes, cfg.tokenizer_dir)
+    models = {}
+    for name, path in cfg.models.items():
+        em = load_eval_model(name, path, cfg.device, cfg.dtype)
+        check_tokenizer_hash(em, expected)
+        models[name] = em
+    vocabs = {em.vocab for em in models.values()}
+    if len(vocabs) != 1:
+        raise ValueError(f"models disagree on the vocabulary layout: {[em.vocab for em in models.values()]}")
+    vocab = vocabs.pop()
+    device = next(next(iter(models.values())).model.parameters()).device
+    results: dict = {"config": to_dict(cfg), "models": {n: str(m.path) for n, m in models.items()},
+                     "tokenizer_hashes": expected, "device": str(device), "domains": {}}
+    for domain, path in zip(domains, eval_paths):
+        eval_set = read_eval_set(path, vocab.levels, vocab.bos_id, cfg.max_users)
+        trie, item_tokens = None, None
+        if cfg.codes:
+            item_ids, codes = read_catalog(cfg.codes, domain, vocab.levels)
+            item_tokens = dict(zip(item_ids, vocab.encode_codes(codes)))
+            if cfg.retrieval:
+                trie = CodeTrie.build(codes, item_ids, vocab.codebook_size, device)
+        section = {"users": len(eval_set), "pairs": eval_set.n_pairs,
+                   "models": {n: evaluate_model(em, eval_set, cfg, trie) for n, em in models.items()}}
+        section["baselines"], section["history_items_unverified"] = evaluate_baselines(
+            eval_set, cfg, vocab.levels, item_tokens)
+        results["domains"][domain] = section
+        print(f"[{domain}] " + ", ".join(f"{n} AUC {r['auc']:.4f}" for n, r in
+                                          {**section["models"], **section["baselines"]}.items()))
+    results["overall"] = {"models": _overall(results["domains"], "models"),
+                          "baselines": _overall(results["domains"], "baselines")}
+    write_report(results, cfg.out_dir)
+    save_config(cfg, Path(cfg.out_dir) / "config.json")
+    return results

@@ -1,0 +1,102 @@
+"""Loading a model to evaluate and refusing one whose tokenizer does not match the data.
+
+A model is a Hugging Face export folder (``save_pretrained`` of a ``Qwen2ForCausalLM`` plus ``recbase.json``
+holding ``tokenizer_hash`` and ``vocab``), or a DeepSpeed checkpoint folder, which
+``recbase.train.export.load_model`` consolidates. Concept ids mean nothing across tokenizers, so a model is only
+scored on eval sets and catalogs made with the tokenizer it was trained on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from recbase.vocab import Vocab
+
+META_FILE = "recbase.json"
+
+
+class TokenizerMismatch(ValueError):
+    """A model and an eval input were made with different tokenizers."""
+
+
+@dataclass
+class EvalModel:
+    name: str
+    path: Path
+    model: torch.nn.Module
+    vocab: Vocab
+    tokenizer_hash: str
+
+
+def read_meta(path: Path) -> dict:
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}: line {e.lineno}: {e.msg}") from None
+    for key in ("tokenizer_hash", "vocab"):
+        if key not in meta:
+            raise ValueError(f"{meta_path}: missing field {key!r}")
+    return meta
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on GPU and float32 on CPU (where bf16 matmuls are slow and imprecise)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: str = "auto") -> EvalModel:
+    """Load the model at ``path`` for inference (eval mode, SDPA attention so 4D branch masks apply)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model {name!r}: {path} is not a folder")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if (path / META_FILE).exists() and (path / "config.json").exists():
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation="sdpa")
+        meta = read_meta(path)
+    else:
+        try:
+            from recbase.train.export import load_model
+        except ImportError:
+            raise ValueError(f"model {name!r}: {path} has no {META_FILE} + config.json (not a Hugging Face "
+                             f"export) and recbase.train.export is not available to read a checkpoint") from None
+        model, meta = _unpack_loaded(load_model(path), path)
+        model = model.to(dt)
+        model.config._attn_implementation = "sdpa"
+    model = model.to(dev).eval()
+    return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]))
+
+
+def _unpack_loaded(loaded, path: Path):
+    """``load_model`` returns the model and its metadata, or the model with ``recbase.json`` in the folder."""
+    if isinstance(loaded, tuple):
+        model, meta = loaded
+        return model, meta
+    for folder in (path, path.parent):
+        if (folder / META_FILE).exists():
+            return loaded, read_meta(folder)
+    raise ValueError(f"{path}: checkpoint loaded but no {META_FILE} with the tokenizer hash found beside it")
+
+
+def check_tokenizer_hash(model: EvalModel, expected: dict[str, str]) -> None:
+    """Refuse ``model`` unless its tokenizer hash equals every ``expected`` hash (keyed by the file stating it)."""
+    for source, digest in expected.items():
+        if digest != model.tokenizer_hash:
+            raise TokenizerMismatch(
+                f"model {model.name!r} was trained with tokenizer {model.tokenizer_hash} "
+                f"({model.path / META_FILE}) but {source} was made with tokenizer {digest}; "
+                f"concept ids are not comparable across tokenizers")

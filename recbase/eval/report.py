@@ -1,0 +1,199 @@
+"""Writing an evaluation's results: ``metrics.json`` (every number and the config), ``report.md`` (Markdown tables,
+the paper's Table 1 and Table 3 layouts) and one bar chart PNG per metric.
+
+``results`` is the dict :func:`recbase.eval.job.evaluate` builds: ``domains[d]["models"|"baselines"][name][metric]``
+and ``overall["models"|"baselines"][name][metric]`` (unweighted mean over domains).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+from recbase.eval.baselines import LABELS
+from recbase.io import atomic_write_bytes, atomic_write_text
+
+RANKING_METRICS = ("auc", "gauc", "auc_len_norm")
+RETRIEVAL_CHART_METRICS = ("recall@10", "ndcg@10", "mrr")
+BAR = "text_centred"
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.4f}"
+
+
+def _rows(results: dict):
+    """(label, section) for every domain, then Overall."""
+    for d, section in results["domains"].items():
+        yield d, section
+    yield "**Overall**", results["overall"]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def ranking_table(results: dict) -> str:
+    models = list(results["overall"]["models"])
+    baselines = [b for b in results["overall"]["baselines"]]
+    bar_first = sorted(baselines, key=lambda b: b != BAR)
+    header = ["domain"]
+    for m in models:
+        header += [f"{m} AUC", f"{m} GAUC", f"{m} AUC (len-norm)"]
+    header += [f"{LABELS[b]} AUC" for b in bar_first]
+    rows = []
+    for label, section in _rows(results):
+        row = [label]
+        for m in models:
+            r = section["models"][m]
+            row += [_fmt(r["auc"]), _fmt(r["gauc"]), _fmt(r["auc_len_norm"])]
+        row += [_fmt(section["baselines"][b]["auc"]) for b in bar_first]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def baseline_gauc_table(results: dict) -> str:
+    baselines = list(results["overall"]["baselines"])
+    rows = [[label] + [_fmt(section["baselines"][b]["gauc"]) for b in baselines] for label, section in _rows(results)]
+    return _table(["domain"] + [f"{LABELS[b]} GAUC" for b in baselines], rows)
+
+
+def comparison_table(results: dict) -> str:
+    """Table 3 layout: the first model against each other model, with the relative change of AUC."""
+    models = list(results["overall"]["models"])
+    base = models[0]
+    header = ["domain", f"{base} AUC"]
+    for m in models[1:]:
+        header += [f"{m} AUC", f"Δ vs {base}"]
+    rows = []
+    for label, section in _rows(results):
+        a = section["models"][base]["auc"]
+        row = [label, _fmt(a)]
+        for m in models[1:]:
+            b = section["models"][m]["auc"]
+            rel = (b - a) / a * 100 if a and not (math.isnan(a) or math.isnan(b)) else float("nan")
+            row += [_fmt(b), "–" if math.isnan(rel) else f"{rel:+.2f}%"]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def retrieval_table(results: dict, ks: list[int]) -> str:
+    metrics = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
+    rows = []
+    for label, section in _rows(results):
+        for m, r in section["models"].items():
+            if "retrieval" in r:
+                rows.append([label, m] + [_fmt(r["retrieval"][x]) for x in metrics])
+    return _table(["domain", "model"] + metrics, rows)
+
+
+def timing_table(results: dict) -> str:
+    rows = []
+    for d, section in results["domains"].items():
+        for m, r in section["models"].items():
+            t = r["timing"]
+            rows.append([d, m, f"{t['pairs']:,}", f"{t['pairs_per_s']:.1f}", f"{t['seconds']:.2f}"])
+    return _table(["domain", "model", "pairs", "pairs/s", "scoring seconds"], rows)
+
+
+def render_markdown(results: dict) -> str:
+    cfg = results["config"]
+    parts = [
+        "# Zero-shot evaluation",
+        "",
+        f"Models: {', '.join(f'`{m}` ({p})' for m, p in results['models'].items())}. "
+        f"Scoring mode: {cfg['mode']}, device {results['device']}.",
+        "",
+        "## Ranking (AUC; GAUC = per-user AUC averaged over users, unweighted)",
+        "",
+        f"Score = log P(candidate's concept tokens | history); *len-norm* = mean log P per token. "
+        f"**{LABELS[BAR]}** is the zero-shot bar a model has to clear. Overall = unweighted mean over domains.",
+        "",
+        ranking_table(results),
+        "",
+        "### Baselines, GAUC",
+        "",
+        baseline_gauc_table(results),
+    ]
+    if len(results["models"]) > 1:
+        parts += ["", "## Model comparison (AUC)", "", comparison_table(results)]
+    if any("retrieval" in r for s in results["domains"].values() for r in s["models"].values()):
+        parts += ["", f"## Retrieval over the full catalog (leave-one-out, beam width {cfg['beam_width']})", "",
+                  retrieval_table(results, cfg["ks"])]
+    parts += ["", "## Scoring throughput", "", timing_table(results), ""]
+    return "\n".join(parts)
+
+
+def _series(results: dict, metric: str) -> dict[str, list[float]]:
+    """Bars per scorer over (domains..., Overall) for ``metric``."""
+    series: dict[str, list[float]] = {}
+    sections = [s for _, s in _rows(results)]
+    for m in results["overall"]["models"]:
+        vals = []
+        for s in sections:
+            r = s["models"][m]
+            vals.append(r.get("retrieval", {}).get(metric, float("nan")) if metric not in r else r[metric])
+        series[m] = vals
+    if metric in ("auc", "gauc"):
+        for b in results["overall"]["baselines"]:
+            series[LABELS[b]] = [s["baselines"][b][metric] for s in sections]
+    return series
+
+
+def bar_chart(results: dict, metric: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = list(results["domains"]) + ["Overall"]
+    series = _series(results, metric)
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(labels) + 2), 4))
+    x = np.arange(len(labels))
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(vals), width, label=name)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel(metric)
+    if metric in RANKING_METRICS:
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{metric} per domain")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _nan_to_none(x):
+    """JSON has no NaN: an undefined metric (e.g. AUC of a one-class domain) is written as null."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def write_report(results: dict, out_dir: str | Path) -> list[Path]:
+    """Write metrics.json, report.md and the charts atomically; returns the written paths."""
+    out = Path(out_dir)
+    written = [out / "metrics.json", out / "report.md"]
+    atomic_write_text(written[0], json.dumps(_nan_to_none(results), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(written[1], render_markdown(results))
+    metrics = list(RANKING_METRICS)
+    if any("retrieval" in r for s in results["domains"].values() for r in s["models"].values()):
+        metrics += RETRIEVAL_CHART_METRICS
+    for metric in metrics:
+        path = out / f"{metric.replace('@', '_at_')}.png"
+        atomic_write_bytes(path, bar_chart(results, metric))
+        written.append(path)
+    return written

@@ -1,0 +1,124 @@
+"""The evaluate job end to end on tiny files: report outputs, numbers against direct computation, refusals."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from eval_helpers import build_world, save_export, tiny_model, write_eval_set
+from recbase.cli import main
+from recbase.config import load_config
+from recbase.eval.inputs import read_eval_set
+from recbase.eval.job import EvalConfig, evaluate
+from recbase.eval.metrics import auc
+from recbase.eval.model_io import TokenizerMismatch, load_eval_model
+from recbase.eval.scoring import CandidateScorer
+from recbase.vocab import Vocab
+
+VOCAB = Vocab(levels=3, codebook_size=8)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    w = build_world(root, VOCAB)
+    w["model2"] = save_export(tiny_model(VOCAB, seed=1), VOCAB, "tok-abc", root / "model2")
+    return w
+
+
+def config(world, out, **kw) -> EvalConfig:
+    fields = dict(models={"zero_shot": str(world["model"])}, eval_dir=str(world["eval_dir"]),
+                  data_dir=str(world["data_dir"]), embeddings_dir=str(world["embeddings_dir"]),
+                  codes=str(world["codes"]), out_dir=str(out))
+    return EvalConfig(**{**fields, **kw})
+
+
+def test_cli_end_to_end_writes_report(world, tmp_path):
+    cfg_path = tmp_path / "eval.json"
+    cfg_path.write_text(json.dumps({"eval_dir": str(world["eval_dir"]), "data_dir": str(world["data_dir"]),
+                                    "embeddings_dir": str(world["embeddings_dir"]), "codes": str(world["codes"])}))
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--config", str(cfg_path), "--model", f"zero_shot={world['model']}",
+               "--model", f"finetuned={world['model2']}", f"out_dir={out}", "beam_width=8"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    books = metrics["domains"]["books"]
+    assert books["users"] == 12 and books["pairs"] == 72
+    assert books["history_items_unverified"] == 0
+    for name in ("zero_shot", "finetuned"):
+        r = books["models"][name]
+        assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["gauc"] <= 1.0
+        assert r["auc_len_norm"] == pytest.approx(r["auc"])  # fixed width L: mean = sum / L, same ranking
+        assert r["timing"]["pairs"] == 72 and r["timing"]["pairs_per_s"] > 0
+        ret = r["retrieval"]
+        assert ret["recall@1"] <= ret["recall@5"] <= ret["recall@10"] <= ret["recall@20"] <= 1.0
+        assert metrics["overall"]["models"][name]["auc"] == pytest.approx(r["auc"])  # one domain
+    assert set(books["baselines"]) == {"random", "text_raw", "text_centred", "popularity"}
+    assert metrics["config"]["beam_width"] == 8
+    report = (out / "report.md").read_text()
+    assert "**Overall**" in report and "text sim (centred) AUC" in report
+    assert "Model comparison" in report and "Δ vs zero_shot" in report
+    for png in ("auc", "gauc", "auc_len_norm", "recall_at_10", "ndcg_at_10", "mrr"):
+        assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_numbers_match_direct_computation(world, tmp_path):
+    results = evaluate(config(world, tmp_path / "out", retrieval=False))
+    books = results["domains"]["books"]
+    # Model AUC: score every pair directly with the naive reference.
+    em = load_eval_model("m", world["model"])
+    es = read_eval_set(next(world["eval_dir"].glob("*.parquet")), VOCAB.levels, VOCAB.bos_id)
+    naive = CandidateScorer(em.model, VOCAB.levels, VOCAB.bos_id, "naive")
+    scores = np.concatenate([naive.score_user(h, c).sum(1) for h, c in zip(es.histories, es.candidate_tokens)])
+    assert books["models"]["zero_shot"]["auc"] == pytest.approx(auc(scores, np.concatenate(es.labels)), abs=1e-6)
+    # Centred text similarity, written out from the definition with the world's known histories.
+    emb = np.load(world["embeddings_dir"] / "books.npy").astype(np.float64)
+    emb -= emb.mean(0)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    row = {item: i for i, item in enumerate(world["items"])}
+    inter = pq.read_table(world["data_dir"] / "books" / "interactions.parquet").to_pylist()
+    sim, labels = [], []
+    for r in world["rows"]:
+        hist = [x["item_id"] for x in inter if x["user_id"] == r["user_id"]][:-1]
+        profile = emb[[row[i] for i in hist]].mean(0)
+        profile /= np.linalg.norm(profile)
+        sim += [float(emb[row[c]] @ profile) for c in r["candidates"]]
+        labels += r["labels"]
+    assert books["baselines"]["text_centred"]["auc"] == pytest.approx(auc(sim, labels), abs=1e-6)
+    # Popularity: each user's target is their only appearance in their own sequence, so it is removed.
+    counts = {}
+    for x in inter:
+        counts[x["item_id"]] = counts.get(x["item_id"], 0) + 1
+    for r in world["rows"]:
+        counts[r["target"]] -= 1
+    pop = [np.log1p(counts.get(c, 0)) for r in world["rows"] for c in r["candidates"]]
+    assert books["baselines"]["popularity"]["auc"] == pytest.approx(auc(pop, labels), abs=1e-9)
+
+
+def test_tokenizer_hash_mismatch_is_refused(world, tmp_path):
+    other = save_export(tiny_model(VOCAB), VOCAB, "tok-OTHER", tmp_path / "other_model")
+    cfg = config(world, tmp_path / "out", models={"zero_shot": str(other)})
+    with pytest.raises(TokenizerMismatch) as err:
+        evaluate(cfg)
+    msg = str(err.value)
+    assert "tok-OTHER" in msg and "tok-abc" in msg
+    assert str(other / "recbase.json") in msg and "books.parquet" in msg
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_bad_eval_row_names_file_row_and_field(world, tmp_path):
+    rows = [dict(r) for r in world["rows"][:3]]
+    rows[2]["history"] = rows[2]["history"][1:]  # bos dropped
+    path = write_eval_set(tmp_path / "eval" / "books.parquet", rows, "tok-abc")
+    with pytest.raises(ValueError, match=r"books\.parquet: row 2 .*field 'history' must start with bos"):
+        evaluate(config(world, tmp_path / "out", eval_dir=str(path.parent), baselines=["random"]))
+
+
+def test_config_rejects_unknown_keys_and_bad_values(world, tmp_path):
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(EvalConfig, None, ["beam_widht=4"])
+    with pytest.raises(ValueError, match="unknown baseline"):
+        evaluate(config(world, tmp_path / "out", baselines=["oracle"]))
+    with pytest.raises(ValueError, match="no model"):
+        evaluate(config(world, tmp_path / "out", models={}))
