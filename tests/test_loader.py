@@ -5,15 +5,17 @@ import sys
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 from shards_world import TOKENIZER_HASH, make_world  # noqa: E402
 
-from recbase.data.loader import PackedLoader  # noqa: E402
+from recbase.data.loader import PackedLoader, _to_torch, make_batch, pack_rows, read_shard  # noqa: E402
 from recbase.data.shards import ShardConfig, ShardError, build_shards, read_manifest  # noqa: E402
-from recbase.data.loader import read_shard  # noqa: E402
 
 SEQ = 96
 
@@ -163,3 +165,27 @@ def test_truncated_shard_is_reported_by_name_while_loading(shards, tmp_path):
     path.write_bytes(path.read_bytes()[:-3000])
     with pytest.raises(ShardError, match=path.name):
         list(PackedLoader(root, seq_len=SEQ, micro_batch_size=2, num_epochs=1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=40), seq_len=st.integers(2, 128),
+       batch=st.integers(1, 4), open_rows=st.integers(1, 8), label_from=st.integers(1, 20))
+def test_packing_keeps_every_chunk_once_and_never_crosses_users(lengths, seq_len, batch, open_rows, label_from):
+    users = [(np.arange(n, dtype=np.int64) + 1000 * (u + 1), label_from) for u, n in enumerate(lengths)]
+    rows = list(pack_rows(iter(users), seq_len, open_rows))
+    assert all(0 < sum(len(t) for t, _ in r) <= seq_len for r in rows)
+    got = []
+    for start in range(0, len(rows), batch):
+        b = _to_torch(make_batch(rows[start:start + batch], batch, seq_len, pad_id=0))
+        for ids, labels, pos in segments(b):
+            assert pos == list(range(len(ids)))
+            if ids[0] == 0:
+                assert set(labels) == {-100}
+                continue
+            user, offset = divmod(ids[0], 1000)
+            assert all(i // 1000 == user for i in ids)           # one user per segment
+            first = max(1, label_from - offset % 1000)
+            assert labels[:first] == [-100] * min(first, len(ids)) and labels[first:] == ids[first:]
+            got.append(tuple(ids))
+    want = [tuple(t[a:a + seq_len].tolist()) for t, _ in users for a in range(0, len(t), seq_len)]
+    assert sorted(got) == sorted(want)
