@@ -229,3 +229,20 @@ def test_generic_spec_file(tmp_path):
     t = _read("generic", spec, spec=load_spec(spec))
     assert _texts(t)["1"] == 'Describe a book:\n{"title": "Dune"}'
     assert _rows(t) == [("x", "1", 0), ("x", "1", 1)]   # no time column: row order
+
+
+def test_generic_parquet_typed_columns(tmp_path):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"id": [7, 8], "title": ["Dune", None], "year": [1965, None],
+                             "genres": [["sci-fi", "classic"], []]}), tmp_path / "items.parquet")
+    pq.write_table(pa.table({"user": ["x"], "id": [7], "t": [1_600_000_000_000]}), tmp_path / "log.parquet")
+    spec = load_spec(tmp_path, overrides=["items=items.parquet", "interactions=log.parquet", "item_id=id",
+                                          "user_id=user", "time=t", "time_format=unix_ms",
+                                          'text_fields=["title","year","genres"]', "kind=book"])
+    t = _read("generic", tmp_path, spec=spec)
+    # Book fields in the template's order (title, genres), unknown "year" after; 1965.0 (a float column, because
+    # of the null) renders as 1965; item 8 has no non-empty field and is skipped and counted.
+    assert _texts(t) == {"7": 'Describe a book:\n{"title": "Dune", "genres": "sci-fi | classic", "year": "1965"}'}
+    assert t.summary.dropped == {"item rows with no text fields": 1}
+    assert _rows(t) == [("x", "7", 1_600_000_000)]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recbase.io import atomic_path
@@ -122,16 +123,17 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
     s.drop("duplicate item rows", int(dup_items.sum()))
     if dup_items.any():
         items = items.filter(pa.array(~dup_items))
-    known_items = pd.Index(item_ids[~dup_items])
+    known_items = items.column("item_id").combine_chunks()
 
-    df = pd.DataFrame({
-        "user_id": tables.interactions.column("user_id").to_pandas(),
-        "item_id": tables.interactions.column("item_id").to_pandas(),
-        "timestamp": tables.interactions.column("timestamp").to_numpy(),
-    })
-    known = df["item_id"].isin(known_items).to_numpy()
+    inter = tables.interactions
+    known = pc.is_in(inter.column("item_id"), value_set=known_items).to_numpy(zero_copy_only=False)
     s.drop("interaction whose item has no metadata", int((~known).sum()))
-    df = df[known]
+    df = pd.DataFrame({
+        "user_id": inter.column("user_id").to_pandas(),
+        "item_id": inter.column("item_id").to_pandas(),
+        "timestamp": inter.column("timestamp").to_numpy(),
+        "row": np.arange(inter.num_rows),
+    })[known]
 
     # Exact duplicate (user, item, timestamp) rows keep the first.
     dup = df.duplicated(["user_id", "item_id", "timestamp"]).to_numpy()
@@ -141,7 +143,7 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
     # Chronological per user; stable so equal timestamps keep source order.
     df = df.sort_values(["user_id", "timestamp"], kind="stable")
 
-    counts = df.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+    counts = df.groupby("user_id", sort=False)["row"].transform("size").to_numpy()
     short = counts < min_user_interactions
     if short.any():
         n_users = df["user_id"][short].nunique()
@@ -154,15 +156,14 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
         s.drop(f"interactions older than the last {max_history} of a user", int(old.sum()))
         df = df[~old]
 
-    inter = make_interactions_table(tables.domain, df["user_id"].to_numpy(object), df["item_id"].to_numpy(object),
-                                    df["timestamp"].to_numpy())
-    kept_users = pd.Index(df["user_id"].unique())
+    inter = inter.take(pa.array(df["row"].to_numpy(), pa.int64())).cast(INTERACTION_SCHEMA)
+    kept_users = pc.unique(inter.column("user_id"))
     extra = {}
     for name, table in tables.extra.items():
-        mask = (table.column("user_id").to_pandas().isin(kept_users)
-                & table.column("item_id").to_pandas().isin(known_items)).to_numpy()
-        s.drop(f"{name} rows of dropped users or unknown items", int((~mask).sum()))
-        extra[name] = table.filter(pa.array(mask))
+        mask = pc.and_(pc.is_in(table.column("user_id"), value_set=kept_users),
+                       pc.is_in(table.column("item_id"), value_set=known_items))
+        extra[name] = table.filter(mask)
+        s.drop(f"{name} rows of dropped users or unknown items", table.num_rows - extra[name].num_rows)
         s.extra[name] = extra[name].num_rows
     s.items = items.num_rows
     s.users = len(kept_users)

@@ -43,6 +43,10 @@ TEMPLATES: dict[str, Template] = {
 
 def clean_value(value: Any) -> str | None:
     """One field's rendered value, or None when it is empty (None, NaN, blank, or a list of empties)."""
+    if type(value) is str:   # the common case first
+        return " ".join(value.split()) or None
+    if hasattr(value, "tolist"):   # numpy scalars and arrays (Parquet list columns) as Python values
+        value = value.tolist()
     if value is None:
         return None
     if isinstance(value, float):
@@ -54,8 +58,7 @@ def clean_value(value: Any) -> str | None:
         return LIST_SEPARATOR.join(parts) or None
     if isinstance(value, dict):
         return None
-    text = " ".join(str(value).split())
-    return text or None
+    return " ".join(str(value).split()) or None
 
 
 def field_order(kind: str, names: Iterable[str]) -> list[str]:
@@ -72,11 +75,21 @@ def template(kind: str) -> Template:
         raise ValueError(f"unknown template kind {kind!r}; known: {', '.join(TEMPLATES)}") from None
 
 
-def render(kind: str, fields: Mapping[str, Any]) -> str:
-    """The formatted text of one item; ``fields`` maps JSON keys to raw values."""
-    obj = {}
+def clean_fields(kind: str, fields: Mapping[str, Any]) -> dict[str, str]:
+    """The non-empty fields, cleaned, in the template's order: what :func:`render` puts in the JSON object."""
+    cleaned = {}
     for name in field_order(kind, fields):
         value = clean_value(fields[name])
         if value:
-            obj[name] = value
-    return f"{template(kind).prompt}:\n" + json.dumps(obj, ensure_ascii=False)
+            cleaned[name] = value
+    return cleaned
+
+
+def text_of(kind: str, cleaned: Mapping[str, str]) -> str:
+    """The text of fields already cleaned and ordered by :func:`clean_fields`."""
+    return f"{template(kind).prompt}:\n" + json.dumps(cleaned, ensure_ascii=False)
+
+
+def render(kind: str, fields: Mapping[str, Any]) -> str:
+    """The formatted text of one item; ``fields`` maps JSON keys to raw values."""
+    return text_of(kind, clean_fields(kind, fields))

@@ -84,7 +84,8 @@ def read(path: Path, domain: str, spec: GenericSpec, kind: str | None = None) ->
     for name in [spec.item_id] + fields:
         _column(items_df, name, items_path, "item" if name == spec.item_id else "text field")
     item_ids = id_column(items_df, spec.item_id, items_path, first)
-    items = build_items(domain, kind, list(item_ids), {f: items_df[f].tolist() for f in fields}, summary)
+    values = {f: items_df[f].astype(object).where(items_df[f].notna(), None).tolist() for f in fields}
+    items = build_items(domain, kind, list(item_ids), values, summary)
 
     inter_path = root / spec.interactions
     inter_df, first = read_any(inter_path)
