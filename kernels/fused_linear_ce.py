@@ -23,7 +23,8 @@ def fused_linear_cross_entropy(
     """``cross_entropy(hidden @ weight.T, labels, ignore_index=..., reduction=...)`` for ``hidden`` [T, H],
     ``weight`` [V, H], ``labels`` [T], never holding more than ``chunk_size`` rows of fp32 logits.
 
-    Differentiable with respect to ``hidden`` and ``weight``; the loss has ``hidden``'s dtype.
+    Differentiable with respect to ``hidden`` and ``weight`` (gradients in their dtypes). The loss is an fp32
+    scalar whatever the input dtype, so a ``sum`` over many tokens keeps its precision.
     """
     if pick_backend(hidden.device, backend) == "triton":
         from kernels.triton.triton_fused_linear_ce import triton_ce_chunk_step

@@ -47,8 +47,8 @@ def assert_matches_unfused(backend, reduction, chunk_size, dtype=torch.float32, 
 
     got = loss_and_grads(fused, *args, reduction)
     want = loss_and_grads(unfused, *args, reduction)
+    assert [g.dtype for g in got] == [torch.float32, dtype, dtype]  # fp32 loss, gradients in the inputs' dtype
     for g, w in zip(got, want):
-        assert g.dtype == dtype
         torch.testing.assert_close(g.float(), w.float(), atol=tol, rtol=tol)
 
 

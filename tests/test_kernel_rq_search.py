@@ -119,6 +119,14 @@ def test_triton_single_level_through_dispatcher():
     assert torch.equal(codes.cpu(), pt_rq_search(x, cb))
 
 
+@pytest.mark.parametrize("backend", ["pytorch", pytest.param("triton", marks=needs_triton)])
+def test_no_rows_gives_no_codes(backend):
+    dev = kernel_device() if backend == "triton" else torch.device("cpu")
+    codes, residual = rq_search(torch.zeros(0, 50, device=dev), torch.zeros(3, 70, 50, device=dev),
+                                backend=backend, return_residual=True)
+    assert codes.shape == (0, 3) and codes.dtype == torch.long and residual.shape == (0, 50)
+
+
 @needs_triton
 def test_triton_rejects_too_wide_rows():
     from kernels.triton.triton_rq_search import MAX_D, triton_rq_search

@@ -90,15 +90,15 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_weight.addmm_(logits.T, h32)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
-        return (total * scale).to(hidden.dtype)
+        return total * scale
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+            grad_hidden = (grad_hidden * grad_loss).to(grad_hidden.dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss.float()).to(ctx.weight_dtype)
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None, None
 
 
@@ -115,5 +115,6 @@ def pt_fused_linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
     reduction: str = "mean", chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
-    """``cross_entropy(hidden @ weight.T, labels, ignore_index, reduction)`` computed chunk by chunk in PyTorch."""
+    """``cross_entropy(hidden @ weight.T, labels, ignore_index, reduction)`` computed chunk by chunk in PyTorch;
+    the loss is fp32 whatever the input dtype."""
     return linear_cross_entropy(hidden, weight, labels, ignore_index, reduction, chunk_size, pt_ce_chunk_step)

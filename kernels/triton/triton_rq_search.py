@@ -105,6 +105,8 @@ def triton_rq_search(
     codes = torch.empty(n, n_levels, dtype=torch.long, device=x.device)
     # The residual pointer is unused (a dummy) unless requested.
     residual = torch.empty((n, d) if return_residual else (1, 1), dtype=torch.float32, device=x.device)
+    if n == 0:
+        return (codes, residual) if return_residual else codes
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     _rq_search_kernel[grid](
         x, codebooks, norms, codes, residual,
