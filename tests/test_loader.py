@@ -134,6 +134,27 @@ def test_ranks_split_the_data_and_more_streams_than_shards_still_step(shards):
     assert sorted(seen) == sorted(want)                      # each chunk on exactly one rank
 
 
+def test_fewer_blocks_than_ranks_or_workers(tmp_path_factory):
+    world = make_world(tmp_path_factory.mktemp("tiny"), domains=("books", "news"), n_users=6)
+    cfg = ShardConfig(data_dir=str(world / "data"), heldout_domains=["news"], codes_path=str(world / "codes.parquet"),
+                      out_dir=str(world / "shards"), holdout=0)
+    root = build_shards(cfg)
+    assert read_manifest(root)["totals"]["train"]["blocks"] == 1
+    want = sorted(c for u in all_users(root) for c in (u[i:i + SEQ] for i in range(0, len(u), SEQ)))
+
+    def chunks(loader):
+        return sorted(s[0] for b in loader for s in segments(b) if s[0][0] != 0)
+
+    # One rank, two workers: one worker has nothing and says so; the rank still sees every user exactly once.
+    with pytest.warns(UserWarning, match="yields nothing"):
+        assert chunks(PackedLoader(root, seq_len=SEQ, micro_batch_size=2, num_workers=2, num_epochs=1)) == want
+    # Three ranks, one block: every rank can step (the block repeats, with a warning).
+    for rank in range(3):
+        with pytest.warns(UserWarning, match="repeats block"):
+            loader = PackedLoader(root, seq_len=SEQ, micro_batch_size=2, rank=rank, world_size=3, num_epochs=1)
+            assert chunks(loader) == want
+
+
 def test_valid_split_labels_only_the_held_out_items(shards):
     loader = PackedLoader(shards, split="valid", seq_len=512, micro_batch_size=2, num_epochs=1)
     levels = loader.vocab.levels

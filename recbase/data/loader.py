@@ -5,9 +5,10 @@ Data order is a pure function of (seed, epoch, rank, worker), which is what make
 
 * **Shard order** is a seeded permutation per epoch. The global stream ``g = rank * W + worker`` of
   ``G = world_size * W`` streams (``W = max(1, num_workers)``) reads shards ``order[g::G]``. With fewer shards than
-  streams the split goes down to blocks (tar entries): stream ``g`` reads blocks ``g::G`` of the shards in order;
-  with fewer blocks than streams, stream ``g`` re-reads block ``g % n_blocks`` and a warning says the data repeats.
-  Every stream therefore yields batches and every rank can step.
+  streams the split goes down to blocks (tar entries): rank ``r`` takes blocks ``r::world_size`` and its worker
+  ``w`` every ``W``-th of those; a worker left without a block yields nothing (with a warning) while its rank's
+  other workers feed the rank. With fewer blocks than ranks, rank ``r`` re-reads block ``r % n_blocks`` (a warning
+  says the data repeats), so every rank has batches and can step.
 * **Users** of the blocks pass a seeded WebDataset shuffle buffer, are cut into chunks of at most ``seq_len`` tokens
   (a longer user becomes several chunks, each starting at position 0 with an unlabelled first token, because
   keeping attention inside one row is what varlen attention needs), and are packed first-fit into a few open rows
@@ -76,6 +77,9 @@ class PackedLoader:
         self.num_epochs = num_epochs
         self.prefetch_factor = prefetch_factor
         self._reset_epoch(0)
+        for w in range(self._n_streams):   # block counts do not change between epochs: warn once, here
+            for note in stream_plan(self.shards, seed, 0, self.shuffle, rank, world_size, num_workers, w)[1]:
+                warnings.warn(f"{self.shard_dir}: {note}")
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -176,15 +180,16 @@ class _BatchStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         w = info.id if info is not None else 0
         c = self.cfg
-        n_streams = c["world_size"] * max(1, c["num_workers"])
         g = c["rank"] * max(1, c["num_workers"]) + w
         if info is not None:
             torch.set_num_threads(1)
-        users = self._users(self._plan(g, n_streams))
+        plan, _ = stream_plan(self.shards, c["seed"], self.epoch, c["shuffle"], c["rank"], c["world_size"],
+                              c["num_workers"], w)
+        users = self._users(plan)
         if c["shuffle"] and c["shuffle_buffer"] > 1:
             rng = random.Random(hash_seed(c["seed"], self.epoch, g))
-            users = wds.filters._shuffle(users, bufsize=c["shuffle_buffer"],
-                                         initial=max(1, c["shuffle_buffer"] // 10), rng=rng)
+            users = wds.filters.shuffle(bufsize=c["shuffle_buffer"], initial=max(1, c["shuffle_buffer"] // 10),
+                                        rng=rng)(users)
         rows = pack_rows(users, c["seq_len"]) if c["packed"] else single_rows(users, c["seq_len"])
         for i, group in enumerate(_groups(rows, c["micro_batch_size"])):
             if i < self.skip[w]:
@@ -194,32 +199,41 @@ class _BatchStream(torch.utils.data.IterableDataset):
             yield batch
         yield {"_worker": w, "_end": True}
 
-    def _plan(self, g: int, n_streams: int) -> list[tuple[dict, set | None]]:
-        """The (shard, blocks to keep or None for all) this stream reads this epoch."""
-        order = list(range(len(self.shards)))
-        if self.cfg["shuffle"]:
-            order = np.random.default_rng([self.cfg["seed"], self.epoch]).permutation(len(order)).tolist()
-        shards = [self.shards[i] for i in order]
-        if len(shards) >= n_streams:
-            return [(s, None) for s in shards[g::n_streams]]
-        blocks = [(i, b) for i, s in enumerate(shards) for b in range(s["blocks"])]
-        if len(blocks) >= n_streams:
-            mine = blocks[g::n_streams]
-        else:
-            warnings.warn(f"{self.shard_dir}: {len(blocks)} blocks for {n_streams} ranks x workers; stream {g} "
-                          f"repeats block {g % len(blocks)} (build smaller blocks or use fewer workers)")
-            mine = [blocks[g % len(blocks)]]
-        plan: dict[int, set] = {}
-        for i, b in mine:
-            plan.setdefault(i, set()).add(b)
-        return [(shards[i], keep) for i, keep in sorted(plan.items())]
-
     def _users(self, plan) -> Iterator[tuple[np.ndarray, int]]:
         for shard, keep in plan:
             for tokens, offsets, meta in read_shard(self.shard_dir, shard, keep):
                 label_from = meta.get("label_from")
                 for u in range(len(offsets) - 1):
                     yield tokens[offsets[u]:offsets[u + 1]], (label_from[u] if label_from else 1)
+
+
+def stream_plan(shards: list[dict], seed: int, epoch: int, shuffle: bool, rank: int, world_size: int,
+                num_workers: int, worker: int) -> tuple[list[tuple[dict, set | None]], list[str]]:
+    """The (shard, blocks to keep or None for all) one worker of one rank reads in one epoch, and warnings."""
+    order = list(range(len(shards)))
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(len(order)).tolist()
+    shards = [shards[i] for i in order]
+    workers = max(1, num_workers)
+    n_streams, g = world_size * workers, rank * workers + worker
+    if len(shards) >= n_streams:
+        return [(s, None) for s in shards[g::n_streams]], []
+    notes = []
+    blocks = [(i, b) for i, s in enumerate(shards) for b in range(s["blocks"])]
+    if len(blocks) >= world_size:
+        rank_blocks = blocks[rank::world_size]
+    else:
+        notes.append(f"{len(blocks)} blocks for {world_size} ranks; rank {rank} repeats block "
+                     f"{rank % len(blocks)} so that every rank can step (build smaller blocks)")
+        rank_blocks = [blocks[rank % len(blocks)]]
+    mine = rank_blocks[worker::workers]
+    if not mine:
+        notes.append(f"worker {worker} of rank {rank} has no block and yields nothing (more workers than the "
+                     f"rank's {len(rank_blocks)} blocks)")
+    plan: dict[int, set] = {}
+    for i, b in mine:
+        plan.setdefault(i, set()).add(b)
+    return [(shards[i], keep) for i, keep in sorted(plan.items())], notes
 
 
 def _identity(batch):
