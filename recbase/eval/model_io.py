@@ -74,22 +74,13 @@ def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: st
         except ImportError:
             raise ValueError(f"model {name!r}: {path} has no {META_FILE} + config.json (not a Hugging Face "
                              f"export) and recbase.train.export is not available to read a checkpoint") from None
-        model, meta = _unpack_loaded(load_model(path), path)
+        model, meta = load_model(path, attention="sdpa")
+        for key in ("tokenizer_hash", "vocab"):
+            if key not in meta:
+                raise ValueError(f"model {name!r}: checkpoint {path} has no {key!r} in its {META_FILE}")
         model = model.to(dt)
-        model.config._attn_implementation = "sdpa"
     model = model.to(dev).eval()
     return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]))
-
-
-def _unpack_loaded(loaded, path: Path):
-    """``load_model`` returns the model and its metadata, or the model with ``recbase.json`` in the folder."""
-    if isinstance(loaded, tuple):
-        model, meta = loaded
-        return model, meta
-    for folder in (path, path.parent):
-        if (folder / META_FILE).exists():
-            return loaded, read_meta(folder)
-    raise ValueError(f"{path}: checkpoint loaded but no {META_FILE} with the tokenizer hash found beside it")
 
 
 def check_tokenizer_hash(model: EvalModel, expected: dict[str, str]) -> None:

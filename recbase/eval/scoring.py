@@ -51,10 +51,9 @@ class EncodedHistory:
 @torch.no_grad()
 def encode_history(model, history: torch.Tensor) -> EncodedHistory:
     """Run ``history`` ([T] token ids) through ``model`` and keep the cache for branching."""
-    out = model(input_ids=history[None], use_cache=True)
-    cache = getattr(out, "past_key_values", None)
-    if cache is None:
-        cache = out.cache
+    # Only the last position's logits are needed: skip the LM head over the rest of the history.
+    out = model(input_ids=history[None], use_cache=True, logits_to_keep=1)
+    cache = out.cache if "cache" in out else out.past_key_values
     return EncodedHistory(cache=cache, length=int(history.shape[0]), last_logits=out.logits[0, -1])
 
 
