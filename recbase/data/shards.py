@@ -235,40 +235,43 @@ def _cut(lengths: np.ndarray, size: int) -> np.ndarray:
     return run.astype(np.int64)
 
 
-def layout_split(split: str, seqs: list[DomainSequences], cfg: ShardConfig, n_levels: int,
-                 skipped: Counter) -> SplitUsers:
-    """Select this task's users, order them by a seeded hash and cut them into blocks and shards."""
+def user_hashes(seqs: list[DomainSequences], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per domain: each user's unseeded hash (picks the task) and seeded hash (orders users), computed once."""
+    return [(np.fromiter((stable_hash(s.domain, u) for u in s.user_ids), np.int64, len(s.user_ids)),
+             np.fromiter((stable_hash(seed, s.domain, u) for u in s.user_ids), np.int64, len(s.user_ids)))
+            for s in seqs]
+
+
+def layout_split(split: str, seqs: list[DomainSequences], hashes: list[tuple[np.ndarray, np.ndarray]],
+                 cfg: ShardConfig, n_levels: int, skipped: Counter) -> SplitUsers:
+    """Select this task's users, order them by their seeded hash and cut them into blocks and shards."""
     h = cfg.holdout
-    dom, users, starts, counts, eos, label_from, keys = [], [], [], [], [], [], []
+    parts = []
     base = 0
-    for d, s in enumerate(seqs):
-        for u, user in enumerate(s.user_ids):
-            if stable_hash(s.domain, user) % cfg.num_tasks != cfg.task_index:
-                continue
-            n = int(s.counts[u])
-            if n <= 2 * h:
-                if split == "train":
-                    skipped[f"users with <= {2 * h} interactions (nothing left after the held-out items)"] += 1
-                continue
-            kept = n - 2 * h if split == "train" else n - h
-            dom.append(d)
-            users.append(user)
-            starts.append(base + int(s.starts[u]))
-            counts.append(kept)
-            eos.append(h == 0)
-            label_from.append(0 if split == "train" else 1 + (n - 2 * h) * n_levels)
-            keys.append(stable_hash(cfg.seed, s.domain, user))
+    for d, (s, (task_hash, order_hash)) in enumerate(zip(seqs, hashes)):
+        mine = task_hash % cfg.num_tasks == cfg.task_index
+        sel = np.flatnonzero(mine & (s.counts > 2 * h))
+        if split == "train" and len(sel) < mine.sum():
+            skipped[f"users with <= {2 * h} interactions (nothing left after the held-out items)"] += \
+                int(mine.sum()) - len(sel)
+        n = s.counts[sel]
+        parts.append((np.full(len(sel), d, np.int64), [s.user_ids[i] for i in sel], base + s.starts[sel],
+                      n - 2 * h if split == "train" else n - h,
+                      np.zeros(len(sel), np.int64) if split == "train" else 1 + (n - 2 * h) * n_levels,
+                      order_hash[sel]))
         base += len(s.item_tokens)
-    order = np.argsort(np.asarray(keys, dtype=np.int64), kind="stable")
-    dom_a = np.asarray(dom, np.int64)[order]
-    counts_a = np.asarray(counts, np.int64)[order]
-    eos_a = np.asarray(eos, bool)[order]
-    lengths = 1 + counts_a * n_levels + eos_a
+    dom, starts, counts, label_from, keys = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64)
+                                             for i in (0, 2, 3, 4, 5))
+    users = [u for p in parts for u in p[1]]
+    order = np.argsort(keys, kind="stable")
+    counts = counts[order]
+    eos = np.full(len(order), h == 0)
+    lengths = 1 + counts * n_levels + eos
     block = _cut(lengths, cfg.tokens_per_block)
     block_tokens = np.bincount(block, weights=lengths).astype(np.int64) if len(block) else np.zeros(0, np.int64)
     shard = _cut(block_tokens, cfg.tokens_per_shard)
-    return SplitUsers(split, dom_a, [users[i] for i in order], np.asarray(starts, np.int64)[order], counts_a, eos_a,
-                      np.asarray(label_from, np.int64)[order], lengths, block, shard)
+    return SplitUsers(split, dom[order], [users[i] for i in order], starts[order], counts, eos, label_from[order],
+                      lengths, block, shard)
 
 
 def _span(sorted_ids: np.ndarray, value: int) -> range:
@@ -436,7 +439,8 @@ def build_shards(cfg: ShardConfig) -> Path:
     skipped: Counter = Counter()
     for s in seqs:
         skipped.update({f"{s.domain}: {k}": v for k, v in s.skipped.items()})
-    splits = {sp: layout_split(sp, seqs, cfg, codes.vocab.levels, skipped)
+    hashes = user_hashes(seqs, cfg.seed)
+    splits = {sp: layout_split(sp, seqs, hashes, cfg, codes.vocab.levels, skipped)
               for sp in (SPLITS if cfg.holdout else SPLITS[:1])}
     item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, codes.vocab.levels))
     _WORK = _Work(cfg, codes.vocab, item_tokens, [s.domain for s in seqs], splits, root)
