@@ -41,13 +41,22 @@ class InputError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+def _decompressed(raw, path: Path):
+    """``raw`` (a binary file) read through the decompressor that ``path``'s suffix names, if any."""
+    if path.suffix == ".gz":
+        return gzip.open(raw, "rb")
+    if path.suffix == ".bz2":
+        return bz2.open(raw, "rb")
+    return raw
+
+
 def open_binary(path: Path):
     """Open a file for reading, decompressing ``.gz`` and ``.bz2`` transparently."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rb")
-    return open(path, "rb")
+    return _decompressed(open(path, "rb"), path)
+
+
+def _utf8_message(data: bytes, error: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {error.start + 1})"
 
 
 def check_nonempty(path: Path) -> None:
@@ -64,16 +73,13 @@ def iter_lines(path: Path, desc: str | None = None) -> Iterator[tuple[int, str]]
     size = path.stat().st_size
     with open(path, "rb") as raw, tqdm(total=size, unit="B", unit_scale=True, desc=desc or path.name,
                                        leave=False, mininterval=1.0) as bar:
-        stream = gzip.open(raw, "rb") if path.suffix == ".gz" else bz2.open(raw, "rb") if path.suffix == ".bz2" \
-            else raw
-        for lineno, data in enumerate(stream, 1):
+        for lineno, data in enumerate(_decompressed(raw, path), 1):
             if lineno % 65536 == 0:
                 bar.update(raw.tell() - bar.n)
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(path, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {e.start + 1})",
-                                 line=lineno) from None
+                raise InputError(path, _utf8_message(data, e), line=lineno) from None
             if text.strip():
                 yield lineno, text
         bar.update(raw.tell() - bar.n)
@@ -112,7 +118,7 @@ def first_invalid_utf8_line(path: Path) -> tuple[int, str]:
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError as e:
-                return lineno, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {e.start + 1})"
+                return lineno, _utf8_message(data, e)
     return 0, "not valid UTF-8"
 
 
@@ -244,18 +250,15 @@ def make_tables(domain: str, items, user_ids, item_ids, timestamps, summary: Ing
 
 
 def find_file(root: Path, patterns: list[str], what: str) -> Path:
-    """The single file under ``root`` matching the first pattern that matches; ``root`` may be the file itself."""
-    if root.is_file():
-        return root
-    if not root.exists():
-        raise InputError(root, "path not found")
+    """The single file in folder ``root`` matching the first pattern that matches anything."""
+    if not root.is_dir():
+        raise InputError(root, "not a folder" if root.exists() else "path not found")
     for pattern in patterns:
         hits = sorted(p for p in root.glob(pattern) if p.is_file())
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            raise InputError(root, f"several {what} files match {pattern!r}: {', '.join(p.name for p in hits)}; "
-                                   "pass the file itself")
+            raise InputError(root, f"several {what} files match {pattern!r}: {', '.join(p.name for p in hits)}")
     raise InputError(root, f"no {what} file (looked for {', '.join(patterns)})")
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from recbase.data.readers.common import InputError, build_items, find_file, make_tables, parse_time, read_csv
+from recbase.data.readers.common import (InputError, build_items, find_file, id_column, make_tables, read_csv,
+                                         time_column)
 from recbase.data.tables import DomainTables, IngestSummary
 
 KIND = "news"
@@ -51,11 +52,10 @@ def read(path: Path, domain: str) -> DomainTables:
     first_seen: dict[str, int] = {}
     users, item_ids, times = [], [], []
     imp = {"user_id": [], "impression_id": [], "item_id": [], "label": [], "timestamp": []}
-    for row, (impression_id, user, when, clicks, shown) in enumerate(behaviors.itertuples(index=False, name=None)):
-        line = row + 1
-        if not user:
-            raise InputError(behaviors_path, "empty user id", line=line, field="user_id")
-        t = parse_time(when, TIME_FORMAT, behaviors_path, line, "time")
+    rows = zip(behaviors["impression_id"], id_column(behaviors, "user_id", behaviors_path, first_line=1),
+               time_column(behaviors["time"], TIME_FORMAT, behaviors_path, first_line=1).tolist(),
+               behaviors["history"], behaviors["impressions"])
+    for line, (impression_id, user, t, clicks, shown) in enumerate(rows, 1):
         first_seen[user] = min(t, first_seen.get(user, t))
         clicked = clicks.split()
         if len(clicked) > len(history.get(user, ())):   # a user's history only grows between impressions
