@@ -167,3 +167,21 @@ def test_empty_blocks_never_happen_and_assemble_matches_a_loop():
     for s, c, e in zip(starts, counts, eos):
         want.append([1] + items[s:s + c].ravel().tolist() + ([2] if e else []))
     assert [tokens[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == want
+
+
+def test_command_line_with_overrides_and_task_arguments(world, tmp_path, capsys):
+    from recbase.cli import main
+
+    cfg = tmp_path / "shards.json"
+    cfg.write_text(json.dumps({"data_dir": str(world / "data"), "codes_path": str(world / "codes.parquet"),
+                               "out_dir": str(tmp_path), "heldout_domains": ["news"]}))
+    for task in (1, 0):
+        assert main(["shards", "--config", str(cfg), "eval.max_pairs=40", "name=cli", "--task-index", str(task),
+                     "--num-tasks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "task 1 of 2 done" in out and "eval news:" in out
+    manifest = read_manifest(tmp_path / "cli")
+    assert manifest["num_tasks"] == 2 and manifest["eval_sets"]["news"]["pairs"] <= 40
+    assert main(["shards", "--config", str(cfg), "name=cli", "num_tasks=2", "--merge"]) == 0
+    with pytest.raises(Exception, match="unknown key"):
+        main(["shards", "--config", str(cfg), "tokens_per_shrad=5"])

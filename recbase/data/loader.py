@@ -25,7 +25,6 @@ with a few batches more or less stay in step; the trainer stops by step count.
 """
 from __future__ import annotations
 
-import logging
 import os
 import random
 import tarfile
@@ -41,8 +40,6 @@ from webdataset import tariterators
 
 from recbase.data.shards import ShardError, decode_block, read_manifest
 from recbase.vocab import Vocab
-
-log = logging.getLogger(__name__)
 
 Segment = tuple[np.ndarray, int]   # chunk tokens, index of its first labelled token
 
