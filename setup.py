@@ -19,6 +19,7 @@ setup(
         "transformers>=4.45",
         "webdataset>=0.2.90",
         "pyarrow>=14",
+        "pandas>=2.0",
         "triton>=3.0",
         "numpy>=1.24",
         "tqdm",
