@@ -176,7 +176,8 @@ def test_wrong_tokenizer_hash_and_state_mismatch_are_refused(shards):
         PackedLoader(shards, seq_len=SEQ * 2).load_state_dict(state)
 
 
-def test_truncated_shard_is_reported_by_name_while_loading(shards, tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_truncated_shard_is_reported_by_name_while_loading(shards, tmp_path, num_workers):
     import shutil
 
     root = tmp_path / "copy"
@@ -185,7 +186,7 @@ def test_truncated_shard_is_reported_by_name_while_loading(shards, tmp_path):
     path = root / shard["path"]
     path.write_bytes(path.read_bytes()[:-3000])
     with pytest.raises(ShardError, match=path.name):
-        list(PackedLoader(root, seq_len=SEQ, micro_batch_size=2, num_epochs=1))
+        list(PackedLoader(root, seq_len=SEQ, micro_batch_size=2, num_epochs=1, num_workers=num_workers))
 
 
 @settings(max_examples=60, deadline=None)
