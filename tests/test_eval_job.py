@@ -122,3 +122,28 @@ def test_config_rejects_unknown_keys_and_bad_values(world, tmp_path):
         evaluate(config(world, tmp_path / "out", baselines=["oracle"]))
     with pytest.raises(ValueError, match="no model"):
         evaluate(config(world, tmp_path / "out", models={}))
+
+
+def test_history_items_match_the_eval_set_builder(world, tmp_path):
+    """Eval sets written by recbase.data.evalsets (two held-out positives, an interaction of an item without
+    codes in the history): the baselines' history items reproduce every user's history tokens."""
+    import pyarrow as pa
+
+    from recbase.data.evalsets import build_eval_set
+    from recbase.data.shards import EvalSetConfig, read_codes
+
+    domain_dir = tmp_path / "data" / "books"
+    domain_dir.mkdir(parents=True)
+    items = pq.read_table(world["data_dir"] / "books" / "items.parquet")
+    pq.write_table(items, domain_dir / "items.parquet")
+    inter = pq.read_table(world["data_dir"] / "books" / "interactions.parquet").to_pylist()
+    inter.insert(2, {"domain": "books", "user_id": inter[0]["user_id"], "item_id": "no-codes", "timestamp": 1})
+    pq.write_table(pa.Table.from_pylist(inter), domain_dir / "interactions.parquet")
+    eval_path = tmp_path / "shards" / "eval" / "books.parquet"
+    build_eval_set(domain_dir, read_codes(world["codes"]), eval_path,
+                   EvalSetConfig(positives=2, negatives_per_positive=3), seed=0)
+    results = evaluate(config(world, tmp_path / "out", eval_dir=str(eval_path.parent), data_dir=str(tmp_path / "data"),
+                              retrieval=False, baselines=["text_centred", "popularity"]))
+    books = results["domains"]["books"]
+    assert books["users"] == 12 and books["pairs"] == 12 * 8
+    assert books["history_items_unverified"] == 0

@@ -166,7 +166,7 @@ def history_items(eval_set: EvalSet, sequences: dict[str, list[str]], levels: in
     The eval-set builder holds out a user's last items and keeps every earlier item as history, so the target
     sits right after the history's ``n`` items. Among the target's occurrences at position ``>= n``, the first
     whose ``n`` preceding items encode to exactly the eval set's history tokens (checked when ``item_tokens``,
-    item -> its L tokens, is given) is taken; when none verifies, the first occurrence is used and the user is
+    item -> its L tokens, is given; items without tokens are then left out, as the builder does) is taken; when none verifies, the first occurrence is used and the user is
     counted as unverified. A user or target absent from ``sequences`` is an error.
     """
     out, unverified = [], 0
@@ -174,6 +174,8 @@ def history_items(eval_set: EvalSet, sequences: dict[str, list[str]], levels: in
         seq = sequences.get(user)
         if seq is None:
             raise ValueError(f"{eval_set.path}: row {row}: user {user!r} is not in {source}")
+        if item_tokens is not None:  # the eval-set builder skips interactions of items without codes
+            seq = [item for item in seq if item in item_tokens]
         n_hist = (len(hist) - 1) // levels
         positions = [p for p, item in enumerate(seq) if item == target]
         if not positions:

@@ -80,7 +80,7 @@ def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: Code
         logp = scorer.score_user(hist, tokens)
         sums.append(logp.sum(1))
         means.append(logp.mean(1))
-        bar.set_postfix(pairs_per_s=f"{scorer.timing.pairs_per_s:.0f}")
+        bar.set_postfix(pairs_per_s=f"{scorer.timing.pairs_per_s:.0f}", refresh=False)
     result = ranking_metrics(eval_set, sums)
     norm = ranking_metrics(eval_set, means)
     result.update({"auc_len_norm": norm["auc"], "gauc_len_norm": norm["gauc"]})
@@ -164,6 +164,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     device = next(next(iter(models.values())).model.parameters()).device
     results: dict = {"config": to_dict(cfg), "models": {n: str(m.path) for n, m in models.items()},
                      "tokenizer_hashes": expected, "device": str(device), "domains": {}}
+    if cfg.retrieval and not cfg.codes:
+        print("retrieval skipped: no codes.parquet given (set codes=PATH)")
     for domain, path in zip(domains, eval_paths):
         eval_set = read_eval_set(path, vocab.levels, vocab.bos_id, cfg.max_users)
         trie, item_tokens = None, None

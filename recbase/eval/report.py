@@ -42,9 +42,10 @@ def ranking_table(results: dict) -> str:
     models = list(results["overall"]["models"])
     baselines = [b for b in results["overall"]["baselines"]]
     bar_first = sorted(baselines, key=lambda b: b != BAR)
+    has_bar = BAR in baselines
     header = ["domain"]
     for m in models:
-        header += [f"{m} AUC", f"{m} GAUC", f"{m} AUC (len-norm)"]
+        header += [f"{m} AUC", f"{m} GAUC", f"{m} AUC (len-norm)"] + ([f"{m} − bar"] if has_bar else [])
     header += [f"{LABELS[b]} AUC" for b in bar_first]
     rows = []
     for label, section in _rows(results):
@@ -52,6 +53,9 @@ def ranking_table(results: dict) -> str:
         for m in models:
             r = section["models"][m]
             row += [_fmt(r["auc"]), _fmt(r["gauc"]), _fmt(r["auc_len_norm"])]
+            if has_bar:
+                gap = r["auc"] - section["baselines"][BAR]["auc"]
+                row.append("–" if math.isnan(gap) else f"{gap:+.4f}")
         row += [_fmt(section["baselines"][b]["auc"]) for b in bar_first]
         rows.append(row)
     return _table(header, rows)
@@ -112,7 +116,8 @@ def render_markdown(results: dict) -> str:
         "## Ranking (AUC; GAUC = per-user AUC averaged over users, unweighted)",
         "",
         f"Score = log P(candidate's concept tokens | history); *len-norm* = mean log P per token. "
-        f"**{LABELS[BAR]}** is the zero-shot bar a model has to clear. Overall = unweighted mean over domains.",
+        f"**{LABELS[BAR]}** is the zero-shot bar a model has to clear (*− bar*: model AUC minus its AUC). "
+        f"Overall = unweighted mean over domains.",
         "",
         ranking_table(results),
         "",
@@ -155,7 +160,7 @@ def bar_chart(results: dict, metric: str) -> bytes:
     labels = list(results["domains"]) + ["Overall"]
     series = _series(results, metric)
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(labels) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(labels) + 4), 4))
     x = np.arange(len(labels))
     for i, (name, vals) in enumerate(series.items()):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(vals), width, label=name)
@@ -163,7 +168,7 @@ def bar_chart(results: dict, metric: str) -> bytes:
     ax.set_ylabel(metric)
     if metric in RANKING_METRICS:
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"{metric} per domain")
     fig.tight_layout()
     buf = io.BytesIO()
