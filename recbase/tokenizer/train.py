@@ -1,0 +1,97 @@
+"""Train a tokenizer of any kind on the union of the training domains and save it as an artifact.
+
+Each training domain is normalised with its own statistics (stored in the artifact) before the union is formed,
+so every domain is centred the same way it will be when encoded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recbase.config import to_dict
+from recbase.io import atomic_write_text
+from recbase.tokenizer import normalize
+from recbase.tokenizer.artifact import KINDS, Tokenizer
+from recbase.tokenizer.clvae import CLVAEConfig, train_clvae
+from recbase.tokenizer.embed import load_embeddings, select_domains
+from recbase.tokenizer.fsq import FSQConfig, train_fsq
+from recbase.tokenizer.rqkmeans import RQKmeansConfig, train_rqkmeans
+from recbase.data.tables import read_items
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "clvae"                  # clvae | rqkmeans | fsq
+    levels: int = 4                      # code levels L (concept ids per item)
+    codebook_size: int = 256             # codes per level K
+    normalization: str = "center"        # none | center | whiten, per domain, before training and encoding
+    disambiguate: bool = False           # add a level holding each item's index among items sharing its tuple
+    seed: int = 0                        # seeds initialisation, shuffling and k-means
+    clvae: CLVAEConfig = field(default_factory=CLVAEConfig)
+    rqkmeans: RQKmeansConfig = field(default_factory=RQKmeansConfig)
+    fsq: FSQConfig = field(default_factory=FSQConfig)
+
+
+def train_tokenizer(cfg: TokenizerConfig, embeddings: dict[str, np.ndarray], embedder: str = "",
+                    progress: bool = True) -> tuple[Tokenizer, list[dict]]:
+    """Train on ``{domain: embeddings [N_d, D]}``; returns the tokenizer and its per-epoch history."""
+    if cfg.kind not in KINDS:
+        raise ValueError(f"tokenizer kind {cfg.kind!r} is not one of {', '.join(KINDS)}")
+    if not embeddings:
+        raise ValueError("no training domains")
+    dims = {d: e.shape[1] for d, e in embeddings.items()}
+    if len(set(dims.values())) != 1:
+        raise ValueError(f"training domains have different embedding dims: {dims}")
+    stats = {d: normalize.compute_stats(e, cfg.normalization) for d, e in embeddings.items()}
+    x = torch.from_numpy(np.concatenate([normalize.apply(e, stats[d], cfg.normalization)
+                                         for d, e in embeddings.items()]))
+    common = dict(kind=cfg.kind, levels=cfg.levels, codebook_size=cfg.codebook_size, input_dim=x.shape[1],
+                  embedder=embedder, normalization=cfg.normalization, domain_stats=stats,
+                  disambiguate=cfg.disambiguate, training=to_dict(cfg))
+    history: list[dict] = []
+    if cfg.kind == "clvae":
+        result = train_clvae(x, cfg.levels, cfg.codebook_size, cfg.clvae, cfg.seed, progress)
+        tok = Tokenizer(**common, encoder=result.encoder, decoder=result.decoder, codebooks=result.codebooks)
+        history = result.history
+    elif cfg.kind == "rqkmeans":
+        tok = Tokenizer(**common, codebooks=train_rqkmeans(x, cfg.levels, cfg.codebook_size, cfg.rqkmeans, cfg.seed,
+                                                            progress))
+    else:
+        encoder, decoder, history = train_fsq(x, cfg.levels, cfg.codebook_size, cfg.fsq, cfg.seed, progress)
+        tok = Tokenizer(**common, encoder=encoder, decoder=decoder, fsq_levels=cfg.fsq.fsq_levels)
+    return tok, history
+
+
+def load_domain_embeddings(data_dir: str | Path, emb_dir: str | Path,
+                           domains: list[str] | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """Embeddings of the chosen domains, each checked against its ``items.parquet``, and the embedder name."""
+    out, models = {}, set()
+    for domain_dir in select_domains(data_dir, domains):
+        ids = read_items(domain_dir).column("item_id").to_pylist()
+        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids)
+        out[domain_dir.name] = emb
+        models.add(meta["model"])
+    if len(models) > 1:
+        raise ValueError(f"{emb_dir}: domains were embedded with different models: {sorted(models)}")
+    return out, models.pop()
+
+
+def train_from_folders(cfg: TokenizerConfig, data_dir: str | Path, emb_dir: str | Path, out_dir: str | Path,
+                       domains: list[str] | None = None, progress: bool = True) -> Tokenizer:
+    """``recbase tokenizer train``: train on the domains' embeddings and write the artifact to ``out_dir``."""
+    embeddings, model = load_domain_embeddings(data_dir, emb_dir, domains)
+    tok, history = train_tokenizer(cfg, embeddings, model, progress)
+    tok.save(out_dir)
+    atomic_write_text(Path(out_dir) / HISTORY_FILE, json.dumps(history, indent=1) + "\n")
+    log.info("tokenizer %s (%s, %d x %d) trained on %s → %s", tok.hash[:12], cfg.kind, cfg.levels,
+             cfg.codebook_size, ", ".join(embeddings), out_dir)
+    return tok

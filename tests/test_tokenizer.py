@@ -1,0 +1,290 @@
+"""Item tokenizer: training components, artifact round trips, per-domain normalisation, collisions, commands."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recbase.cli import main
+from recbase.data.tables import make_interactions_table, make_items_table, DomainTables, IngestSummary, write_domain
+from recbase.tokenizer.artifact import ArtifactError, load_tokenizer
+from recbase.tokenizer.clvae import CLVAEConfig, check_config, quantize
+from recbase.tokenizer.collisions import collision_rate, disambiguation_level
+from recbase.tokenizer.embed import HashingEmbedder, embed_folder
+from recbase.tokenizer.modules import MLP
+from recbase.tokenizer.train import TokenizerConfig, train_tokenizer
+
+
+def clustered(n: int, dim: int = 32, clusters: int = 24, offset: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Unit vectors around random centres, all shifted by ``offset`` along one axis (a domain's own cone)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + 0.4 * rng.normal(size=(n, dim))
+    x[:, 0] += offset
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def small_config(kind: str = "clvae", **clvae) -> TokenizerConfig:
+    cfg = TokenizerConfig(kind=kind, levels=3, codebook_size=32)
+    cfg.clvae = CLVAEConfig(hidden_dims=[64], latent_dim=16, epochs=9, epochs_per_level=3, min_epochs_per_level=2,
+                            batch_size=128, **clvae)
+    cfg.fsq.hidden_dims, cfg.fsq.epochs, cfg.fsq.fsq_levels = [64], 20, 2
+    cfg.rqkmeans.iters = 10
+    return cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest (and least disturbed by other processes) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def domains():
+    return {"movies": clustered(420, offset=2.0, seed=1), "tools": clustered(300, offset=-2.0, seed=2)}
+
+
+@pytest.fixture(scope="module")
+def trained(domains):
+    return {kind: train_tokenizer(small_config(kind), domains, "synthetic", progress=False)
+            for kind in ("clvae", "rqkmeans", "fsq")}
+
+
+def level1_usage(tok, domains) -> int:
+    codes = np.concatenate([tok.encode(e, tok.stats_for(d, e)) for d, e in domains.items()])
+    return len(np.unique(codes[:, 0]))
+
+
+def test_training_and_encoding_are_deterministic(domains, trained):
+    tok, _ = trained["clvae"]
+    again, _ = train_tokenizer(small_config("clvae"), domains, "synthetic", progress=False)
+    emb = domains["movies"]
+    codes = tok.encode(emb, tok.stats_for("movies", emb))
+    assert codes.shape == (len(emb), 3) and codes.dtype == np.int64
+    np.testing.assert_array_equal(codes, again.encode(emb, again.stats_for("movies", emb)))
+    np.testing.assert_array_equal(codes, tok.encode(emb, tok.stats_for("movies", emb)))
+
+
+@pytest.mark.parametrize("kind", ["clvae", "rqkmeans", "fsq"])
+def test_each_kind_round_trips_through_the_artifact(kind, domains, trained, tmp_path):
+    tok, _ = trained[kind]
+    digest = tok.save(tmp_path / kind)
+    loaded = load_tokenizer(tmp_path / kind)
+    assert (loaded.kind, loaded.levels, loaded.codebook_size, loaded.hash) == (kind, 3, 32, digest)
+    assert loaded.train_domains == ["movies", "tools"]
+    for domain, emb in domains.items():
+        codes = tok.encode(emb, tok.stats_for(domain, emb))
+        assert codes.min() >= 0 and codes.max() < 32
+        np.testing.assert_array_equal(codes, loaded.encode(emb, loaded.stats_for(domain, emb)))
+        np.testing.assert_allclose(tok.reconstruct(codes), loaded.reconstruct(codes), atol=1e-6)
+    # Saving the same tokenizer again gives the same content hash.
+    assert tok.save(tmp_path / f"{kind}-again") == digest
+
+
+def test_reconstruction_beats_the_catalog_mean(domains, trained):
+    """Every kind must carry information: its reconstruction error is below that of predicting the mean."""
+    for kind, (tok, _) in trained.items():
+        x = tok.normalize(domains["movies"], tok.stats_for("movies", domains["movies"]))
+        recon = tok.reconstruct(tok.encode(domains["movies"], tok.stats_for("movies", domains["movies"])))
+        assert ((x - recon) ** 2).sum(1).mean() < ((x - x.mean(0)) ** 2).sum(1).mean(), kind
+
+
+def test_kmeans_init_raises_usage(domains):
+    plain = dict(curriculum=False, reinit_dead=False, entropy_weight=0.0)
+    without, _ = train_tokenizer(small_config(kmeans_init=False, **plain), domains, "synthetic", progress=False)
+    with_init, _ = train_tokenizer(small_config(kmeans_init=True, **plain), domains, "synthetic", progress=False)
+    assert level1_usage(with_init, domains) > level1_usage(without, domains) + 5
+
+
+def test_dead_code_reinit_raises_usage(domains):
+    plain = dict(curriculum=False, kmeans_init=False, entropy_weight=0.0)
+    without, _ = train_tokenizer(small_config(reinit_dead=False, **plain), domains, "synthetic", progress=False)
+    with_reinit, hist = train_tokenizer(small_config(reinit_dead=True, **plain), domains, "synthetic", progress=False)
+    assert sum(hist[0]["reinitialised"]) > 0
+    assert level1_usage(with_reinit, domains) > level1_usage(without, domains) + 5
+
+
+def test_entropy_term_has_gradient_wrt_encoder():
+    torch.manual_seed(0)
+    encoder = MLP([32, 64, 16])
+    x = torch.from_numpy(clustered(256).astype(np.float32))
+    codebooks = torch.randn(2, 32, 16)
+    cfg = CLVAEConfig(entropy_weight=1.0)
+    _, _, entropy_deficit = quantize(encoder(x), codebooks, 2, cfg)
+    assert 0 < entropy_deficit.item() < 2 * np.log(32)
+    entropy_deficit.backward()
+    grads = [p.grad.abs().sum().item() for p in encoder.parameters()]
+    assert all(g > 0 for g in grads)
+    # Switched off, the term is exactly zero.
+    _, _, off = quantize(encoder(x), codebooks, 2, CLVAEConfig(entropy_weight=0.0))
+    assert off.item() == 0.0
+
+
+def test_curriculum_activates_levels_in_order(trained, domains):
+    _, history = trained["clvae"]
+    active = [h["active_levels"] for h in history]
+    assert active[0] == 1 and active[-1] == 3
+    assert all(b - a in (0, 1) for a, b in zip(active, active[1:]))
+    assert all(len(h["used_codes"]) == h["active_levels"] for h in history)
+    _, flat = train_tokenizer(small_config(curriculum=False), domains, "synthetic", progress=False)
+    assert {h["active_levels"] for h in flat} == {3}
+
+
+def test_curriculum_advances_early_on_a_plateau(domains):
+    # plateau_tol=10 means any epoch counts as a plateau, so each level stays only min_epochs_per_level epochs.
+    cfg = small_config(plateau_tol=10.0)
+    _, history = train_tokenizer(cfg, domains, "synthetic", progress=False)
+    assert [h["active_levels"] for h in history] == [1, 1, 2, 2, 3, 3, 3, 3, 3]
+
+
+def test_curriculum_config_must_leave_epochs_for_all_levels():
+    with pytest.raises(ValueError, match="epochs_per_level"):
+        check_config(CLVAEConfig(epochs=6, epochs_per_level=3), levels=3)
+
+
+def test_unseen_domain_is_normalised_with_its_own_catalog(domains, trained):
+    """A new domain that is a training domain moved by a constant vector gets the same codes once centred."""
+    tok, _ = trained["clvae"]
+    emb = domains["movies"].astype(np.float32)
+    shifted = emb + np.linspace(-0.5, 0.5, emb.shape[1], dtype=np.float32)
+    stats = tok.stats_for("new-domain", shifted)
+    np.testing.assert_allclose(stats.mean, shifted.mean(0), atol=1e-5)
+    assert stats.n_items == len(shifted)
+    np.testing.assert_array_equal(tok.encode(shifted, stats), tok.encode(emb, tok.stats_for("movies", emb)))
+    # Without per-domain normalisation the shift changes the codes.
+    raw, _ = train_tokenizer(_with(small_config(), normalization="none"), domains, "synthetic", progress=False)
+    assert (raw.encode(shifted, raw.stats_for("new-domain", shifted)) != raw.encode(emb, None)).any()
+
+
+def _with(cfg: TokenizerConfig, **fields) -> TokenizerConfig:
+    for k, v in fields.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_whitening_is_stored_and_applied(domains, tmp_path):
+    tok, _ = train_tokenizer(_with(small_config("rqkmeans"), normalization="whiten"), domains, "s", progress=False)
+    tok.save(tmp_path / "w")
+    loaded = load_tokenizer(tmp_path / "w")
+    assert loaded.domain_stats["movies"].whiten.shape == (32, 32)
+    x = loaded.normalize(domains["tools"], loaded.stats_for("tools", domains["tools"]))
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+def test_bad_artifacts_give_clear_errors(trained, tmp_path):
+    tok, _ = trained["rqkmeans"]
+    with pytest.raises(ArtifactError, match="config.json is missing"):
+        load_tokenizer(tmp_path / "nowhere")
+    tok.save(tmp_path / "a")
+    (tmp_path / "a" / "weights.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="weights.safetensors is missing"):
+        load_tokenizer(tmp_path / "a")
+
+    tok.save(tmp_path / "b")
+    cfg_path = tmp_path / "b" / "config.json"
+    config = json.loads(cfg_path.read_text())
+    config["codebook_size"] = 64
+    cfg_path.write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="content hash mismatch"):
+        load_tokenizer(tmp_path / "b")
+
+    other, _ = trained["fsq"]
+    tok.save(tmp_path / "c")
+    other.save(tmp_path / "d")
+    (tmp_path / "d" / "weights.safetensors").replace(tmp_path / "c" / "weights.safetensors")
+    with pytest.raises(ArtifactError, match="content hash mismatch"):
+        load_tokenizer(tmp_path / "c")
+
+    tok.save(tmp_path / "e")
+    (tmp_path / "e" / "weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ArtifactError, match="cannot read weights"):
+        load_tokenizer(tmp_path / "e")
+
+
+def test_disambiguation_makes_tuples_unique():
+    codes = np.array([[1, 2], [1, 2], [0, 0], [1, 2], [0, 0], [3, 3]])
+    assert collision_rate(codes) == pytest.approx(3 / 6)
+    extra = disambiguation_level(codes, codebook_size=4)
+    np.testing.assert_array_equal(extra, [0, 1, 0, 2, 1, 0])
+    assert collision_rate(np.c_[codes, extra]) == 0.0
+    with pytest.raises(ValueError, match="more than the codebook size 2"):
+        disambiguation_level(codes, codebook_size=2)
+
+
+def write_data(root, domains: dict[str, int]) -> None:
+    """Domain folders with items whose texts share words within a domain (so hashing embeddings cluster)."""
+    for d, n in domains.items():
+        ids = [f"{d}-{i}" for i in range(n)]
+        texts = [f"Describe a {d}: {{\"title\": \"{d} thing {i % 17} kind {i % 5} part {i}\"}}" for i in range(n)]
+        inter = make_interactions_table(d, ["u1"] * 3, ids[:3], [1, 2, 3])
+        write_domain(DomainTables(d, make_items_table(d, ids, texts), inter, IngestSummary(d)), root)
+
+
+def test_commands_train_encode_report(tmp_path, capsys):
+    data, emb, art = tmp_path / "data", tmp_path / "emb", tmp_path / "tok"
+    write_data(data, {"books": 300, "games": 200, "garden": 150})
+    embed_folder(data, emb, model="hashing", progress=False)
+    args = ["--data", str(data), "--emb", str(emb)]
+    assert main(["tokenizer", "train", *args, "--out", str(art), "--domains", "books,games", "kind=rqkmeans",
+                 "levels=3", "codebook_size=16", "disambiguate=true", "rqkmeans.iters=5"]) == 0
+    tok = load_tokenizer(art)
+    assert tok.embedder == HashingEmbedder.name and tok.train_domains == ["books", "games"]
+
+    out = tmp_path / "codes.parquet"
+    assert main(["tokenizer", "encode", "--artifact", str(art), *args, "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    assert table.schema.metadata[b"tokenizer_hash"].decode() == tok.hash
+    assert table.column_names == ["domain", "item_id", "codes"]
+    assert table.num_rows == 650
+    for domain in ("books", "games", "garden"):
+        rows = [c for d, c in zip(table.column("domain").to_pylist(), table.column("codes").to_pylist()) if d == domain]
+        codes = np.array(rows)
+        assert codes.shape[1] == 4 and codes.max() < 16
+        assert collision_rate(codes) == 0.0  # the disambiguation level separates every item
+
+    report_dir = tmp_path / "report"
+    assert main(["tokenizer", "report", "--artifact", str(art), *args, "--out", str(report_dir)]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["summary"]["unseen"]["domains"] == ["garden"]
+    assert report["summary"]["trained"]["items"] == 500
+    assert len(report["domains"]["garden"]["levels"]) == 3
+    assert (report_dir / "usage.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| **unseen** | 150 |" in (report_dir / "report.md").read_text()
+
+    # A tampered artifact is refused by the command with the reason.
+    cfg = json.loads((art / "config.json").read_text())
+    cfg["embedder"] = "other"
+    (art / "config.json").write_text(json.dumps(cfg))
+    assert main(["tokenizer", "encode", "--artifact", str(art), *args, "--out", str(out)]) == 2
+    assert "content hash mismatch" in capsys.readouterr().out
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    data = tmp_path / "data"
+    write_data(data, {"books": 20})
+    embed_folder(data, tmp_path / "emb", model="hashing", progress=False)
+    from recbase.config import ConfigError
+
+    with pytest.raises(ConfigError, match="config.clvae: unknown key.*epoch"):
+        main(["tokenizer", "train", "--data", str(data), "--emb", str(tmp_path / "emb"), "--out",
+              str(tmp_path / "t"), "clvae.epoch=3"])
+
+
+@pytest.mark.parametrize("q,group", [(2, 5), (3, 2), (4, 4), (5, 3)])
+def test_fsq_codes_and_grid_values_are_inverse(q, group):
+    from recbase.tokenizer.modules import fsq_codes_to_values, fsq_digits_to_codes, fsq_round
+
+    codes = torch.arange(q ** group).repeat(2, 1).T  # every code, 2 levels
+    values = fsq_codes_to_values(codes, q, group)
+    assert values.min() >= -1 and values.max() <= 1
+    torch.testing.assert_close(fsq_digits_to_codes(values, q, 2), codes)
+    # Rounding any latent lands on the grid.
+    rounded = fsq_round(torch.randn(64, 2 * group) * 3, q)
+    grid = fsq_codes_to_values(fsq_digits_to_codes(rounded, q, 2), q, group)
+    torch.testing.assert_close(rounded, grid)
