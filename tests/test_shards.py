@@ -107,10 +107,18 @@ def test_two_task_slices_equal_one_full_build(world, tmp_path):
     assert (root / "eval" / "news.parquet").exists()
 
 
-def test_changed_config_in_the_same_folder_is_refused(world, tmp_path):
+def test_changed_config_or_inputs_in_the_same_folder_are_refused(world, tmp_path):
     build_shards(config(world, tmp_path))
-    with pytest.raises(ValueError, match="another build"):
+    with pytest.raises(ValueError, match="another build.*config"):
         build_shards(config(world, tmp_path, tokens_per_block=300))
+    codes = tmp_path / "codes.parquet"
+    codes.write_bytes((world / "codes.parquet").read_bytes())
+    build_shards(config(world, tmp_path, name="copy", codes_path=str(codes)))
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(codes), codes, compression="none")   # same tokenizer hash, other bytes
+    with pytest.raises(ValueError, match="another build.*inputs"):
+        build_shards(config(world, tmp_path, name="copy", codes_path=str(codes)))
 
 
 def test_truncated_and_corrupt_shards_are_reported_by_name(world, tmp_path):

@@ -21,12 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recbase.data.shards import Codes, EvalSetConfig, assemble, load_domain, stable_hash
+from recbase.data.shards import IMPRESSIONS_FILE, Codes, EvalSetConfig, assemble, load_domain, stable_hash
 from recbase.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-IMPRESSIONS_FILE = "impressions.parquet"
 MAX_POSITIVES = 10
 SCHEMA = pa.schema([
     ("user_id", pa.string()),

@@ -17,6 +17,7 @@ exist and rebuilds only the missing ones.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from recbase.config import to_dict
-from recbase.data.tables import list_domains, read_interactions
+from recbase.data.tables import INTERACTIONS_FILE, list_domains, read_interactions
 from recbase.io import atomic_path, atomic_write_text
 from recbase.vocab import Vocab
 
@@ -46,6 +47,7 @@ SPLITS = ("train", "valid")
 MANIFEST = "manifest.json"
 BUILD_STAMP = "build.json"
 TASK_DIR = "tasks"
+IMPRESSIONS_FILE = "impressions.parquet"
 EVAL_DIR = "eval"
 
 
@@ -387,15 +389,23 @@ def _config_fingerprint(cfg: ShardConfig) -> dict:
     return d
 
 
-def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str) -> None:
-    """Refuse to mix shards of different configs or tokenizers in one folder (a rerun must resume the same build)."""
-    stamp = {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg)}
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: list[Path]) -> None:
+    """Refuse to mix shards of different configs, tokenizers or input tables in one folder: a rerun that skips
+    finished shards is only correct when it resumes the very same build."""
+    stamp = {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg),
+             "inputs": {p.as_posix(): _file_sha256(p) for p in inputs}}
     path = root / BUILD_STAMP
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old != stamp:
-            raise ValueError(f"{root} holds shards of another build (its {BUILD_STAMP} differs from this config or "
-                             f"tokenizer); pick another name or delete the folder")
+            changed = sorted(k for k in stamp if old.get(k) != stamp[k])
+            raise ValueError(f"{root} holds shards of another build ({', '.join(changed)} differ from its "
+                             f"{BUILD_STAMP}); pick another name or delete the folder")
     else:
         atomic_write_text(path, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
 
@@ -418,6 +428,23 @@ def _split_stats(su: SplitUsers, seqs: list[DomainSequences], root: Path, task_i
     return shards, domains
 
 
+def _write_shards(jobs: list[tuple[str, int]], workers: int) -> int:
+    """Write the shards ``jobs`` with ``workers`` processes, showing progress and throughput; returns tokens."""
+    start, n_tokens = time.perf_counter(), 0
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(min(workers, len(jobs))))
+            results = pool.imap_unordered(_build_one, jobs)
+        else:
+            results = map(_build_one, jobs)
+        bar = stack.enter_context(tqdm(total=len(jobs), desc="write shards", unit="shard"))
+        for n in results:
+            n_tokens += n
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - start):,.0f}")
+    return n_tokens
+
+
 def build_shards(cfg: ShardConfig) -> Path:
     """Build this task's shards (and, for task 0, the eval sets); merge the manifest once every task is done.
 
@@ -433,7 +460,9 @@ def build_shards(cfg: ShardConfig) -> Path:
     pretrain_dirs, heldout_dirs = select_domains(cfg)
     root = Path(cfg.out_dir) / cfg.name
     root.mkdir(parents=True, exist_ok=True)
-    _check_stamp(root, cfg, codes.tokenizer_hash)
+    _check_stamp(root, cfg, codes.tokenizer_hash, [Path(cfg.codes_path)] + [
+        d / name for d in pretrain_dirs + heldout_dirs for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE)
+        if (d / name).exists()])
 
     seqs = [load_domain(d, codes) for d in tqdm(pretrain_dirs, desc="read domains", unit="domain")]
     skipped: Counter = Counter()
@@ -451,22 +480,10 @@ def build_shards(cfg: ShardConfig) -> Path:
         (root / sp).mkdir(exist_ok=True)
     log.info("task %d/%d: %d shards, %d to build (%d already complete)", cfg.task_index, cfg.num_tasks, len(jobs),
              len(todo), len(jobs) - len(todo))
-    t1 = time.perf_counter()
-    n_tokens = 0
-    bar = tqdm(total=len(todo), desc="write shards", unit="shard")
-    if cfg.workers > 1 and len(todo) > 1:
-        with multiprocessing.get_context("fork").Pool(min(cfg.workers, len(todo))) as pool:
-            for n in pool.imap_unordered(_build_one, todo):
-                n_tokens += n
-                bar.update(1)
-                bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t1):,.0f}")
-    else:
-        for job in todo:
-            n_tokens += _build_one(job)
-            bar.update(1)
-            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t1):,.0f}")
-    bar.close()
-    _WORK = None
+    try:
+        n_tokens = _write_shards(todo, cfg.workers)
+    finally:
+        _WORK = None
 
     eval_sets = {}
     if cfg.task_index == 0:
