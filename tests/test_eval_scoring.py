@@ -1,7 +1,11 @@
 """Fast scoring (history once, candidates as masked branches) against one full forward per pair."""
+import functools
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from eval_helpers import tiny_model
@@ -82,3 +86,21 @@ def test_bad_candidate_shape_is_refused():
         scorer.score_user(np.array([VOCAB.bos_id]), np.zeros((3, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="scoring mode"):
         CandidateScorer(scorer.model, VOCAB.levels, VOCAB.bos_id, mode="slow")
+
+
+@functools.lru_cache(maxsize=None)
+def model_with_levels(levels: int):
+    return tiny_model(Vocab(levels=levels, codebook_size=8), seed=levels)
+
+
+@settings(max_examples=8, deadline=None)
+@given(levels=st.integers(1, 5), n_items=st.integers(0, 6), n_cands=st.integers(1, 7), batch_size=st.integers(1, 8))
+def test_fast_equals_naive_on_varied_shapes(levels, n_items, n_cands, batch_size):
+    vocab = Vocab(levels=levels, codebook_size=8)
+    model = model_with_levels(levels)
+    rng = np.random.default_rng(levels * 100 + n_items)
+    history, cands = random_user(rng, n_items, n_cands, vocab)
+    fast = CandidateScorer(model, levels, vocab.bos_id, "fast", batch_size).score_user(history, cands)
+    naive = CandidateScorer(model, levels, vocab.bos_id, "naive").score_user(history, cands)
+    np.testing.assert_allclose(fast, naive, atol=1e-4)
+
