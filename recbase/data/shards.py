@@ -148,7 +148,7 @@ class DomainSequences:
     user_ids: list[str]        # one per user
     starts: np.ndarray         # int64 [n_users]: first row of the user in item_tokens
     counts: np.ndarray         # int64 [n_users]: the user's number of kept interactions
-    item_tokens: np.ndarray    # int64 [n_interactions, L]
+    item_tokens: np.ndarray    # [n_interactions, L] in the shard token dtype (uint16 for the paper's vocabulary)
     item_rows: np.ndarray      # int64 [n_interactions]: row of the item in the domain's codes
     skipped: Counter
 
@@ -180,7 +180,7 @@ def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
     starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if len(idx) else np.zeros(0, np.int64)
     counts = np.diff(np.r_[starts, len(idx)])
     user_ids = user_codes.dictionary.take(pa.array(idx[starts])).to_pylist()
-    tokens = codes.vocab.encode_codes(item_codes)[item_rows]
+    tokens = codes.vocab.encode_codes(item_codes).astype(token_dtype(codes.vocab))[item_rows]
     return DomainSequences(domain, user_ids, starts.astype(np.int64), counts.astype(np.int64), tokens, item_rows,
                            skipped)
 
@@ -471,7 +471,7 @@ def build_shards(cfg: ShardConfig) -> Path:
     hashes = user_hashes(seqs, cfg.seed)
     splits = {sp: layout_split(sp, seqs, hashes, cfg, codes.vocab.levels, skipped)
               for sp in (SPLITS if cfg.holdout else SPLITS[:1])}
-    item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, codes.vocab.levels))
+    item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, codes.vocab.levels), token_dtype(codes.vocab))
     _WORK = _Work(cfg, codes.vocab, item_tokens, [s.domain for s in seqs], splits, root)
 
     jobs = [(sp, s) for sp, su in splits.items() for s in range(int(su.shard.max()) + 1 if len(su.shard) else 0)]
