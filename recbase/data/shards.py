@@ -390,8 +390,11 @@ def _config_fingerprint(cfg: ShardConfig) -> dict:
 
 
 def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: list[Path]) -> None:
