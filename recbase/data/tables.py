@@ -128,35 +128,38 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
     inter = tables.interactions
     known = pc.is_in(inter.column("item_id"), value_set=known_items).to_numpy(zero_copy_only=False)
     s.drop("interaction whose item has no metadata", int((~known).sum()))
-    df = pd.DataFrame({
-        "user_id": inter.column("user_id").to_pandas(),
-        "item_id": inter.column("item_id").to_pandas(),
-        "timestamp": inter.column("timestamp").to_numpy(),
-        "row": np.arange(inter.num_rows),
-    })[known]
+    rows = np.flatnonzero(known)
+    # Integer codes; users coded in sorted order, so sorting codes sorts ids.
+    kept = inter.take(pa.array(rows, pa.int64()))
+    users, _ = pd.factorize(kept.column("user_id").to_pandas(), sort=True)
+    items_coded, _ = pd.factorize(kept.column("item_id").to_pandas())
+    ts = kept.column("timestamp").to_numpy()
 
     # Exact duplicate (user, item, timestamp) rows keep the first.
-    dup = df.duplicated(["user_id", "item_id", "timestamp"]).to_numpy()
+    dup = pd.DataFrame({"u": users, "i": items_coded, "t": ts}).duplicated().to_numpy()
     s.drop("duplicate interaction rows", int(dup.sum()))
-    df = df[~dup]
+    keep = ~dup
+    users, ts, rows = users[keep], ts[keep], rows[keep]
 
-    # Chronological per user; stable so equal timestamps keep source order.
-    df = df.sort_values(["user_id", "timestamp"], kind="stable")
+    # Chronological per user; lexsort is stable, so equal timestamps keep source order.
+    order = np.lexsort((ts, users))
+    users, rows = users[order], rows[order]
 
-    counts = df.groupby("user_id", sort=False)["row"].transform("size").to_numpy()
-    short = counts < min_user_interactions
+    short = np.bincount(users)[users] < min_user_interactions if len(users) else np.zeros(0, bool)
     if short.any():
-        n_users = df["user_id"][short].nunique()
+        n_users = len(np.unique(users[short]))
         s.drop(f"users with < {min_user_interactions} interactions ({n_users:,} users)", int(short.sum()))
-        df = df[~short]
+        users, rows = users[~short], rows[~short]
 
-    if max_history and len(df):
-        from_end = df.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+    if max_history and len(users):
+        starts = np.r_[True, users[1:] != users[:-1]]
+        ends = np.flatnonzero(np.r_[starts[1:], True])
+        from_end = ends[np.cumsum(starts) - 1] - np.arange(len(users))
         old = from_end >= max_history
         s.drop(f"interactions older than the last {max_history} of a user", int(old.sum()))
-        df = df[~old]
+        rows = rows[~old]
 
-    inter = inter.take(pa.array(df["row"].to_numpy(), pa.int64())).cast(INTERACTION_SCHEMA)
+    inter = inter.take(pa.array(rows, pa.int64())).cast(INTERACTION_SCHEMA)
     kept_users = pc.unique(inter.column("user_id"))
     extra = {}
     for name, table in tables.extra.items():
