@@ -37,7 +37,7 @@ def _files(path: Path, suffix: str) -> tuple[Path, Path]:
     else:
         folder = path
         found = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("meta_")
-                       and suffix in p.suffixes)
+                       and suffix in p.suffixes and p.suffix != ".part")
         if len(found) != 1:
             listed = ", ".join(p.name for p in found) or "none"
             raise InputError(path, f"expected one reviews file *{suffix}[.gz] besides meta_*, found: {listed}")
