@@ -1,0 +1,143 @@
+"""The single-device model: packed loss equals per-user loss, the hybrid mask, the fused head, the init."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbase.data.loader import make_batch, pack_rows
+from recbase.train.config import ModelConfig
+from recbase.train.model import (IGNORE_INDEX, TokenLossModel, build_model, hybrid_labels, init_weights,
+                                 qwen2_config)
+from recbase.vocab import Vocab
+
+VOCAB = Vocab(levels=4, codebook_size=16)
+TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
+
+
+def _model(attention="sdpa", seed=0):
+    torch.manual_seed(123)
+    return build_model(qwen2_config(TINY, VOCAB.model_vocab_size, attention), seed)
+
+
+def _users(n=9, seed=0):
+    """Users of 2..11 items: bos, L tokens per item, eos for some."""
+    rng = np.random.default_rng(seed)
+    users = []
+    for u in range(n):
+        items = rng.integers(0, VOCAB.codebook_size, size=(int(rng.integers(2, 12)), VOCAB.levels))
+        tokens = [VOCAB.bos_id, *VOCAB.encode_codes(items).ravel().tolist()] + ([VOCAB.eos_id] if u % 2 else [])
+        users.append(np.array(tokens, dtype=np.int64))
+    return users
+
+
+def _packed(users, seq_len=128, batch=4):
+    rows = list(pack_rows(((u, 1) for u in users), seq_len))
+    assert len(rows) <= batch and sum(len(r) for r in rows) == len(users)
+    batch = make_batch(rows, batch, seq_len, VOCAB.pad_id)
+    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def _loss(model, batch):
+    return model(batch["input_ids"], batch["labels"], batch["position_ids"], batch["cu_seqlens"])
+
+
+def _user_by_user(lm, users):
+    total, count = 0.0, 0
+    for u in users:
+        ids = torch.as_tensor(u)[None]
+        logits = lm(input_ids=ids).logits[0, :-1].float()
+        total = total + F.cross_entropy(logits, ids[0, 1:], reduction="sum")
+        count += len(u) - 1
+    return total, count
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_loss_equals_users_one_by_one(attention):
+    users = _users()
+    lm = _model(attention)
+    wrapped = TokenLossModel(lm, attention, levels=VOCAB.levels)
+    batch = _packed(users)
+    packed, n = _loss(wrapped, batch)
+    packed.backward()
+    packed_grad = lm.model.embed_tokens.weight.grad.clone()
+    lm.zero_grad()
+    ref, ref_n = _user_by_user(lm, users)
+    ref.backward()
+    assert int(n) == ref_n == batch["n_label_tokens"]
+    assert packed.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(packed_grad, lm.model.embed_tokens.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_without_the_mask_users_would_see_each_other():
+    """The test above can fail: the second user of a row gets its standalone logits only with the mask."""
+    users = _users()
+    lm = _model()
+    batch = _packed(users)
+    wrapped = TokenLossModel(lm, "sdpa", levels=VOCAB.levels)
+    ids, pos, cu = batch["input_ids"][:1], batch["position_ids"][:1], batch["cu_seqlens"]
+    start, end = int(cu[1]), int(cu[2])          # the second segment of row 0
+    alone = lm(input_ids=ids[:, start:end]).logits[0]
+    mask = wrapped.attention_mask(ids, pos, cu, torch.float32)
+    masked = lm(input_ids=ids, attention_mask=mask, position_ids=pos).logits[0, start:end]
+    leaky = lm(input_ids=ids).logits[0, start:end]   # one causal sequence over the whole row
+    torch.testing.assert_close(masked, alone, rtol=1e-4, atol=1e-5)
+    assert (leaky - alone).abs().max().item() > 1e-3
+
+
+def test_hybrid_sees_its_own_item_and_drops_leaking_labels():
+    users = _users(n=3)
+    lm = _model()
+    batch = _packed(users)
+    hybrid = TokenLossModel(lm, "sdpa", "hybrid", VOCAB.levels)
+    causal = TokenLossModel(lm, "sdpa", "causal", VOCAB.levels)
+    # position 2 of user 0 is level 1 of its first item; change level 3 of the same item (position 4)
+    # and level 0 of the next item (position 5)
+    ids, pos, cu = batch["input_ids"], batch["position_ids"], batch["cu_seqlens"]
+
+    def hidden(model, ids):
+        mask = model.attention_mask(ids, pos, cu, torch.float32)
+        return lm.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state[0]
+
+    same_item, next_item = ids.clone(), ids.clone()
+    same_item[0, 4] = VOCAB.level_range(3)[0] + (int(ids[0, 4]) - VOCAB.level_range(3)[0] + 1) % 16
+    next_item[0, 5] = VOCAB.level_range(0)[0] + (int(ids[0, 5]) - VOCAB.level_range(0)[0] + 1) % 16
+    base_h, base_c = hidden(hybrid, ids), hidden(causal, ids)
+    assert not torch.allclose(hidden(hybrid, same_item)[2], base_h[2])     # sees later tokens of its item
+    torch.testing.assert_close(hidden(hybrid, next_item)[:5], base_h[:5])   # never the next item
+    torch.testing.assert_close(hidden(causal, same_item)[:4], base_c[:4])   # causal: nothing later
+    # only predictions into a new item (or eos) are kept: one label per item instead of L
+    kept = hybrid_labels(batch["labels"], pos, VOCAB.levels)
+    n_items = sum((len(u) - 1) // VOCAB.levels for u in users)
+    n_eos = sum(int(u[-1] == VOCAB.eos_id) for u in users)
+    assert int((kept != IGNORE_INDEX).sum()) == n_items + n_eos
+    loss, n = _loss(hybrid, batch)
+    assert int(n) == n_items + n_eos
+    assert torch.isfinite(loss)
+
+
+def test_fused_linear_cross_entropy_matches_materialised_logits():
+    users = _users()
+    batch = _packed(users)
+    losses, grads = [], []
+    for fused in (False, True):
+        lm = _model()
+        loss, _ = _loss(TokenLossModel(lm, "sdpa", levels=VOCAB.levels, fused_linear_ce=fused), batch)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(lm.model.embed_tokens.weight.grad)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+
+
+def test_init_is_a_function_of_seed_and_names_only():
+    a, b, c = _model(seed=0), _model(seed=0), _model(seed=1)
+    torch.manual_seed(999)   # the global RNG plays no part
+    init_weights(b, seed=0, std=TINY.init_std)
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+        if "norm" not in name and "bias" not in name:
+            assert not torch.equal(pa, pc), name
+            assert pa.std().item() == pytest.approx(TINY.init_std, rel=0.2), name
+    assert torch.equal(a.model.norm.weight, torch.ones_like(a.model.norm.weight))
