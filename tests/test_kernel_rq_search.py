@@ -48,17 +48,38 @@ def integer_problem_with_ties(n, d, k, levels, dtype, seed=0):
     return x.to(dtype), codebooks.to(dtype)
 
 
-def triton_vs_reference(x, codebooks):
-    """Codes must be equal; residuals equal up to fp32 rounding of the dot products."""
+def rows_equal_up_to_near_ties(x, codebooks, got, want, rel=2e-5):
+    """Rows whose codes are all equal. A row may differ only where the two codes' exact (float64) distances
+    agree to within fp32 rounding of the scores (``rel`` of ``||r||^2 + max ||c||^2``); the row's residuals
+    differ from then on, so its later levels are not compared."""
+    r, cb = x.double(), codebooks.double()
+    agree = torch.ones(x.shape[0], dtype=torch.bool)
+    for level in range(cb.shape[0]):
+        dist = ((r[:, None, :] - cb[level][None]) ** 2).sum(-1)
+        gap = (dist.gather(1, got[:, level:level + 1]) - dist.gather(1, want[:, level:level + 1])).squeeze(1)
+        scale = r.pow(2).sum(1) + cb[level].pow(2).sum(1).max()
+        same = got[:, level] == want[:, level]
+        assert (same | (gap.abs() <= rel * scale) | ~agree).all(), f"level {level}: codes differ beyond a tie"
+        agree &= same
+        r = r - cb[level, want[:, level]]
+    return agree
+
+
+def triton_vs_reference(x, codebooks, exact=True):
+    """Codes equal (``exact``), or equal up to genuine near-ties; residuals equal up to fp32 rounding where the
+    codes are equal."""
     from kernels.triton.triton_rq_search import triton_rq_search
 
     dev = kernel_device()
     got_codes, got_res = triton_rq_search(x.to(dev), codebooks.to(dev), return_residual=True)
+    got_codes, got_res = got_codes.cpu(), got_res.cpu()
     want_codes, want_res = pt_rq_search(x, codebooks, return_residual=True)
-    assert got_codes.dtype == torch.long
-    assert torch.equal(got_codes.cpu(), want_codes)
-    torch.testing.assert_close(got_res.cpu(), want_res, atol=1e-4, rtol=1e-4)
-    return got_codes.cpu()
+    assert got_codes.dtype == torch.long and got_codes.shape == want_codes.shape
+    if exact:
+        assert torch.equal(got_codes, want_codes)
+    rows = rows_equal_up_to_near_ties(x, codebooks, got_codes, want_codes)
+    torch.testing.assert_close(got_res[rows], want_res[rows], atol=1e-4, rtol=1e-4)
+    return got_codes
 
 
 def test_reference_matches_definition():
@@ -142,7 +163,8 @@ def test_triton_rejects_too_wide_rows():
     dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16),
 )
 def test_triton_random_shapes(n, d, k, levels, dtype, seed):
-    triton_vs_reference(*random_problem(n, d, k, levels, dtype, seed))
+    # Random draws may land on an fp32 near-tie, where the two summation orders can legitimately disagree.
+    triton_vs_reference(*random_problem(n, d, k, levels, dtype, seed), exact=False)
 
 
 @pytest.mark.skipif(TRITON_HERE, reason="the Triton tests already ran in this process")
