@@ -93,8 +93,8 @@ def build_world(root: Path, vocab: Vocab, tokenizer_hash: str = "tok-abc", domai
         "item_ids_sha256": hashlib.sha256("\n".join(items).encode()).hexdigest()}))
     codes_table = pa.table({"domain": [domain] * n_items, "item_id": items,
                             "codes": pa.array(codes.tolist(), pa.list_(pa.int32()))})
-    pq.write_table(codes_table.replace_schema_metadata({"tokenizer_hash": tokenizer_hash,
-                                                       "codebook_size": str(vocab.codebook_size)}), root / "codes.parquet")
+    meta = {"tokenizer_hash": tokenizer_hash, "codebook_size": str(vocab.codebook_size)}
+    pq.write_table(codes_table.replace_schema_metadata(meta), root / "codes.parquet")
     eval_path = write_eval_set(root / "shards" / "main" / "eval" / f"{domain}.parquet", rows, tokenizer_hash)
     model_dir = save_export(tiny_model(vocab), vocab, tokenizer_hash, root / "model")
     return {"data_dir": root / "data", "embeddings_dir": emb_dir, "codes": root / "codes.parquet",

@@ -22,19 +22,22 @@ def random_user(rng, n_items, n_cands, vocab=VOCAB):
     return history, tokens[n_items:]
 
 
-@pytest.mark.parametrize("batch_size", [3, 64])
-def test_fast_equals_naive(batch_size):
+@pytest.mark.parametrize("batch_size,batch_tokens", [(3, 0), (64, 0), (256, 4096), (256, 75)])
+def test_fast_equals_naive(batch_size, batch_tokens):
+    """batch_tokens=0: every user alone with its KV cache; 4096: all users in one batch; 75: two users in a
+    padded batch, one alone, one too long for a batch (cached)."""
     model = tiny_model(VOCAB)
     rng = np.random.default_rng(0)
-    fast = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "fast", batch_size)
+    users = [random_user(rng, n_items, 10) for n_items in (0, 1, 12, 3)]
+    histories, cands = [u[0] for u in users], [u[1] for u in users]
+    fast = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "fast", batch_size, batch_tokens)
     naive = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "naive")
-    for n_items in (0, 1, 12):
-        history, cands = random_user(rng, n_items, 10)
-        a, b = fast.score_user(history, cands), naive.score_user(history, cands)
+    got, expected = fast.score_users(histories, cands), naive.score_users(histories, cands)
+    for a, b in zip(got, expected):
         assert a.shape == (10, VOCAB.levels)
         np.testing.assert_allclose(a, b, atol=1e-4)
         assert np.ptp(a.sum(1)) > 1e-2  # candidates really get different scores
-    assert fast.timing.pairs == 30 and fast.timing.users == 3
+    assert fast.timing.pairs == 40 and fast.timing.users == 4
 
 
 def test_log_probs_are_a_distribution_over_the_first_level():
@@ -93,14 +96,16 @@ def model_with_levels(levels: int):
     return tiny_model(Vocab(levels=levels, codebook_size=8), seed=levels)
 
 
-@settings(max_examples=8, deadline=None)
-@given(levels=st.integers(1, 5), n_items=st.integers(0, 6), n_cands=st.integers(1, 7), batch_size=st.integers(1, 8))
-def test_fast_equals_naive_on_varied_shapes(levels, n_items, n_cands, batch_size):
+@settings(max_examples=10, deadline=None)
+@given(levels=st.integers(1, 5), n_items=st.lists(st.integers(0, 6), min_size=1, max_size=3),
+       n_cands=st.integers(1, 7), batch_size=st.integers(1, 8), batch_tokens=st.sampled_from([0, 40, 4096]))
+def test_fast_equals_naive_on_varied_shapes(levels, n_items, n_cands, batch_size, batch_tokens):
     vocab = Vocab(levels=levels, codebook_size=8)
     model = model_with_levels(levels)
-    rng = np.random.default_rng(levels * 100 + n_items)
-    history, cands = random_user(rng, n_items, n_cands, vocab)
-    fast = CandidateScorer(model, levels, vocab.bos_id, "fast", batch_size).score_user(history, cands)
-    naive = CandidateScorer(model, levels, vocab.bos_id, "naive").score_user(history, cands)
-    np.testing.assert_allclose(fast, naive, atol=1e-4)
-
+    rng = np.random.default_rng(levels * 100 + sum(n_items))
+    users = [random_user(rng, n, n_cands, vocab) for n in n_items]
+    histories, cands = [u[0] for u in users], [u[1] for u in users]
+    fast = CandidateScorer(model, levels, vocab.bos_id, "fast", batch_size, batch_tokens).score_users(histories, cands)
+    naive = CandidateScorer(model, levels, vocab.bos_id, "naive").score_users(histories, cands)
+    for a, b in zip(fast, naive):
+        np.testing.assert_allclose(a, b, atol=1e-4)

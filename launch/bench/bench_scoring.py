@@ -1,7 +1,12 @@
-"""Candidate scoring throughput: fast (history once per user, candidates as masked branches) vs naive (one full
-forward per pair), on the same random Qwen2 and the same users, with the agreement between the two.
+"""Candidate scoring throughput: naive (one full forward per pair) vs fast, in its two layouts — *cached* (each
+user alone: history once with its KV cache, candidates as masked branches) and *batched* (users as rows of one
+forward, each row a history and its candidate branches) — on the same random Qwen2 and the same users, with the
+agreement between them.
 
     python launch/bench/bench_scoring.py [--users 8] [--history-items 50] [--candidates 20] [--device cpu]
+
+Run it with ``--candidates 2`` too: the default eval sets hold one positive and one negative per user, where
+sharing the history over candidates alone gains little and batching users is what counts.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ def main() -> int:
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=256, help="candidates per forward in fast mode")
+    p.add_argument("--batch-size", type=int, default=256, help="candidates per forward, cached layout")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward, batched layout")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
@@ -56,23 +62,26 @@ def main() -> int:
     print(f"model: Qwen2 hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.2f}M params, {args.dtype}; "
           f"{args.users} users x {args.candidates} candidates, history {args.history_items} items x {args.levels} "
           f"tokens = {1 + args.history_items * args.levels} tokens")
-    results = {}
-    for mode in ("naive", "fast"):
-        scorer = CandidateScorer(model, vocab.levels, vocab.bos_id, mode, args.batch_size)
-        scorer.score_user(*users[0])  # warm-up, not timed
-        scorer = CandidateScorer(model, vocab.levels, vocab.bos_id, mode, args.batch_size)
+    histories, candidates = [u[0] for u in users], [u[1] for u in users]
+    layouts = {"naive": ("naive", 0), "cached": ("fast", 0), "batched": ("fast", args.batch_tokens)}
+    scores, walls = {}, {}
+    for name, (mode, batch_tokens) in layouts.items():
+        def scorer():
+            return CandidateScorer(model, vocab.levels, vocab.bos_id, mode, args.batch_size, batch_tokens)
+
+        scorer().score_users(histories[:2], candidates[:2])  # warm-up, not timed
+        s = scorer()
         t0 = time.perf_counter()
-        scores = [scorer.score_user(h, c) for h, c in users]
+        scores[name] = s.score_users(histories, candidates)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-        results[mode] = scores
-        print(f"{mode:>5}: {scorer.timing.pairs} pairs in {wall:.3f} s = {scorer.timing.pairs / wall:,.1f} pairs/s "
-              f"({wall / len(users) * 1e3:.1f} ms per user)")
-        results[mode + "_wall"] = wall
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(results["fast"], results["naive"]))
-    print(f"speed-up fast vs naive: {results['naive_wall'] / results['fast_wall']:.1f}x; "
-          f"max |fast - naive| log-prob = {diff:.2e}")
+        walls[name] = time.perf_counter() - t0
+        print(f"{name:>7}: {s.timing.pairs} pairs in {walls[name]:.3f} s = {s.timing.pairs / walls[name]:,.1f} "
+              f"pairs/s ({walls[name] / len(users) * 1e3:.2f} ms per user)")
+    for name in ("cached", "batched"):
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(scores[name], scores["naive"]))
+        print(f"speed-up {name} vs naive: {walls['naive'] / walls[name]:.1f}x; "
+              f"max |{name} - naive| log-prob = {diff:.2e}")
     return 0
 
 

@@ -165,9 +165,10 @@ def history_items(eval_set: EvalSet, sequences: dict[str, list[str]], levels: in
 
     The eval-set builder holds out a user's last items and keeps every earlier item as history, so the target
     sits right after the history's ``n`` items. Among the target's occurrences at position ``>= n``, the first
-    whose ``n`` preceding items encode to exactly the eval set's history tokens (checked when ``item_tokens``,
-    item -> its L tokens, is given; items without tokens are then left out, as the builder does) is taken; when none verifies, the first occurrence is used and the user is
-    counted as unverified. A user or target absent from ``sequences`` is an error.
+    whose ``n`` preceding items encode to exactly the eval set's history tokens is taken (checked when
+    ``item_tokens``, item -> its L tokens, is given; items without tokens are then left out, as the builder does).
+    When none verifies, the first occurrence is used and the user is counted as unverified. A user or target
+    absent from ``sequences`` is an error.
     """
     out, unverified = [], 0
     for row, (user, target, hist) in enumerate(zip(eval_set.user_ids, eval_set.targets, eval_set.histories)):

@@ -25,6 +25,8 @@ from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import MODES, CandidateScorer
 from recbase.eval.trie import CodeTrie
 
+USERS_PER_CALL = 256  # users handed to the scorer at once (it batches them); the progress bar moves per call
+
 
 @dataclass
 class EvalConfig:
@@ -38,7 +40,8 @@ class EvalConfig:
     tokenizer_dir: str = ""            # tokenizer artifact folder, whose config.json hash the model must match
     baselines: list[str] = field(default_factory=lambda: list(bl.BASELINES))  # subset of random, text_raw, ...
     mode: str = "fast"                 # fast (history once per user) or naive (one forward per pair)
-    batch_size: int = 256              # candidates (or beams) per forward in fast mode
+    batch_size: int = 256              # candidates (or beams) per forward after a cached long history
+    batch_tokens: int = 16384          # fast mode: users batched per forward up to rows x longest row tokens
     device: str = "auto"               # auto = cuda when available, else cpu
     dtype: str = "auto"                # auto = bfloat16 on GPU, float32 on CPU
     max_users: int = 0                 # users per domain to evaluate (0 = all), for quick runs
@@ -71,16 +74,19 @@ def ranking_metrics(eval_set: EvalSet, per_user: list[np.ndarray]) -> dict[str, 
 
 
 def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: CodeTrie | None) -> dict:
-    scorer = CandidateScorer(em.model, em.vocab.levels, em.vocab.bos_id, cfg.mode, cfg.batch_size)
+    scorer = CandidateScorer(em.model, em.vocab.levels, em.vocab.bos_id, cfg.mode, cfg.batch_size,
+                             cfg.batch_tokens, em.vocab.pad_id)
     sums, means = [], []
-    bar = tqdm(zip(eval_set.histories, eval_set.candidate_tokens), total=len(eval_set),
-               desc=f"{em.name} / {eval_set.domain}", unit="user")
+    bar = tqdm(total=len(eval_set), desc=f"{em.name} / {eval_set.domain}", unit="user")
     t0 = time.perf_counter()
-    for hist, tokens in bar:
-        logp = scorer.score_user(hist, tokens)
-        sums.append(logp.sum(1))
-        means.append(logp.mean(1))
+    for start in range(0, len(eval_set), USERS_PER_CALL):
+        chunk = slice(start, start + USERS_PER_CALL)
+        for logp in scorer.score_users(eval_set.histories[chunk], eval_set.candidate_tokens[chunk]):
+            sums.append(logp.sum(1))
+            means.append(logp.mean(1))
+        bar.update(len(eval_set.histories[chunk]))
         bar.set_postfix(pairs_per_s=f"{scorer.timing.pairs_per_s:.0f}", refresh=False)
+    bar.close()
     result = ranking_metrics(eval_set, sums)
     norm = ranking_metrics(eval_set, means)
     result.update({"auc_len_norm": norm["auc"], "gauc_len_norm": norm["gauc"]})

@@ -1,10 +1,17 @@
 """Scoring candidates: log P(candidate's L concept tokens | the user's history tokens).
 
-Fast mode encodes the history once per user and keeps its KV cache. Each candidate becomes a *branch* after the
-history: the first L-1 tokens of a batch of candidates are laid out side by side in one query sequence, and a 4D
-attention mask lets each branch token see the whole history and the earlier tokens of its own branch only, with
-position ids continuing from the history. One forward per candidate batch then yields every candidate's next-token
-logits, the history is never copied per candidate, and the cache is cropped back to the history afterwards.
+Fast mode never runs a history more than once per user, in one of two layouts:
+
+- *batched* (users whose history plus candidate branches fit ``batch_tokens``): each user is one row, its
+  history followed by one branch per candidate (the candidate's first L-1 tokens); a per-row 4D attention mask
+  lets a history token see its history causally and a branch token see the history and its own branch only,
+  and position ids continue the history in every branch. Users are sorted by length so rows pad little. One
+  forward scores every candidate of every user in the batch; the LM head runs only at the positions that predict
+  a candidate token. This is what makes eval sets with few candidates per user fast.
+- *cached* (longer users): the history runs once with its KV cache kept; batches of candidates are branches in
+  one query sequence under the same kind of mask, and the cache is cropped back to the history after each batch,
+  so the history is never copied per candidate.
+
 Naive mode runs one full forward over history + candidate per pair; it exists to verify fast mode.
 
 Histories longer than the model's context are cut from the left by whole items; ``bos`` stays at position 0
@@ -105,6 +112,73 @@ def candidate_token_logprobs_fast(model, history: torch.Tensor, candidates: torc
     return out
 
 
+def user_layout(history: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One user's row: the history, then one branch per candidate (its first L-1 tokens).
+
+    Returns tokens, position ids (branches continue the history), branch id per token (-1 on the history) and
+    ``predictors`` ``[C, L]``: the row index whose logits predict each candidate token (the last history token for
+    level 0, else the previous token of the candidate's branch).
+    """
+    device = history.device
+    t = history.shape[0]
+    n_cand, levels = candidates.shape
+    width = levels - 1
+    tokens = torch.cat([history, candidates[:, :width].reshape(-1)])
+    positions = torch.cat([torch.arange(t, device=device), t + torch.arange(width, device=device).repeat(n_cand)])
+    branch = torch.cat([torch.full((t,), -1, device=device),
+                        torch.arange(n_cand, device=device).repeat_interleave(width)])
+    first = t + width * torch.arange(n_cand, device=device)
+    predictors = torch.cat([torch.full((n_cand, 1), t - 1, device=device),
+                            first[:, None] + torch.arange(width, device=device)], dim=1)
+    return tokens, positions, branch, predictors
+
+
+def batched_layout(histories: list[torch.Tensor], candidates: list[torch.Tensor], pad_id: int) -> dict:
+    """Users as rows of one batch, right-padded to the longest, with a per-row 4D attention permission.
+
+    A history token sees its history causally; a branch token sees the history and its own branch up to itself;
+    a padding token sees only itself (so no softmax row is empty) and nothing sees padding.
+    """
+    rows = [user_layout(h, c) for h, c in zip(histories, candidates)]
+    device = histories[0].device
+    n = max(len(r[0]) for r in rows)
+    b = len(rows)
+    tokens = torch.full((b, n), pad_id, dtype=torch.int64, device=device)
+    positions = torch.zeros((b, n), dtype=torch.int64, device=device)
+    branch = torch.full((b, n), -2, dtype=torch.int64, device=device)   # -2 marks padding
+    for i, (tok, pos, br, _) in enumerate(rows):
+        tokens[i, :len(tok)], positions[i, :len(tok)], branch[i, :len(tok)] = tok, pos, br
+    valid = branch != -2
+    allowed = (valid[:, None, :] & valid[:, :, None] & (positions[:, None, :] <= positions[:, :, None])
+               & ((branch[:, None, :] == -1) | (branch[:, None, :] == branch[:, :, None])))
+    allowed |= torch.eye(n, dtype=torch.bool, device=device)[None] & ~valid[:, :, None]
+    row_of_pair = torch.cat([torch.full((len(c),), i, device=device) for i, c in enumerate(candidates)])
+    predictors = torch.cat([r[3] for r in rows])
+    return {"tokens": tokens, "positions": positions, "allowed": allowed, "row_of_pair": row_of_pair,
+            "predictors": predictors}
+
+
+@torch.no_grad()
+def candidate_token_logprobs_batched(model, histories: list[torch.Tensor], candidates: list[torch.Tensor],
+                                     pad_id: int = 0) -> list[torch.Tensor]:
+    """Per-token log-probabilities ``[C_u, L]`` for every user, the users as rows of one forward.
+
+    The LM head runs only at the positions that predict a candidate token.
+    """
+    layout = batched_layout(histories, candidates, pad_id)
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(layout["allowed"].shape, dtype=dtype, device=layout["tokens"].device)
+    mask.masked_fill_(~layout["allowed"], torch.finfo(dtype).min)
+    hidden = model.base_model(input_ids=layout["tokens"], position_ids=layout["positions"],
+                              attention_mask=mask[:, None]).last_hidden_state
+    levels = layout["predictors"].shape[1]
+    rows = layout["row_of_pair"][:, None].expand(-1, levels)
+    logits = model.get_output_embeddings()(hidden[rows, layout["predictors"]])   # [P, L, V]
+    logp = torch.log_softmax(logits.float(), -1)
+    pair_logp = logp.gather(-1, torch.cat(candidates)[..., None])[..., 0]
+    return list(torch.split(pair_logp, [len(c) for c in candidates]))
+
+
 @torch.no_grad()
 def candidate_token_logprobs_naive(model, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Reference for :func:`candidate_token_logprobs_fast`: one full forward per (history, candidate) pair."""
@@ -137,12 +211,12 @@ class ScoreTiming:
 class CandidateScorer:
     """Scores users' candidates with a causal LM over concept tokens.
 
-    ``score_user`` returns the per-token log-probabilities ``[C, L]``; the candidate score is their sum
+    ``score_users`` returns per user the per-token log-probabilities ``[C, L]``; the candidate score is their sum
     (log P of the item) and the length-normalised score their mean (log P per token).
     """
 
     def __init__(self, model, levels: int, bos_id: int, mode: str = "fast", batch_size: int = 256,
-                 max_context: int | None = None):
+                 batch_tokens: int = 16384, pad_id: int = 0, max_context: int | None = None):
         if mode not in MODES:
             raise ValueError(f"scoring mode {mode!r} is not one of {MODES}")
         self.model = model
@@ -150,27 +224,61 @@ class CandidateScorer:
         self.bos_id = bos_id
         self.mode = mode
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self.pad_id = pad_id
         context = max_context or int(model.config.max_position_embeddings)
         # The last candidate token is never an input: history + L-1 tokens must fit the context.
         self.max_history_tokens = context - (levels - 1)
         self.device = next(model.parameters()).device
         self.timing = ScoreTiming()
 
-    def score_user(self, history: np.ndarray, candidate_tokens: np.ndarray) -> np.ndarray:
-        """Per-token log-probabilities ``[C, L]`` (float64) of each candidate after ``history``."""
+    def _prepare(self, history: np.ndarray, candidate_tokens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         candidate_tokens = np.asarray(candidate_tokens, dtype=np.int64)
         if candidate_tokens.ndim != 2 or candidate_tokens.shape[1] != self.levels:
             raise ValueError(f"candidate tokens have shape {candidate_tokens.shape}, expected [C, {self.levels}]")
         hist = truncate_history(history, self.levels, self.bos_id, self.max_history_tokens)
-        h = torch.as_tensor(hist, device=self.device)
-        c = torch.as_tensor(candidate_tokens, device=self.device)
+        return torch.as_tensor(hist, device=self.device), torch.as_tensor(candidate_tokens, device=self.device)
+
+    def _length(self, user: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return len(user[0]) + user[1].shape[0] * (self.levels - 1)
+
+    def _batches(self, users: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[int]]:
+        """Users sorted by length and grouped so that a group's padded size (rows × longest row) stays within
+        ``batch_tokens``; a user longer than that is a group of its own (scored with the cached layout)."""
+        groups: list[list[int]] = []
+        longest = 0
+        for i in sorted(range(len(users)), key=lambda i: self._length(users[i])):
+            length = self._length(users[i])
+            if not groups or (len(groups[-1]) + 1) * max(longest, length) > self.batch_tokens:
+                groups.append([])
+                longest = 0
+            groups[-1].append(i)
+            longest = max(longest, length)
+        return groups
+
+    def score_users(self, histories: list[np.ndarray], candidate_tokens: list[np.ndarray]) -> list[np.ndarray]:
+        """Per user, per-token log-probabilities ``[C, L]`` (float64) of each candidate after the history."""
+        users = [self._prepare(h, c) for h, c in zip(histories, candidate_tokens)]
         t0 = time.perf_counter()
-        if self.mode == "fast":
-            logp = candidate_token_logprobs_fast(self.model, h, c, self.batch_size)
+        if self.mode == "naive":
+            out = [candidate_token_logprobs_naive(self.model, h, c) for h, c in users]
         else:
-            logp = candidate_token_logprobs_naive(self.model, h, c)
-        result = logp.double().cpu().numpy()
+            out = [None] * len(users)
+            for group in self._batches(users):
+                h, c = users[group[0]]
+                if len(group) == 1 and self._length(users[group[0]]) > self.batch_tokens:
+                    out[group[0]] = candidate_token_logprobs_fast(self.model, h, c, self.batch_size)
+                    continue
+                scored = candidate_token_logprobs_batched(self.model, [users[i][0] for i in group],
+                                                          [users[i][1] for i in group], self.pad_id)
+                for i, logp in zip(group, scored):
+                    out[i] = logp
+        result = [logp.double().cpu().numpy() for logp in out]
         self.timing.seconds += time.perf_counter() - t0
-        self.timing.pairs += len(candidate_tokens)
-        self.timing.users += 1
+        self.timing.pairs += sum(len(c) for _, c in users)
+        self.timing.users += len(users)
         return result
+
+    def score_user(self, history: np.ndarray, candidate_tokens: np.ndarray) -> np.ndarray:
+        """:meth:`score_users` for one user."""
+        return self.score_users([history], [candidate_tokens])[0]
