@@ -34,7 +34,7 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=256, help="candidates per forward, cached layout")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward, batched layout")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward, batched layout")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")

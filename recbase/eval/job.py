@@ -41,7 +41,7 @@ class EvalConfig:
     baselines: list[str] = field(default_factory=lambda: list(bl.BASELINES))  # subset of random, text_raw, ...
     mode: str = "fast"                 # fast (history once per user) or naive (one forward per pair)
     batch_size: int = 256              # candidates (or beams) per forward after a cached long history
-    batch_tokens: int = 16384          # fast mode: users batched per forward up to rows x longest row tokens
+    batch_tokens: int = 8192           # fast mode: users batched per forward up to rows x longest row tokens
     device: str = "auto"               # auto = cuda when available, else cpu
     dtype: str = "auto"                # auto = bfloat16 on GPU, float32 on CPU
     max_users: int = 0                 # users per domain to evaluate (0 = all), for quick runs

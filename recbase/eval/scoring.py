@@ -27,6 +27,9 @@ import numpy as np
 import torch
 
 MODES = ("fast", "naive")
+# A batched row's attention mask grows with the square of its length; longer users take the cached layout,
+# whose mask grows only with history length × candidate batch.
+MAX_BATCHED_ROW = 2048
 
 
 def truncate_history(history: np.ndarray, levels: int, bos_id: int, max_tokens: int) -> np.ndarray:
@@ -64,6 +67,12 @@ def encode_history(model, history: torch.Tensor) -> EncodedHistory:
     return EncodedHistory(cache=cache, length=int(history.shape[0]), last_logits=out.logits[0, -1])
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where attention is allowed, the dtype's minimum elsewhere (what eager and SDPA attention both add)."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 def branch_mask(n_branches: int, branch_len: int, prefix_len: int, dtype: torch.dtype,
                 device: torch.device) -> torch.Tensor:
     """Additive 4D mask ``[1, 1, Q, prefix_len + Q]`` for ``Q = n_branches * branch_len`` branch tokens.
@@ -75,9 +84,7 @@ def branch_mask(n_branches: int, branch_len: int, prefix_len: int, dtype: torch.
     pos = torch.arange(q, device=device) % branch_len
     allowed = torch.ones(q, prefix_len + q, dtype=torch.bool, device=device)
     allowed[:, prefix_len:] = (branch[:, None] == branch[None, :]) & (pos[None, :] <= pos[:, None])
-    mask = torch.zeros(q, prefix_len + q, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    return additive_mask(allowed, dtype)[None, None]
 
 
 @torch.no_grad()
@@ -166,9 +173,7 @@ def candidate_token_logprobs_batched(model, histories: list[torch.Tensor], candi
     The LM head runs only at the positions that predict a candidate token.
     """
     layout = batched_layout(histories, candidates, pad_id)
-    dtype = next(model.parameters()).dtype
-    mask = torch.zeros(layout["allowed"].shape, dtype=dtype, device=layout["tokens"].device)
-    mask.masked_fill_(~layout["allowed"], torch.finfo(dtype).min)
+    mask = additive_mask(layout["allowed"], next(model.parameters()).dtype)
     hidden = model.base_model(input_ids=layout["tokens"], position_ids=layout["positions"],
                               attention_mask=mask[:, None]).last_hidden_state
     levels = layout["predictors"].shape[1]
@@ -216,7 +221,7 @@ class CandidateScorer:
     """
 
     def __init__(self, model, levels: int, bos_id: int, mode: str = "fast", batch_size: int = 256,
-                 batch_tokens: int = 16384, pad_id: int = 0, max_context: int | None = None):
+                 batch_tokens: int = 8192, pad_id: int = 0, max_context: int | None = None):
         if mode not in MODES:
             raise ValueError(f"scoring mode {mode!r} is not one of {MODES}")
         self.model = model
@@ -225,6 +230,7 @@ class CandidateScorer:
         self.mode = mode
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
+        self.max_row = min(batch_tokens, MAX_BATCHED_ROW)
         self.pad_id = pad_id
         context = max_context or int(model.config.max_position_embeddings)
         # The last candidate token is never an input: history + L-1 tokens must fit the context.
@@ -244,12 +250,13 @@ class CandidateScorer:
 
     def _batches(self, users: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[int]]:
         """Users sorted by length and grouped so that a group's padded size (rows × longest row) stays within
-        ``batch_tokens``; a user longer than that is a group of its own (scored with the cached layout)."""
+        ``batch_tokens``; a user longer than ``max_row`` is a group of its own (scored with the cached layout)."""
         groups: list[list[int]] = []
         longest = 0
         for i in sorted(range(len(users)), key=lambda i: self._length(users[i])):
             length = self._length(users[i])
-            if not groups or (len(groups[-1]) + 1) * max(longest, length) > self.batch_tokens:
+            if (not groups or length > self.max_row
+                    or (len(groups[-1]) + 1) * max(longest, length) > self.batch_tokens):
                 groups.append([])
                 longest = 0
             groups[-1].append(i)
@@ -266,7 +273,7 @@ class CandidateScorer:
             out = [None] * len(users)
             for group in self._batches(users):
                 h, c = users[group[0]]
-                if len(group) == 1 and self._length(users[group[0]]) > self.batch_tokens:
+                if len(group) == 1 and self._length(users[group[0]]) > self.max_row:
                     out[group[0]] = candidate_token_logprobs_fast(self.model, h, c, self.batch_size)
                     continue
                 scored = candidate_token_logprobs_batched(self.model, [users[i][0] for i in group],
