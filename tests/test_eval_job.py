@@ -68,7 +68,7 @@ def test_numbers_match_direct_computation(world, tmp_path):
     books = results["domains"]["books"]
     # Model AUC: score every pair directly with the naive reference.
     em = load_eval_model("m", world["model"])
-    es = read_eval_set(next(world["eval_dir"].glob("*.parquet")), VOCAB.levels, VOCAB.bos_id)
+    es = read_eval_set(next(world["eval_dir"].glob("*.parquet")), VOCAB)
     naive = CandidateScorer(em.model, VOCAB.levels, VOCAB.bos_id, "naive")
     scores = np.concatenate([naive.score_user(h, c).sum(1) for h, c in zip(es.histories, es.candidate_tokens)])
     assert books["models"]["zero_shot"]["auc"] == pytest.approx(auc(scores, np.concatenate(es.labels)), abs=1e-6)
@@ -113,6 +113,14 @@ def test_bad_eval_row_names_file_row_and_field(world, tmp_path):
     path = write_eval_set(tmp_path / "eval" / "books.parquet", rows, "tok-abc")
     with pytest.raises(ValueError, match=r"books\.parquet: row 2 .*field 'history' must start with bos"):
         evaluate(config(world, tmp_path / "out", eval_dir=str(path.parent), baselines=["random"]))
+
+
+def test_eval_set_from_another_vocabulary_is_refused(world, tmp_path):
+    rows = [dict(r) for r in world["rows"][:2]]
+    rows[1]["candidate_tokens"] = [[t + VOCAB.codebook_size for t in c] for c in rows[1]["candidate_tokens"]]
+    path = write_eval_set(tmp_path / "eval" / "books.parquet", rows, "tok-abc")
+    with pytest.raises(ValueError, match=r"row 1 .*field 'candidate_tokens' has a token outside its level's range"):
+        read_eval_set(path, VOCAB)
 
 
 def test_config_rejects_unknown_keys_and_bad_values(world, tmp_path):

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from recbase.vocab import Vocab
+
 EVAL_COLUMNS = ("user_id", "history", "candidates", "candidate_tokens", "labels", "target")
 
 
@@ -51,9 +53,11 @@ def list_eval_domains(eval_dir: str | Path) -> list[str]:
     return domains
 
 
-def read_eval_set(path: str | Path, levels: int, bos_id: int, max_users: int = 0) -> EvalSet:
-    """Read and validate ``eval/<domain>.parquet`` (layout in docs/formats.md)."""
+def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet:
+    """Read and validate ``eval/<domain>.parquet`` (layout in docs/formats.md) against the model's vocabulary."""
     path = Path(path)
+    levels, bos_id = vocab.levels, vocab.bos_id
+    level_lo = np.array([vocab.level_range(level)[0] for level in range(levels)])
     table = pq.read_table(path)
     missing = [c for c in EVAL_COLUMNS if c not in table.column_names]
     if missing:
@@ -81,6 +85,10 @@ def read_eval_set(path: str | Path, levels: int, bos_id: int, max_users: int = 0
                       f"{len(cands)} candidates")
         if any(t is None or len(t) != levels for t in tokens):
             raise bad("candidate_tokens", f"has an entry that is not {levels} tokens")
+        token_array = np.asarray(tokens, dtype=np.int64)
+        if ((token_array < level_lo) | (token_array >= level_lo + vocab.codebook_size)).any():
+            raise bad("candidate_tokens", f"has a token outside its level's range (vocabulary: {levels} levels "
+                      f"of {vocab.codebook_size} codes after {vocab.n_special} specials)")
         if not np.isin(labels, (0, 1)).all():
             raise bad("labels", "holds values other than 0 and 1")
         target = cols["target"][row]
@@ -89,7 +97,7 @@ def read_eval_set(path: str | Path, levels: int, bos_id: int, max_users: int = 0
         out.user_ids.append(str(cols["user_id"][row]))
         out.histories.append(history)
         out.candidates.append([str(c) for c in cands])
-        out.candidate_tokens.append(np.asarray(tokens, dtype=np.int64))
+        out.candidate_tokens.append(token_array)
         out.labels.append(labels)
         out.targets.append(str(target))
     if not len(out):
@@ -212,6 +220,11 @@ def popularity_counts(sequences: dict[str, list[str]], eval_set: EvalSet) -> Cou
             if label == 1:
                 counts[item] -= 1
     return counts
+
+
+def read_item_ids(domain_dir: str | Path) -> list[str]:
+    """The domain's item ids in ``items.parquet`` order (the row order of its embeddings)."""
+    return pq.read_table(Path(domain_dir) / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
 
 
 def read_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str]) -> np.ndarray:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from recbase.config import save_config, to_dict
 from recbase.eval import baselines as bl
 from recbase.eval.inputs import (EvalSet, history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts,
-                                 read_catalog, read_embeddings, read_eval_set, user_sequences)
+                                 read_catalog, read_embeddings, read_eval_set, read_item_ids, user_sequences)
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
 from recbase.eval.model_io import EvalModel, check_tokenizer_hash, load_eval_model
 from recbase.eval.report import write_report
@@ -110,7 +110,7 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int,
     (None when no baseline needed the history items)."""
     out: dict[str, dict] = {}
     n_cands = [len(c) for c in eval_set.candidates]
-    unverified = None
+    unverified = embeddings = None
     needs_data = {"text_raw", "text_centred", "popularity"} & set(cfg.baselines)
     if needs_data:
         domain_dir = Path(cfg.data_dir) / eval_set.domain
@@ -123,11 +123,10 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int,
         elif name == "popularity":
             scores = bl.popularity_scores(popularity_counts(sequences, eval_set), eval_set.candidates)
         else:
-            import pyarrow.parquet as pq
-
-            item_ids = pq.read_table(domain_dir / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
-            emb = read_embeddings(cfg.embeddings_dir, eval_set.domain, item_ids)
-            sim = bl.TextSimilarity(item_ids, emb, centred=name == "text_centred")
+            if embeddings is None:
+                item_ids = read_item_ids(domain_dir)
+                embeddings = read_embeddings(cfg.embeddings_dir, eval_set.domain, item_ids)
+            sim = bl.TextSimilarity(item_ids, embeddings, centred=name == "text_centred")
             scores = [sim.score(h, c) for h, c in zip(hist_items, eval_set.candidates)]
         out[name] = ranking_metrics(eval_set, scores)
     return out, unverified
@@ -158,6 +157,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         if not p.exists():
             raise FileNotFoundError(f"eval set {p} not found")
     expected = input_tokenizer_hashes(eval_paths, cfg.codes, cfg.tokenizer_dir)
+    if not expected:
+        print("warning: no input states a tokenizer hash (no manifest.json beside eval/, no codes or tokenizer_dir "
+              "given); the models' tokenizers cannot be checked")
     models = {}
     for name, path in cfg.models.items():
         em = load_eval_model(name, path, cfg.device, cfg.dtype)
@@ -173,7 +175,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.retrieval and not cfg.codes:
         print("retrieval skipped: no codes.parquet given (set codes=PATH)")
     for domain, path in zip(domains, eval_paths):
-        eval_set = read_eval_set(path, vocab.levels, vocab.bos_id, cfg.max_users)
+        eval_set = read_eval_set(path, vocab, cfg.max_users)
         trie, item_tokens = None, None
         if cfg.codes:
             item_ids, codes = read_catalog(cfg.codes, domain, vocab.levels)
