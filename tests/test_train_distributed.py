@@ -6,7 +6,9 @@ One module-scoped set of runs on demo-world shards is shared by the tests (proce
      4 and 8, Hugging Face export, logits on a fixed input;
   B  2 processes (torchrun), ZeRO-3, half the accumulation steps each: the same global batches as A;
   C  A resumed from its step-4 checkpoint in a fresh process;
-  D  like A but ZeRO stage 0, one step.
+  D  like A but ZeRO stage 0, one step;
+  E  like A with the fused linear + cross-entropy head, two steps;
+  F  fine-tuning of A's Hugging Face export on the shards of one domain (launch/finetune.py).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_driver import PROBE  # noqa: E402
-from train_world import make_train_shards  # noqa: E402
+from train_world import build_domain_shards, make_train_shards  # noqa: E402
 
 from recbase.train.metrics import read_metrics  # noqa: E402
 
@@ -66,7 +68,7 @@ def _make_runs(root: Path) -> Path:
     shards = make_train_shards(root)
     common = [f"data.shards={shards}", *COMMON]
     driver = [sys.executable, str(REPO / "tests" / "train_driver.py"), "--ranks", "2", "--config", "tiny.json"]
-    a, b, c, d = (root / n for n in "abcd")
+    a, b, c, d, e, f = (root / n for n in "abcdef")
     _run([*driver, "--logits-out", str(root / "a_logits.pt"), *common, *_dirs(a), "checkpoint.every_steps=4"], a)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
           str(REPO / "launch" / "pretrain.py"), "--config", "tiny.json", *common, *_dirs(b),
@@ -74,6 +76,12 @@ def _make_runs(root: Path) -> Path:
     _run([*driver, *common, *_dirs(c), f"checkpoint.resume={a}/ckpt/global_step4", "checkpoint.export_dir=none"], c)
     _run([*driver, *common, *_dirs(d), "deepspeed.zero_stage=0", "optim.max_steps=1", "logging.valid_batches=0",
           "checkpoint.export_dir=none"], d)
+    _run([*driver, *common, *_dirs(e), "model.fused_linear_ce=true", "optim.max_steps=2", "logging.valid_batches=0",
+          "checkpoint.export_dir=none"], e)
+    games = build_domain_shards(root, "games", ["games"])
+    _run([sys.executable, str(REPO / "launch" / "finetune.py"), "--init", str(a / "hf"), "--config", "finetune.json",
+          f"data.shards={games}", *COMMON, *_dirs(f), "optim.max_steps=2", "optim.lr=1e-4",
+          f"checkpoint.export_dir={f}/hf"], f)
     return root
 
 
@@ -130,3 +138,30 @@ def test_export_reloads_with_same_logits(runs, tmp_path):
 
     step4 = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf4"))
     assert not torch.equal(step4.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_fused_head_under_zero3_matches(runs):
+    fused, plain = _losses(runs / "e"), _losses(runs / "a")
+    assert sorted(fused) == [1, 2]
+    for step, loss in fused.items():
+        assert loss == pytest.approx(plain[step], rel=1e-5), (step, plain, fused)
+
+
+def test_finetune_starts_from_the_pretrained_weights(runs):
+    from recbase.train.export import load_model
+
+    tuned, fresh = _losses(runs / "f"), _losses(runs / "a")
+    assert sorted(tuned) == [1, 2]
+    # a fresh model starts near ln(384) = 5.95; the loaded one starts where pretraining got to
+    assert tuned[1] < fresh[1] - 0.3, (tuned, fresh)
+    model, meta = load_model(runs / "f" / "hf")
+    pretrained, _ = load_model(runs / "a" / "hf")
+    assert meta["step"] == 2 and meta["train_config"]["checkpoint"]["init_from"] == str(runs / "a" / "hf")
+    assert meta["train_config"]["model"] == _meta(runs / "a" / "hf")["train_config"]["model"]
+    assert not torch.equal(model.model.norm.weight, pretrained.model.norm.weight)
+
+
+def _meta(path: Path) -> dict:
+    from recbase.train.export import load_meta
+
+    return load_meta(path)

@@ -34,12 +34,19 @@ def write_random_codes(data_dir: Path, out: Path, seed: int = 0) -> Path:
 def make_train_shards(root: Path, users_per_domain: int = 250, items_per_domain: int = 200, seed: int = 0,
                       domains=("movies", "books", "games")) -> Path:
     """Generate the world under ``root`` and build shards; returns the shard folder (``root/shards/demo``)."""
-    from recbase.data.shards import ShardConfig, build_shards
     from recbase.data.synthetic import generate_world
 
     generate_world(root / "data", seed=seed, domains=list(domains), users_per_domain=users_per_domain,
                    items_per_domain=items_per_domain)
     write_random_codes(root / "data", root / "codes.parquet", seed)
-    cfg = ShardConfig(data_dir=str(root / "data"), codes_path=str(root / "codes.parquet"), out_dir=str(root / "shards"),
-                      name="demo", tokens_per_shard=20_000, tokens_per_block=4_096, holdout=1, seed=seed)
+    return build_domain_shards(root, "demo", [], seed)
+
+
+def build_domain_shards(root: Path, name: str, domains: list[str], seed: int = 0) -> Path:
+    """Shards ``root/shards/<name>`` of the world under ``root`` (``domains`` empty = all of them)."""
+    from recbase.data.shards import ShardConfig, build_shards
+
+    cfg = ShardConfig(data_dir=str(root / "data"), domains=list(domains), codes_path=str(root / "codes.parquet"),
+                      out_dir=str(root / "shards"), name=name, tokens_per_shard=20_000, tokens_per_block=4_096,
+                      holdout=1, seed=seed)
     return build_shards(cfg)

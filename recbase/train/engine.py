@@ -126,7 +126,8 @@ def deepspeed_config(cfg: TrainConfig, runtime: Runtime, hidden_size: int) -> di
 
 @contextlib.contextmanager
 def gathered(params: list):
-    """Make ZeRO-3-partitioned ``params`` whole; changes made on rank 0 are kept. A no-op for whole tensors."""
+    """Make ZeRO-3-partitioned ``params`` whole; the values rank 0 writes are kept (and broadcast to the other
+    ranks). A no-op for whole tensors."""
     partitioned = [p for p in params if hasattr(p, "ds_id")]
     if not partitioned:
         yield
@@ -259,7 +260,8 @@ def consolidated_state_dict(folder: Path, prefix: str = "lm.") -> dict[str, torc
     """Full fp32 weights from a checkpoint folder of any ZeRO stage, in one process without a process group.
 
     ZeRO-1/2/3 folders are merged from their per-rank shards by DeepSpeed's ``zero_to_fp32``; a stage-0 folder
-    already holds the whole module. ``prefix`` (the training wrapper's attribute) is stripped from the keys.
+    already holds the whole module. Only keys under ``prefix`` (the training wrapper's language model) are kept,
+    without the prefix.
     """
     if any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -270,7 +272,7 @@ def consolidated_state_dict(folder: Path, prefix: str = "lm.") -> dict[str, torc
         if not states:
             raise FileNotFoundError(f"{folder}: no DeepSpeed model states (mp_rank_*_model_states.pt)")
         state = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v.float() for k, v in state.items()}
+    return {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
 
 
 def read_meta(folder: Path) -> dict:

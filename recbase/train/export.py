@@ -41,6 +41,17 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return ds.consolidated_state_dict(folder), ds.read_meta(folder)
 
 
+def load_meta(path: str | Path) -> dict:
+    """Only the ``recbase.json`` of an export or a checkpoint folder (no weights are read)."""
+    path = Path(path)
+    if is_hf_export(path):
+        return json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    folder = ds.resolve_checkpoint(path)
+    if folder is None:
+        raise FileNotFoundError(f"{path}: neither a Hugging Face export nor a DeepSpeed checkpoint folder")
+    return ds.read_meta(folder)
+
+
 def _model_from(meta: dict, state: dict[str, torch.Tensor], attention: str):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -102,7 +102,7 @@ class Trainer:
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = TokenLossModel(lm, attention, cfg.model.attention_pattern, self.vocab.levels,
-                               cfg.model.fused_linear_ce, gather=ds.gathered)
+                               cfg.model.fused_linear_ce)
         self.engine = ds.initialize(cfg, rt, model, param_groups(model, cfg.optim.weight_decay),
                                     lambda s: lr_factor(s, cfg.optim), self.ds_config)
         self.step = 0

@@ -147,6 +147,24 @@ def hybrid_labels(labels: torch.Tensor, position_ids: torch.Tensor, levels: int)
     return labels.masked_fill(leaks, IGNORE_INDEX)
 
 
+class FusedHeadLoss(nn.Module):
+    """Summed cross-entropy of ``hidden @ weight.T`` without the logits (``kernels.fused_linear_ce``).
+
+    The output weight is registered here as well (shared, like tied embeddings), so calling this module makes
+    ZeRO-3 gather it for the forward and again for the backward, exactly as for ``lm_head`` itself.
+    """
+
+    def __init__(self, head: nn.Linear):
+        super().__init__()
+        from kernels.fused_linear_ce import fused_linear_cross_entropy
+
+        self.weight = head.weight
+        self._fn = fused_linear_cross_entropy
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._fn(hidden, self.weight, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
 class TokenLossModel(nn.Module):
     """Wraps the causal LM so one forward returns the *summed* next-token loss and the label count.
 
@@ -155,19 +173,15 @@ class TokenLossModel(nn.Module):
     """
 
     def __init__(self, lm: nn.Module, attention: str, attention_pattern: str = "causal", levels: int = 4,
-                 fused_linear_ce: bool = False, gather: GatherFn | None = None):
+                 fused_linear_ce: bool = False):
         super().__init__()
         self.lm = lm
         self.attention = attention
         self.hybrid = attention_pattern == "hybrid"
         self.levels = levels
-        self.fused_linear_ce = fused_linear_ce
-        self._gather = gather or (lambda params: contextlib.nullcontext())
+        self.head_loss = FusedHeadLoss(lm.lm_head) if fused_linear_ce else None
         if self.hybrid and attention == "flash_attention_2":
             raise ValueError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa")
-        if fused_linear_ce:
-            from kernels.fused_linear_ce import fused_linear_cross_entropy
-            self._fused_ce = fused_linear_cross_entropy
 
     def attention_mask(self, input_ids, position_ids, cu_seqlens, dtype):
         if self.attention == "flash_attention_2":
@@ -184,11 +198,8 @@ class TokenLossModel(nn.Module):
         hidden = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
         hidden, targets = hidden[:, :-1], labels[:, 1:]
         n_tokens = (targets != IGNORE_INDEX).sum()
-        if self.fused_linear_ce:
-            weight = self.lm.lm_head.weight
-            with self._gather([weight]):
-                loss = self._fused_ce(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                      ignore_index=IGNORE_INDEX, reduction="sum")
+        if self.head_loss is not None:
+            loss = self.head_loss(hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1))
         else:
             logits = self.lm.lm_head(hidden).float()
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
