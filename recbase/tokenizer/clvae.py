@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 class CLVAEConfig:
     hidden_dims: list[int] = field(default_factory=lambda: [512, 256])  # encoder widths (decoder mirrors them)
     latent_dim: int = 64                 # dimension of the quantised latent
-    epochs: int = 60                     # total training epochs, curriculum stages included
+    epochs: int = 40                     # total training epochs, curriculum stages included
     batch_size: int = 512                # items per step
     lr: float = 1e-3                     # Adam learning rate
     beta: float = 0.25                   # commitment loss weight
     curriculum: bool = True              # add levels one at a time (False: all levels from the start)
-    epochs_per_level: int = 8            # most epochs a level trains before the next one is added
+    epochs_per_level: int = 6            # most epochs a level trains before the next one is added
     min_epochs_per_level: int = 3        # fewest epochs before a plateau may add the next level
     plateau_tol: float = 0.01            # relative epoch-to-epoch loss improvement below which a level has plateaued
     kmeans_init: bool = True             # initialise each level by k-means on its residuals (False: random)

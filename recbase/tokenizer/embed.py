@@ -34,6 +34,7 @@ PARTS_DIR = ".parts"
 
 
 def item_ids_sha256(item_ids: list[str]) -> str:
+    """Hash of the newline-joined ids (also used for the texts): ties embeddings to one catalog version."""
     return hashlib.sha256("\n".join(item_ids).encode("utf-8")).hexdigest()
 
 
@@ -103,7 +104,8 @@ def embed_domain(domain_dir: Path, out_dir: Path, embedder, chunk_size: int = 20
     """Embed one domain resumably; returns its metadata plus how many items were embedded in this call."""
     domain = domain_dir.name
     ids, texts = read_texts(domain_dir)
-    meta = {"model": embedder.name, "dim": embedder.dim, "n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids)}
+    meta = {"model": embedder.name, "dim": embedder.dim, "n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids),
+            "texts_sha256": item_ids_sha256(texts)}
     npy, js = out_dir / f"{domain}.npy", out_dir / f"{domain}.json"
     if js.exists() and npy.exists() and json.loads(js.read_text()) == meta:
         return {**meta, "domain": domain, "embedded": 0, "skipped": True}
