@@ -288,3 +288,20 @@ def test_fsq_codes_and_grid_values_are_inverse(q, group):
     rounded = fsq_round(torch.randn(64, 2 * group) * 3, q)
     grid = fsq_codes_to_values(fsq_digits_to_codes(rounded, q, 2), q, group)
     torch.testing.assert_close(rounded, grid)
+
+
+def test_report_separates_unseen_domains_and_pooled_normalisation(domains, trained):
+    from recbase.tokenizer.report import tokenizer_report
+
+    tok, _ = trained["rqkmeans"]
+    shifted = domains["movies"].astype(np.float32) + 0.3
+    embeddings = {**domains, "shifted-movies": shifted}
+    own = tokenizer_report(tok, embeddings)
+    assert own["summary"]["trained"]["domains"] == ["movies", "tools"]
+    assert own["summary"]["unseen"]["domains"] == ["shifted-movies"]
+    # Centred on its own mean, the shifted copy is encoded exactly like the original catalog.
+    assert own["domains"]["shifted-movies"]["levels"] == own["domains"]["movies"]["levels"]
+    assert own["domains"]["shifted-movies"]["collision_rate"] == own["domains"]["movies"]["collision_rate"]
+    pooled = tokenizer_report(tok, embeddings, normalize_new=False)
+    assert pooled["domains"]["movies"] == own["domains"]["movies"]
+    assert pooled["domains"]["shifted-movies"]["levels"] != own["domains"]["shifted-movies"]["levels"]
