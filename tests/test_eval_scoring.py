@@ -109,3 +109,20 @@ def test_fast_equals_naive_on_varied_shapes(levels, n_items, n_cands, batch_size
     naive = CandidateScorer(model, levels, vocab.bos_id, "naive").score_users(histories, cands)
     for a, b in zip(fast, naive):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_bf16_on_gpu_tracks_float32_reference():
+    """bf16 on the GPU (the evaluator's default there) against the float32 naive reference on the CPU."""
+    model = tiny_model(VOCAB)
+    rng = np.random.default_rng(4)
+    users = [random_user(rng, n, 12) for n in (3, 20, 40)]
+    histories, cands = [u[0] for u in users], [u[1] for u in users]
+    expected = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "naive").score_users(histories, cands)
+    gpu_model = tiny_model(VOCAB).to("cuda", torch.bfloat16)
+    for batch_tokens in (0, 4096):
+        got = CandidateScorer(gpu_model, VOCAB.levels, VOCAB.bos_id, "fast", 5, batch_tokens).score_users(
+            histories, cands)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a.sum(1), b.sum(1), rtol=0.05, atol=0.5)
