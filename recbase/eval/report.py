@@ -101,8 +101,11 @@ def timing_table(results: dict) -> str:
     for d, section in results["domains"].items():
         for m, r in section["models"].items():
             t = r["timing"]
-            rows.append([d, m, f"{t['pairs']:,}", f"{t['pairs_per_s']:.1f}", f"{t['seconds']:.2f}"])
-    return _table(["domain", "model", "pairs", "pairs/s", "scoring seconds"], rows)
+            retrieval = f"{r['retrieval']['seconds']:.2f}" if "retrieval" in r else "–"
+            rows.append([d, m, f"{t['pairs']:,}", f"{t['pairs_per_s']:.1f}", f"{t['seconds']:.2f}",
+                         f"{t['total_seconds']:.2f}", retrieval])
+    return _table(["domain", "model", "pairs", "pairs/s", "model seconds", "total scoring seconds",
+                   "retrieval seconds"], rows)
 
 
 def render_markdown(results: dict) -> str:
