@@ -1,5 +1,6 @@
 """The evaluate job end to end on tiny files: report outputs, numbers against direct computation, refusals."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -121,6 +122,12 @@ def test_eval_set_from_another_vocabulary_is_refused(world, tmp_path):
     path = write_eval_set(tmp_path / "eval" / "books.parquet", rows, "tok-abc")
     with pytest.raises(ValueError, match=r"row 1 .*field 'candidate_tokens' has a token outside its level's range"):
         read_eval_set(path, VOCAB)
+
+
+def test_preset_config_loads():
+    configs = Path(__file__).resolve().parents[1] / "launch" / "configs"
+    cfg = load_config(EvalConfig, "eval.json", ["max_users=5"], search_dirs=[configs])
+    assert cfg.max_users == 5 and cfg.eval_dir.endswith("eval") and cfg.mode == "fast"
 
 
 def test_config_rejects_unknown_keys_and_bad_values(world, tmp_path):
