@@ -43,6 +43,8 @@ def test_unknown_key_is_an_error(tmp_path):
 def test_invalid_combinations_are_named():
     with pytest.raises(ConfigError, match="tensor_parallel"):
         load_train_config("tiny.json", ["deepspeed.tensor_parallel=2"])
+    with pytest.raises(ConfigError, match="Ulysses"):
+        load_train_config("tiny.json", ["deepspeed.sequence_parallel=2"])
     with pytest.raises(ConfigError, match="attention_pattern"):
         load_train_config("tiny.json", ["model.attention_pattern=bidirectional"])
     cfg = load_train_config("tiny.json", ["optim.global_batch_tokens=5000"])
@@ -58,7 +60,7 @@ def test_dry_run_prints_computed_sizes(capsys):
     size = model_size(qwen2_config(cfg.model, PAPER_VOCAB.model_vocab_size))
     assert f"parameters: {size.parameters}\n" in out
     assert f"flops per token: {size.flops_per_token(cfg.data.seq_len):.4g}" in out
-    assert "world: 16 ranks = data-parallel 16" in out and "4 accumulation steps" in out
+    assert "world: 16 ranks = data-parallel 16 x tensor-parallel 1" in out and "4 accumulation steps" in out
     for stage in range(4):
         assert f"zero{stage}:" in out
 

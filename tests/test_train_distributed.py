@@ -8,7 +8,8 @@ One module-scoped set of runs on demo-world shards is shared by the tests (proce
   C  A resumed from its step-4 checkpoint in a fresh process;
   D  like A but ZeRO stage 0, one step;
   E  like A with the fused linear + cross-entropy head, two steps;
-  F  fine-tuning of A's Hugging Face export on the shards of one domain (launch/finetune.py).
+  F  fine-tuning of A's Hugging Face export on the shards of one domain (launch/finetune.py);
+  G  2 processes with AutoTP tensor parallelism (ZeRO-1), H the same batches on 1 process without it.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def _make_runs(root: Path) -> Path:
     shards = make_train_shards(root)
     common = [f"data.shards={shards}", *COMMON]
     driver = [sys.executable, str(REPO / "tests" / "train_driver.py"), "--ranks", "2", "--config", "tiny.json"]
-    a, b, c, d, e, f = (root / n for n in "abcdef")
+    a, b, c, d, e, f, g, h = (root / n for n in "abcdefgh")
     _run([*driver, "--logits-out", str(root / "a_logits.pt"), *common, *_dirs(a), "checkpoint.every_steps=4"], a)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
           str(REPO / "launch" / "pretrain.py"), "--config", "tiny.json", *common, *_dirs(b),
@@ -82,6 +83,14 @@ def _make_runs(root: Path) -> Path:
     _run([sys.executable, str(REPO / "launch" / "finetune.py"), "--init", str(a / "hf"), "--config", "finetune.json",
           f"data.shards={games}", *COMMON, *_dirs(f), "optim.max_steps=2", "optim.lr=1e-4",
           f"checkpoint.export_dir={f}/hf"], f)
+    # AutoTP: 2 ranks hold half of every weight matrix and read the same batches; ZeRO-1 (AutoTP excludes 3)
+    tp_args = [*common, "optim.global_batch_tokens=2048", "optim.max_steps=3", "deepspeed.zero_stage=1",
+               "logging.valid_batches=0"]
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+          str(REPO / "launch" / "pretrain.py"), "--config", "tiny.json", *tp_args, *_dirs(g),
+          "deepspeed.tensor_parallel=2", f"checkpoint.export_dir={g}/hf"], g)
+    _run([sys.executable, str(REPO / "launch" / "pretrain.py"), "--config", "tiny.json", *tp_args, *_dirs(h),
+          "checkpoint.export_dir=none"], h)
     return root
 
 
@@ -165,3 +174,15 @@ def _meta(path: Path) -> dict:
     from recbase.train.export import load_meta
 
     return load_meta(path)
+
+
+def test_autotp_matches_one_process_and_exports_whole_weights(runs):
+    from recbase.train.export import load_model
+
+    tp, single = _losses(runs / "g"), _losses(runs / "h")
+    assert sorted(tp) == [1, 2, 3]
+    for step, loss in tp.items():
+        assert loss == pytest.approx(single[step], rel=1e-4), (step, single, tp)
+    model, meta = load_model(runs / "g" / "hf")
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (128, 128)   # gathered, not a TP shard
+    assert meta["train_config"]["deepspeed"]["tensor_parallel"] == 2

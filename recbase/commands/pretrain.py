@@ -31,4 +31,7 @@ def run(args: argparse.Namespace) -> int:
     result = pretrain(cfg)
     if result.export is not None:
         print(f"step {result.step}: checkpoint {result.checkpoint}, Hugging Face export {result.export}")
+    from recbase.train.engine import exit_launched_process
+
+    exit_launched_process(0)
     return 0

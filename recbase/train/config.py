@@ -93,7 +93,7 @@ class DeepSpeedConfig:
     offload_optimizer: bool = False          # keep optimizer states in CPU memory (ZeRO-Offload)
     optimizer: str = "auto"                  # auto (FusedAdam on CUDA, torch AdamW on CPU) | torch | fused
     tensor_parallel: int = 1                 # AutoTP degree (not with ZeRO-3)
-    sequence_parallel: int = 1               # Ulysses degree for very long histories
+    sequence_parallel: int = 1               # Ulysses degree; only 1 for now (see docs/scaling.md)
     comm_backend: str = "auto"               # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
 
 
@@ -124,10 +124,9 @@ class TrainConfig:
             raise ConfigError(f"deepspeed.zero_stage: {ds.zero_stage} is not 0, 1, 2 or 3")
         if ds.tensor_parallel > 1 and ds.zero_stage == 3:
             raise ConfigError("deepspeed.tensor_parallel > 1 (AutoTP) does not combine with deepspeed.zero_stage=3")
-        if ds.tensor_parallel > 1 and ds.sequence_parallel > 1:
-            raise ConfigError("deepspeed.tensor_parallel and deepspeed.sequence_parallel cannot both be > 1")
-        if ds.sequence_parallel > 1 and d.packed is False:
-            raise ConfigError("deepspeed.sequence_parallel needs data.packed=true (rows of equal length)")
+        if ds.sequence_parallel != 1:
+            raise ConfigError("deepspeed.sequence_parallel > 1: Ulysses is not wired in (DeepSpeed's Ulysses "
+                              "attention drops the packed-users mask; see docs/scaling.md)")
         if ds.optimizer not in ("auto", "torch", "fused"):
             raise ConfigError(f"deepspeed.optimizer: {ds.optimizer!r} is not auto | torch | fused")
         if self.precision.dtype not in ("auto", "bf16", "fp32"):

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from recbase.train.config import TrainConfig
 
 RANK_STATE = "trainer_state_rank{rank}.pt"
 META_FILE = "recbase.json"
+TP_CONSOLIDATED = "autotp_consolidated.pt"
 
 
 @dataclass
@@ -33,15 +35,15 @@ class Runtime:
     device: torch.device
     backend: str
     tensor_parallel: int = 1
-    sequence_parallel: int = 1
 
     @property
     def dp_world(self) -> int:
-        return self.world_size // (self.tensor_parallel * self.sequence_parallel)
+        return self.world_size // self.tensor_parallel
 
     @property
     def dp_rank(self) -> int:
-        return self.rank // (self.tensor_parallel * self.sequence_parallel)
+        """Consecutive ranks form a tensor-parallel group and read the same batches."""
+        return self.rank // self.tensor_parallel
 
     @property
     def is_main(self) -> bool:
@@ -76,12 +78,12 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend)
     world = torch.distributed.get_world_size()
-    tp, sp = cfg.deepspeed.tensor_parallel, cfg.deepspeed.sequence_parallel
-    if world % (tp * sp):
-        raise ValueError(f"world size {world} is not a multiple of tensor_parallel * sequence_parallel = {tp * sp}")
+    tp = cfg.deepspeed.tensor_parallel
+    if world % tp:
+        raise ValueError(f"world size {world} is not a multiple of deepspeed.tensor_parallel = {tp}")
     return Runtime(rank=torch.distributed.get_rank(), local_rank=local_rank, world_size=world,
                    device=torch.device("cuda", local_rank) if cuda else torch.device("cpu"), backend=backend,
-                   tensor_parallel=tp, sequence_parallel=sp)
+                   tensor_parallel=tp)
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
@@ -107,7 +109,6 @@ def deepspeed_config(cfg: TrainConfig, runtime: Runtime, hidden_size: int) -> di
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.optim.micro_batch_size,
         "gradient_accumulation_steps": gas,
-        "train_batch_size": cfg.optim.micro_batch_size * gas * runtime.dp_world,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
@@ -119,8 +120,6 @@ def deepspeed_config(cfg: TrainConfig, runtime: Runtime, hidden_size: int) -> di
         config["data_types"] = {"grad_accum_dtype": "fp32"}
     if ds.tensor_parallel > 1:
         config["tensor_parallel"] = {"autotp_size": ds.tensor_parallel}
-    if ds.sequence_parallel > 1:
-        config["sequence_parallel_size"] = ds.sequence_parallel
     return config
 
 
@@ -202,10 +201,24 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Tear the process group down before exit (gloo aborts the process when its threads outlive it)."""
+    """Tear the process group down before exit."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def exit_launched_process(code: int) -> None:
+    """End a process started by a launcher (WORLD_SIZE > 1) without running C++ static destructors.
+
+    With several CPU processes, one of them sometimes aborts in interpreter teardown ("terminate called without
+    an active exception", after all work and output are done), which a launcher reports as a failed job. Output
+    is flushed and the process group is already gone, so nothing is lost by skipping that teardown. A lone
+    process (tests calling the command in-process included) returns normally.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -230,6 +243,14 @@ def save_checkpoint(engine, runtime: Runtime, ckpt_dir: str | Path, step: int, r
         atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
     barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=checkpoint_tag(step), client_state={"step": step})
+    if runtime.tensor_parallel > 1:
+        # zero_to_fp32 cannot merge AutoTP shards: keep the whole weights too, gathered by DeepSpeed (a
+        # collective: every rank takes part, rank 0 writes)
+        state = engine._consolidated_16bit_state_dict()
+        if runtime.is_main:
+            with atomic_path(folder / TP_CONSOLIDATED) as tmp:
+                torch.save(state, tmp)
+        barrier()
     return folder
 
 
@@ -260,10 +281,12 @@ def consolidated_state_dict(folder: Path, prefix: str = "lm.") -> dict[str, torc
     """Full fp32 weights from a checkpoint folder of any ZeRO stage, in one process without a process group.
 
     ZeRO-1/2/3 folders are merged from their per-rank shards by DeepSpeed's ``zero_to_fp32``; a stage-0 folder
-    already holds the whole module. Only keys under ``prefix`` (the training wrapper's language model) are kept,
+    already holds the whole module; an AutoTP folder holds the weights DeepSpeed gathered at save time. Only keys under ``prefix`` (the training wrapper's language model) are kept,
     without the prefix.
     """
-    if any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
+    if (folder / TP_CONSOLIDATED).exists():
+        state = torch.load(folder / TP_CONSOLIDATED, map_location="cpu", weights_only=False)
+    elif any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)

@@ -149,7 +149,8 @@ class Trainer:
         """One optimizer step over this rank's micro-batches; returns the global loss and token counts."""
         rt = self.runtime
         local_labels = sum(b["n_label_tokens"] for b in batches)
-        (global_labels,) = ds.all_reduce_sum([local_labels], rt.device)
+        # tensor-parallel ranks share their batch (and their loss): count it once
+        (global_labels,) = ds.all_reduce_sum([local_labels / rt.tensor_parallel], rt.device)
         # DeepSpeed divides by the accumulation steps and averages over data-parallel ranks; undo both so the
         # gradient is d(sum of token losses) / (global label count).
         scale = self.gas * rt.dp_world / max(global_labels, 1.0)
@@ -159,7 +160,7 @@ class Trainer:
             self.engine.backward(loss * scale)
             self.engine.step()
             loss_sum += loss.item()
-        (global_loss,) = ds.all_reduce_sum([loss_sum], rt.device)
+        (global_loss,) = ds.all_reduce_sum([loss_sum / rt.tensor_parallel], rt.device)
         grad_norm = self.engine.get_global_grad_norm()
         return {"loss": global_loss / max(global_labels, 1.0), "label_tokens": global_labels,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None}
@@ -184,7 +185,8 @@ class Trainer:
             loss_sum += loss.item()
             labels += float(n)
         self.engine.train()
-        total, count = ds.all_reduce_sum([loss_sum, labels], self.runtime.device)
+        tp = self.runtime.tensor_parallel
+        total, count = ds.all_reduce_sum([loss_sum / tp, labels / tp], self.runtime.device)
         return {"loss": total / max(count, 1.0), "label_tokens": count}
 
     def run(self) -> TrainResult:

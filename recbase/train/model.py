@@ -183,6 +183,11 @@ class TokenLossModel(nn.Module):
         if self.hybrid and attention == "flash_attention_2":
             raise ValueError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa")
 
+    @property
+    def config(self):
+        """The language model's config (DeepSpeed AutoTP reads head counts from ``model.config``)."""
+        return self.lm.config
+
     def attention_mask(self, input_ids, position_ids, cu_seqlens, dtype):
         if self.attention == "flash_attention_2":
             return None

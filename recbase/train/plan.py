@@ -30,13 +30,13 @@ def describe(cfg: TrainConfig, world_size: int | None = None, gpu: bool | None =
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))
     gpu = cfg.precision.dtype == "bf16" or (cfg.precision.dtype == "auto" and gpu is not False)
     ds = cfg.deepspeed
-    dp = world // (ds.tensor_parallel * ds.sequence_parallel)
+    dp = world // ds.tensor_parallel
     vocab_size, vocab_source = vocab_for(cfg)
     size = model_size(qwen2_config(cfg.model, vocab_size))
     gas = cfg.gradient_accumulation_steps(dp)
     lines = ["resolved config:", json.dumps(to_dict(cfg), indent=2),
-             f"world: {world} ranks = data-parallel {dp} x tensor-parallel {ds.tensor_parallel} x "
-             f"sequence-parallel {ds.sequence_parallel}; ZeRO stage {ds.zero_stage}",
+             f"world: {world} ranks = data-parallel {dp} x tensor-parallel {ds.tensor_parallel}; "
+             f"ZeRO stage {ds.zero_stage}",
              f"batch: {cfg.optim.micro_batch_size} rows x {cfg.data.seq_len} tokens x {gas} accumulation steps x "
              f"{dp} ranks = {cfg.optim.global_batch_tokens:,} tokens per step",
              f"vocabulary: {vocab_size} ({vocab_source})",

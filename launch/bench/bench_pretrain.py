@@ -1,0 +1,94 @@
+"""Pretraining throughput on this machine: packed rows (many users per row) vs one padded user per row.
+
+    python launch/bench/bench_pretrain.py [--config tiny.json] [--steps 20] [--shards DIR]
+
+Both runs train the same model (``--config``, ZeRO stage as configured, one process) from the same initial weights
+on the same shards; only ``data.packed`` differs, so the unpacked run is the baseline measured in the same
+invocation. Without ``--shards`` the demo-world shards of the training tests are built in a temporary folder
+(``tests/train_world.py``: seeded demo world, random item codes, the real shard builder).
+Reports tokens/s over all positions (padding included: what the hardware computes) and label tokens/s (what
+trains the model), after ``--warmup`` untimed steps.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    from recbase.train.config import load_train_config
+    from recbase.train.loop import Trainer
+
+    trainer = Trainer(load_train_config(config, overrides))
+    data = iter(trainer.loader)
+    gas = trainer.gas
+    positions = gas * trainer.cfg.optim.micro_batch_size * trainer.cfg.data.seq_len * trainer.runtime.dp_world
+    labels, losses, elapsed = 0.0, [], 0.0
+    for step in range(warmup + steps):
+        batches = [next(data) for _ in range(gas)]
+        start = time.perf_counter()
+        out = trainer.train_step(batches)
+        if step >= warmup:
+            elapsed += time.perf_counter() - start
+            labels += out["label_tokens"]
+        losses.append(out["loss"])
+    return {"tokens_per_s": positions * steps / elapsed, "label_tokens_per_s": labels / elapsed,
+            "fill": labels / (positions * steps), "s_per_step": elapsed / steps, "first_loss": losses[0],
+            "last_loss": losses[-1]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tiny.json")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--shards", default="", help="shard folder (default: build demo-world shards)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
+        shards = args.shards
+        if not shards:
+            sys.path.insert(0, str(REPO / "tests"))
+            from train_world import make_train_shards
+
+            shards = str(make_train_shards(Path(tmp) / "world", users_per_domain=400))
+        results = {}
+        for packed in (False, True):
+            run = Path(tmp) / f"packed-{packed}"
+            overrides = [f"data.shards={shards}", f"data.packed={str(packed).lower()}",
+                         f"checkpoint.dir={run}/ckpt", f"logging.dir={run}/logs", "checkpoint.resume=none",
+                         "logging.valid_batches=0", "logging.tensorboard=false", *args.overrides]
+            results[packed] = measure(args.config, overrides, args.steps, args.warmup)
+
+    from recbase.train.engine import shutdown
+
+    shutdown()
+    print(f"# bench_pretrain  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+          f"{torch.get_num_threads()}, torch {torch.__version__}, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}")
+    print(f"# command: python launch/bench/bench_pretrain.py {' '.join(sys.argv[1:])}")
+    print(f"# config {args.config}, {args.steps} timed steps after {args.warmup} warm-up steps, same shards and init")
+    print(f"{'rows':<22}{'tokens/s':>12}{'label tok/s':>14}{'labels/pos':>12}{'s/step':>9}{'loss first->last':>20}")
+    for packed, name in ((False, "one user per row"), (True, "packed")):
+        r = results[packed]
+        print(f"{name:<22}{r['tokens_per_s']:>12,.0f}{r['label_tokens_per_s']:>14,.0f}{r['fill']:>12.1%}"
+              f"{r['s_per_step']:>9.3f}{r['first_loss']:>11.3f} -> {r['last_loss']:.3f}")
+    speedup = results[True]["label_tokens_per_s"] / results[False]["label_tokens_per_s"]
+    print(f"packed / one-user-per-row, label tokens/s: {speedup:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
