@@ -135,6 +135,8 @@ def test_config_rejects_unknown_keys_and_bad_values(world, tmp_path):
         load_config(EvalConfig, None, ["beam_widht=4"])
     with pytest.raises(ValueError, match="unknown baseline"):
         evaluate(config(world, tmp_path / "out", baselines=["oracle"]))
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        evaluate(config(world, tmp_path / "out", dtype="fp8"))
     with pytest.raises(ValueError, match="no model"):
         evaluate(config(world, tmp_path / "out", models={}))
 

@@ -19,7 +19,7 @@ from recbase.eval import baselines as bl
 from recbase.eval.inputs import (EvalSet, history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts,
                                  read_catalog, read_embeddings, read_eval_set, read_item_ids, user_sequences)
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
-from recbase.eval.model_io import EvalModel, check_tokenizer_hash, load_eval_model
+from recbase.eval.model_io import DTYPES, EvalModel, check_tokenizer_hash, load_eval_model
 from recbase.eval.report import write_report
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import MODES, CandidateScorer
@@ -43,7 +43,7 @@ class EvalConfig:
     batch_size: int = 256              # candidates (or beams) per forward after a cached long history
     batch_tokens: int = 8192           # fast mode: users batched per forward up to rows x longest row tokens
     device: str = "auto"               # auto = cuda when available, else cpu
-    dtype: str = "auto"                # auto = bfloat16 on GPU, float32 on CPU
+    dtype: str = "auto"                # auto = bfloat16 on GPU, float32 on CPU; or float32, bfloat16, float16
     max_users: int = 0                 # users per domain to evaluate (0 = all), for quick runs
     retrieval: bool = True             # beam-search retrieval over the catalog (needs codes)
     beam_width: int = 20               # beams kept per level; items returned >= this
@@ -57,6 +57,8 @@ class EvalConfig:
             raise ValueError("eval_dir is not set")
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         unknown = sorted(set(self.baselines) - set(bl.BASELINES))
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; known: {list(bl.BASELINES)}")

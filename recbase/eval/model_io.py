@@ -7,7 +7,6 @@ scored on eval sets and catalogs made with the tokenizer it was trained on.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,55 +30,35 @@ class EvalModel:
     tokenizer_hash: str
 
 
-def read_meta(path: Path) -> dict:
-    meta_path = path / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: line {e.lineno}: {e.msg}") from None
-    for key in ("tokenizer_hash", "vocab"):
-        if key not in meta:
-            raise ValueError(f"{meta_path}: missing field {key!r}")
-    return meta
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` is bf16 on GPU and float32 on CPU (where bf16 matmuls are slow and imprecise)."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return getattr(torch, dtype)
 
 
 def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: str = "auto") -> EvalModel:
     """Load the model at ``path`` for inference (eval mode, SDPA attention so 4D branch masks apply)."""
+    from recbase.train.export import load_model
+
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model {name!r}: {path} is not a folder")
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if (path / META_FILE).exists() and (path / "config.json").exists():
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation="sdpa")
-        meta = read_meta(path)
-    else:
-        try:
-            from recbase.train.export import load_model
-        except ImportError:
-            raise ValueError(f"model {name!r}: {path} has no {META_FILE} + config.json (not a Hugging Face "
-                             f"export) and recbase.train.export is not available to read a checkpoint") from None
-        model, meta = load_model(path, attention="sdpa")
-        for key in ("tokenizer_hash", "vocab"):
-            if key not in meta:
-                raise ValueError(f"model {name!r}: checkpoint {path} has no {key!r} in its {META_FILE}")
-        model = model.to(dt)
-    model = model.to(dev).eval()
+    model, meta = load_model(path, attention="sdpa")
+    for key in ("tokenizer_hash", "vocab"):
+        if key not in meta:
+            raise ValueError(f"model {name!r}: {path} has no {key!r} in its {META_FILE}")
+    model = model.to(dev, resolve_dtype(dtype, dev)).eval()
     return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]))
 
 
