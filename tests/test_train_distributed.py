@@ -7,7 +7,7 @@ One module-scoped set of runs on demo-world shards is shared by the tests (proce
   B  2 processes (torchrun), ZeRO-3, half the accumulation steps each: the same global batches as A;
   C  A resumed from its step-4 checkpoint in a fresh process;
   D  like A but ZeRO stage 0, one step;
-  E  like A with the fused linear + cross-entropy head, two steps;
+  E  like A with the fused linear + cross-entropy head and activation checkpointing, two steps;
   F  fine-tuning of A's Hugging Face export on the shards of one domain (launch/finetune.py);
   G  2 processes with AutoTP tensor parallelism (ZeRO-1), H the same batches on 1 process without it.
 """
@@ -70,15 +70,16 @@ def _make_runs(root: Path) -> Path:
     common = [f"data.shards={shards}", *COMMON]
     driver = [sys.executable, str(REPO / "tests" / "train_driver.py"), "--ranks", "2", "--config", "tiny.json"]
     a, b, c, d, e, f, g, h = (root / n for n in "abcdefgh")
-    _run([*driver, "--logits-out", str(root / "a_logits.pt"), *common, *_dirs(a), "checkpoint.every_steps=4"], a)
+    _run([*driver, "--logits-out", str(root / "a_logits.pt"), *common, *_dirs(a), "checkpoint.every_steps=4",
+          "logging.tensorboard=true"], a)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
           str(REPO / "launch" / "pretrain.py"), "--config", "tiny.json", *common, *_dirs(b),
           "checkpoint.export_dir=none", "checkpoint.every_steps=0"], b)
     _run([*driver, *common, *_dirs(c), f"checkpoint.resume={a}/ckpt/global_step4", "checkpoint.export_dir=none"], c)
     _run([*driver, *common, *_dirs(d), "deepspeed.zero_stage=0", "optim.max_steps=1", "logging.valid_batches=0",
           "checkpoint.export_dir=none"], d)
-    _run([*driver, *common, *_dirs(e), "model.fused_linear_ce=true", "optim.max_steps=2", "logging.valid_batches=0",
-          "checkpoint.export_dir=none"], e)
+    _run([*driver, *common, *_dirs(e), "model.fused_linear_ce=true", "model.activation_checkpointing=true",
+          "optim.max_steps=2", "logging.valid_batches=0", "checkpoint.export_dir=none"], e)
     games = build_domain_shards(root, "games", ["games"])
     _run([sys.executable, str(REPO / "launch" / "finetune.py"), "--init", str(a / "hf"), "--config", "finetune.json",
           f"data.shards={games}", *COMMON, *_dirs(f), "optim.max_steps=2", "optim.lr=1e-4",
@@ -106,6 +107,8 @@ def test_tiny_loss_falls(runs):
     assert valid[STEPS] < valid[4], valid
     rec = read_metrics(runs / "a" / "logs" / "metrics.jsonl")[STEPS]
     assert rec["tokens_per_s"] > 0 and rec["grad_norm"] > 0 and rec["mfu"] is None   # no CPU peak configured
+    assert any((runs / "a" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert "[train step 8] loss=" in (runs / "a.log").read_text()
 
 
 def test_two_ranks_match_one_rank(runs):
@@ -149,7 +152,7 @@ def test_export_reloads_with_same_logits(runs, tmp_path):
     assert not torch.equal(step4.model.embed_tokens.weight, model.model.embed_tokens.weight)
 
 
-def test_fused_head_under_zero3_matches(runs):
+def test_fused_head_and_activation_checkpointing_under_zero3_match(runs):
     fused, plain = _losses(runs / "e"), _losses(runs / "a")
     assert sorted(fused) == [1, 2]
     for step, loss in fused.items():
