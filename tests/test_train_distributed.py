@@ -5,7 +5,7 @@ One module-scoped set of runs on demo-world shards is shared by the tests (proce
   A  1 process, ZeRO-3, the micro-batches of 2 ranks interleaved (2 accumulation steps), 8 steps, checkpoints at
      4 and 8, Hugging Face export, logits on a fixed input;
   B  2 processes (torchrun), ZeRO-3, half the accumulation steps each: the same global batches as A;
-  C  A resumed from its step-4 checkpoint in a fresh process;
+  C  A's command killed (SIGKILL) right after its step-4 checkpoint, then run again: it resumes;
   D  like A but ZeRO stage 0, one step;
   E  like A with the fused linear + cross-entropy head and activation checkpointing, two steps;
   F  fine-tuning of A's Hugging Face export on the shards of one domain (launch/finetune.py);
@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -43,12 +44,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args: list[str], out: Path) -> None:
+def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"), MASTER_PORT=str(_free_port()))
-    proc = subprocess.run(args, cwd=out.parent, env=env, capture_output=True, text=True, timeout=300)
+    return env
+
+
+def _run(args: list[str], out: Path) -> None:
+    proc = subprocess.run(args, cwd=out.parent, env=_env(), capture_output=True, text=True, timeout=300)
     (out.parent / f"{out.name}.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def _run_and_kill_after_checkpoint(args: list[str], out: Path, tag: str) -> None:
+    """Start ``args`` and SIGKILL it as soon as checkpoint ``tag`` is complete (DeepSpeed's ``latest`` names it)."""
+    latest = out / "ckpt" / "latest"
+    with open(out.parent / f"{out.name}.killed.log", "w") as log:
+        proc = subprocess.Popen(args, cwd=out.parent, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not (latest.exists() and latest.read_text().strip() == tag):
+            assert proc.poll() is None and time.monotonic() < deadline, f"no checkpoint {tag}; see {log.name}"
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+    later = sorted(p.name for p in (out / "ckpt").glob("global_step*") if p.name != tag)
+    assert later == [], f"the run got past {tag} before it was killed: {later}"
 
 
 def _dirs(run: Path) -> list[str]:
@@ -75,7 +95,10 @@ def _make_runs(root: Path) -> Path:
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
           str(REPO / "launch" / "pretrain.py"), "--config", "tiny.json", *common, *_dirs(b),
           "checkpoint.export_dir=none", "checkpoint.every_steps=0"], b)
-    _run([*driver, *common, *_dirs(c), f"checkpoint.resume={a}/ckpt/global_step4", "checkpoint.export_dir=none"], c)
+    # C: A's command killed after its step-4 checkpoint, then the same command again (resume=auto)
+    c_args = [*driver, *common, *_dirs(c), "checkpoint.every_steps=4", "checkpoint.export_dir=none"]
+    _run_and_kill_after_checkpoint(c_args, c, "global_step4")
+    _run(c_args, c)
     _run([*driver, *common, *_dirs(d), "deepspeed.zero_stage=0", "optim.max_steps=1", "logging.valid_batches=0",
           "checkpoint.export_dir=none"], d)
     _run([*driver, *common, *_dirs(e), "model.fused_linear_ce=true", "model.activation_checkpointing=true",
@@ -120,7 +143,7 @@ def test_two_ranks_match_one_rank(runs):
 
 def test_resume_reproduces_uninterrupted_run(runs):
     full, resumed = _losses(runs / "a"), _losses(runs / "c")
-    assert sorted(resumed) == list(range(5, STEPS + 1))
+    assert sorted(resumed) == list(range(1, STEPS + 1))   # steps 1-4 before the kill, 5-8 after the resume
     for step, loss in resumed.items():
         assert loss == pytest.approx(full[step], rel=1e-6, abs=0), (step, full, resumed)
     assert "resumed from" in (runs / "c.log").read_text()
