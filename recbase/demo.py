@@ -6,7 +6,9 @@ pretrained with DeepSpeed ZeRO-3 → zero-shot evaluation on the held-out domain
 
 Every stage calls the same library function as its own command and writes under ``<out>/`` in the layout of
 ``docs/formats.md``. A stage whose output already exists is skipped, so an interrupted demo continues where it
-stopped; ``--fresh`` starts over.
+stopped; ``--fresh`` starts over. Real domains join the same run by ingesting them into ``<out>/data`` first
+(``recbase ingest ... --out <out>/data``) and naming them in ``pretrain_domains`` or ``heldout_domains``: only the
+demo-world domains that are missing there are generated.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def _done(t0: float, what: str) -> None:
 
 def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     """Run every stage; returns the evaluation results dict (also written to ``<out>/eval/metrics.json``)."""
-    from recbase.data.synthetic import generate_world
+    from recbase.data.synthetic import DOMAINS as WORLD_DOMAINS, generate_world
     from recbase.data.shards import EvalSetConfig, ShardConfig, build_shards
     from recbase.eval.job import EvalConfig, evaluate
     from recbase.config import load_config
@@ -69,8 +71,13 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     t_start = time.perf_counter()
 
     t0 = _stage("1/7 demo world")
-    if not all((data / d / "interactions.parquet").exists() for d in domains):
-        for s in generate_world(data, seed=cfg.seed, domains=domains, items_per_domain=cfg.items_per_domain,
+    missing = [d for d in domains if not (data / d / "interactions.parquet").exists()]
+    unknown = [d for d in missing if d not in WORLD_DOMAINS]
+    if unknown:
+        raise FileNotFoundError(f"domains {', '.join(unknown)} are not demo-world domains and have no tables in "
+                                f"{data}: ingest them first (recbase ingest FORMAT PATH --out {data})")
+    if missing:
+        for s in generate_world(data, seed=cfg.seed, domains=missing, items_per_domain=cfg.items_per_domain,
                                 users_per_domain=cfg.users_per_domain):
             print(s.format())
     _done(t0, f"tables in {data}")

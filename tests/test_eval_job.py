@@ -71,8 +71,12 @@ def test_numbers_match_direct_computation(world, tmp_path):
     em = load_eval_model("m", world["model"])
     es = read_eval_set(next(world["eval_dir"].glob("*.parquet")), VOCAB)
     naive = CandidateScorer(em.model, VOCAB.levels, VOCAB.bos_id, "naive")
-    scores = np.concatenate([naive.score_user(h, c).sum(1) for h, c in zip(es.histories, es.candidate_tokens)])
-    assert books["models"]["zero_shot"]["auc"] == pytest.approx(auc(scores, np.concatenate(es.labels)), abs=1e-6)
+    logp = [naive.score_user(h, c) for h, c in zip(es.histories, es.candidate_tokens)]
+    labels_flat = np.concatenate(es.labels)
+    scores = np.concatenate([lp.sum(1) for lp in logp])
+    assert books["models"]["zero_shot"]["auc"] == pytest.approx(auc(scores, labels_flat), abs=1e-6)
+    first_level = np.concatenate([lp[:, 0] for lp in logp])  # the default prefix_levels=1
+    assert books["models"]["zero_shot"]["auc_prefix"] == pytest.approx(auc(first_level, labels_flat), abs=1e-6)
     # Centred text similarity, written out from the definition with the world's known histories.
     emb = np.load(world["embeddings_dir"] / "books.npy").astype(np.float64)
     emb -= emb.mean(0)

@@ -46,6 +46,7 @@ class EvalConfig:
     dtype: str = "auto"                # auto = bfloat16 on GPU, float32 on CPU; or float32, bfloat16, float16
     max_users: int = 0                 # users per domain to evaluate (0 = all), for quick runs
     retrieval: bool = True             # beam-search retrieval over the catalog (needs codes)
+    prefix_levels: int = 1             # also report AUC of log P(first k levels) (0 = off): the coarse concepts
     beam_width: int = 20               # beams kept per level; items returned >= this
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs for Recall@K and NDCG@K
     seed: int = 0                      # for the random baseline
@@ -78,7 +79,7 @@ def ranking_metrics(eval_set: EvalSet, per_user: list[np.ndarray]) -> dict[str, 
 def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: CodeTrie | None) -> dict:
     scorer = CandidateScorer(em.model, em.vocab.levels, em.vocab.bos_id, cfg.mode, cfg.batch_size,
                              cfg.batch_tokens, em.vocab.pad_id)
-    sums, means = [], []
+    sums, means, prefixes = [], [], []
     bar = tqdm(total=len(eval_set), desc=f"{em.name} / {eval_set.domain}", unit="user")
     t0 = time.perf_counter()
     for start in range(0, len(eval_set), USERS_PER_CALL):
@@ -86,12 +87,16 @@ def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: Code
         for logp in scorer.score_users(eval_set.histories[chunk], eval_set.candidate_tokens[chunk]):
             sums.append(logp.sum(1))
             means.append(logp.mean(1))
+            prefixes.append(logp[:, :cfg.prefix_levels].sum(1))
         bar.update(len(eval_set.histories[chunk]))
         bar.set_postfix(pairs_per_s=f"{scorer.timing.pairs_per_s:.0f}", refresh=False)
     bar.close()
     result = ranking_metrics(eval_set, sums)
     norm = ranking_metrics(eval_set, means)
     result.update({"auc_len_norm": norm["auc"], "gauc_len_norm": norm["gauc"]})
+    if 0 < cfg.prefix_levels < em.vocab.levels:
+        prefix = ranking_metrics(eval_set, prefixes)
+        result.update({"auc_prefix": prefix["auc"], "gauc_prefix": prefix["gauc"]})
     result["timing"] = {**scorer.timing.to_dict(), "total_seconds": time.perf_counter() - t0}
     if trie is not None:
         retriever = Retriever(em.model, trie, em.vocab.n_special, em.vocab.bos_id, cfg.beam_width)

@@ -44,8 +44,10 @@ def ranking_table(results: dict) -> str:
     bar_first = sorted(baselines, key=lambda b: b != BAR)
     has_bar = BAR in baselines
     header = ["domain"]
+    prefix = [m for m in models if "auc_prefix" in results["overall"]["models"][m]]
     for m in models:
-        header += [f"{m} AUC", f"{m} GAUC", f"{m} AUC (len-norm)"] + ([f"{m} − bar"] if has_bar else [])
+        header += [f"{m} AUC", f"{m} GAUC", f"{m} AUC (len-norm)"] + ([f"{m} AUC (prefix)"] if m in prefix else [])
+        header += [f"{m} − bar"] if has_bar else []
     header += [f"{LABELS[b]} AUC" for b in bar_first]
     rows = []
     for label, section in _rows(results):
@@ -53,6 +55,7 @@ def ranking_table(results: dict) -> str:
         for m in models:
             r = section["models"][m]
             row += [_fmt(r["auc"]), _fmt(r["gauc"]), _fmt(r["auc_len_norm"])]
+            row += [_fmt(r["auc_prefix"])] if m in prefix else []
             if has_bar:
                 gap = r["auc"] - section["baselines"][BAR]["auc"]
                 row.append("–" if math.isnan(gap) else f"{gap:+.4f}")
@@ -118,7 +121,8 @@ def render_markdown(results: dict) -> str:
         "",
         "## Ranking (AUC; GAUC = per-user AUC averaged over users, unweighted)",
         "",
-        f"Score = log P(candidate's concept tokens | history); *len-norm* = mean log P per token. "
+        f"Score = log P(candidate's concept tokens | history); *len-norm* = mean log P per token; *prefix* = "
+        f"log P of the first {results['config'].get('prefix_levels', 1)} level(s) only, the coarse concepts. "
         f"**{LABELS[BAR]}** is the zero-shot bar a model has to clear (*− bar*: model AUC minus its AUC). "
         f"Overall = unweighted mean over domains.",
         "",
