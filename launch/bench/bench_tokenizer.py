@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -61,8 +62,8 @@ def bench_embed(data: Path, n_items: int, batch_size: int) -> None:
                      Path(tmp) / "data")
         _, stage = timed(lambda: embed_folder(Path(tmp) / "data", Path(tmp) / "emb", batch_size=batch_size,
                                               chunk_size=256, progress=False))
-    print(f"| embed: SentenceTransformer.encode (baseline) | {len(texts):,} | {len(texts) / direct:,.0f} |")
-    print(f"| embed: `recbase embed` (chunks of 256, atomic writes) | {len(texts):,} | {len(texts) / stage:,.0f} |")
+    print(f"| embed: SentenceTransformer.encode (baseline) | {len(texts):,} | {len(texts) / direct:,.0f} | |")
+    print(f"| embed: `recbase embed` (chunks of 256, atomic writes) | {len(texts):,} | {len(texts) / stage:,.0f} | |")
 
 
 def bench_encode(data: Path, emb_dir: Path, repeat: int) -> None:
@@ -84,7 +85,7 @@ def bench_encode(data: Path, emb_dir: Path, repeat: int) -> None:
         ref, t_ref = timed(baseline, repeat)
         agree = float((ref.numpy() == codes).all(1).mean())
         print(f"| encode {name} 4 x 256: torch.cdist residual search (baseline) | {len(union):,} | "
-              f"{len(union) / t_ref:,.0f} |")
+              f"{len(union) / t_ref:,.0f} | |")
         print(f"| encode {name} 4 x 256: `Tokenizer.encode` (rq_search kernel dispatcher) | {len(union):,} | "
               f"{len(union) / t_tok:,.0f} | codes equal to baseline for {100 * agree:.2f}% of items |")
 
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="encoding runs; the best is reported")
     args = p.parse_args(argv)
     print(f"# tokenizer throughput — {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n`{' '.join(['python', *sys.argv])}`\n")
+          f"threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n`{' '.join(['python', *sys.argv])}`\n")
     print("| what | items | items/s | note |\n|---|---|---|---|")
     bench_embed(Path(args.data), args.embed_items, args.batch_size)
     bench_encode(Path(args.data), Path(args.emb), args.repeat)
