@@ -4,12 +4,12 @@ One module-scoped set of runs on demo-world shards is shared by the tests (proce
 
   A  1 process, ZeRO-3, the micro-batches of 2 ranks interleaved (2 accumulation steps), 8 steps, checkpoints at
      4 and 8, Hugging Face export, logits on a fixed input;
-  B  2 processes (torchrun), ZeRO-3, half the accumulation steps each: the same global batches as A;
+  B  2 processes (deepspeed launcher), ZeRO-3, half the accumulation steps each: the same global batches as A;
   C  A's command killed (SIGKILL) right after its step-4 checkpoint, then run again: it resumes;
   D  like A but ZeRO stage 0, one step;
   E  like A with the fused linear + cross-entropy head and activation checkpointing, two steps;
   F  fine-tuning of A's Hugging Face export on the shards of one domain (launch/finetune.py);
-  G  2 processes with AutoTP tensor parallelism (ZeRO-1), H the same batches on 1 process without it.
+  G  2 processes (torchrun) with AutoTP tensor parallelism (ZeRO-1), H the same batches on 1 process without it.
 """
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ def _make_runs(root: Path) -> Path:
     a, b, c, d, e, f, g, h = (root / n for n in "abcdefgh")
     _run([*driver, "--logits-out", str(root / "a_logits.pt"), *common, *_dirs(a), "checkpoint.every_steps=4",
           "logging.tensorboard=true"], a)
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    # the deepspeed launcher (appends --local_rank=N), as on a GPU node
+    _run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_free_port()),
           str(REPO / "launch" / "pretrain.py"), "--config", "tiny.json", *common, *_dirs(b),
           "checkpoint.export_dir=none", "checkpoint.every_steps=0"], b)
     # C: A's command killed after its step-4 checkpoint, then the same command again (resume=auto)
