@@ -199,11 +199,14 @@ class Trainer:
         bar = tqdm(total=o.max_steps, initial=self.step, desc="train", unit="step",
                    disable=not (rt.is_main and lg.progress))
         self.engine.train()
-        window_start, window_tokens, window_labels = time.perf_counter(), 0, 0.0
+        # throughput counts data loading and the step, not validation or checkpointing
+        window_time, window_tokens, window_labels = 0.0, 0, 0.0
         while self.step < o.max_steps:
+            start = time.perf_counter()
             batches = [next(data) for _ in range(self.gas)]
             lr = self.engine.get_lr()[0]
             out = self.train_step(batches)
+            window_time += time.perf_counter() - start
             self.step += 1
             losses[self.step] = out["loss"]
             window_tokens += tokens_per_step
@@ -211,13 +214,12 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4f}")
             if self.step % lg.every_steps == 0 or self.step == o.max_steps:
-                elapsed = time.perf_counter() - window_start
-                tps = window_tokens / elapsed
+                tps = window_tokens / window_time
                 self.log.log(self.step, "train", {
                     "loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"], "tokens_per_s": tps,
-                    "label_tokens_per_s": window_labels / elapsed, "mfu": mfu(flops_per_token, tps, rt.world_size,
-                                                                            self.peak)})
-                window_start, window_tokens, window_labels = time.perf_counter(), 0, 0.0
+                    "label_tokens_per_s": window_labels / window_time,
+                    "mfu": mfu(flops_per_token, tps, rt.world_size, self.peak)})
+                window_time, window_tokens, window_labels = 0.0, 0, 0.0
             if self.step == o.max_steps or (lg.valid_every_steps and self.step % lg.valid_every_steps == 0):
                 valid = self.validate()
                 if valid is not None:
