@@ -120,7 +120,7 @@ def usage_plot(report: dict, codebook_size: int, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_title(f"level {level + 1}")
         ax.set_xlabel("code rank")
-    axes[0][0].set_ylabel("items per code")
+    axes[0][0].set_ylabel("items per code (unused at 0.5)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
