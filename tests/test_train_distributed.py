@@ -213,3 +213,20 @@ def test_autotp_matches_one_process_and_exports_whole_weights(runs):
     model, meta = load_model(runs / "g" / "hf")
     assert model.model.layers[0].self_attn.q_proj.weight.shape == (128, 128)   # gathered, not a TP shard
     assert meta["train_config"]["deepspeed"]["tensor_parallel"] == 2
+
+
+def test_finetune_refuses_shards_of_another_tokenizer(runs):
+    """Checked before any process group or model is created, naming the manifest and both hashes."""
+    from shards_world import TOKENIZER_HASH, make_world
+
+    from recbase.data.shards import ShardConfig, build_shards
+    from recbase.train.config import load_train_config
+    from recbase.train.loop import Trainer
+
+    world = make_world(runs / "other-tokenizer", n_users=10, n_items=20)
+    other = build_shards(ShardConfig(data_dir=str(world / "data"), codes_path=str(world / "codes.parquet"),
+                                     out_dir=str(world / "shards"), name="other"))
+    cfg = load_train_config("finetune.json", [f"data.shards={other}", f"checkpoint.init_from={runs / 'a' / 'hf'}"])
+    with pytest.raises(ValueError, match=rf"{other}/manifest.json.*{TOKENIZER_HASH}.*train-test-tokenizer"):
+        Trainer(cfg)
+    assert not torch.distributed.is_initialized()

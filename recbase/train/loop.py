@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from recbase.config import to_dict
+from recbase.data.shards import read_manifest
 from recbase.train import engine as ds
 from recbase.train.config import TrainConfig
 from recbase.train.estimates import mfu, model_size, peak_flops
@@ -61,7 +62,22 @@ def _make_loader(cfg: TrainConfig, runtime: ds.Runtime, split: str, **kwargs):
     return PackedLoader(cfg.data.shards, split=split, seq_len=cfg.data.seq_len,
                         micro_batch_size=cfg.optim.micro_batch_size, rank=runtime.dp_rank,
                         world_size=runtime.dp_world, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                        expected_tokenizer_hash=cfg.data.tokenizer_hash, packed=cfg.data.packed, **kwargs)
+                        expected_tokenizer_hash=expected_tokenizer_hash(cfg), packed=cfg.data.packed, **kwargs)
+
+
+def expected_tokenizer_hash(cfg: TrainConfig) -> str | None:
+    """The tokenizer the shards must come from: ``data.tokenizer_hash``, and when fine-tuning the one the initial
+    weights were trained with (concept ids of another tokenizer mean nothing to them)."""
+    configured = cfg.data.tokenizer_hash
+    if not cfg.checkpoint.init_from:
+        return configured
+    from recbase.train.export import load_meta
+
+    trained = load_meta(cfg.checkpoint.init_from).get("tokenizer_hash")
+    if configured and trained and configured != trained:
+        raise ValueError(f"data.tokenizer_hash={configured} but {cfg.checkpoint.init_from} was trained with "
+                         f"tokenizer {trained}")
+    return configured or trained
 
 
 def _has_split(loader, split: str) -> bool:
@@ -75,6 +91,8 @@ class Trainer:
         """``loader`` replaces the training ``PackedLoader`` (same interface: iteration, ``vocab``, ``manifest``,
         ``state_dict``/``load_state_dict``), e.g. to feed one process what several ranks would read."""
         self.cfg = cfg
+        # refuse shards of another tokenizer before any process group or model exists
+        read_manifest(cfg.data.shards, expected_tokenizer_hash(cfg))
         self.runtime = rt = ds.setup_runtime(cfg)
         torch.manual_seed(cfg.seed)
         self.loader = loader if loader is not None else _make_loader(cfg, rt, cfg.data.train_split)
@@ -94,10 +112,7 @@ class Trainer:
             if cfg.checkpoint.init_from:
                 from recbase.train.export import load_state
 
-                state, meta = load_state(cfg.checkpoint.init_from)
-                if meta.get("tokenizer_hash") != self.tokenizer_hash:
-                    raise ValueError(f"{cfg.checkpoint.init_from} was trained with tokenizer "
-                                     f"{meta.get('tokenizer_hash')} but {cfg.data.shards} uses {self.tokenizer_hash}")
+                state, _ = load_state(cfg.checkpoint.init_from)
                 load_weights(lm, state, gather=ds.gathered)
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
