@@ -12,7 +12,7 @@ from recbase.cli import main
 from recbase.data.tables import make_interactions_table, make_items_table, DomainTables, IngestSummary, write_domain
 from recbase.tokenizer.artifact import ArtifactError, load_tokenizer
 from recbase.tokenizer.clvae import CLVAEConfig, check_config, quantize
-from recbase.tokenizer.collisions import collision_rate, disambiguation_level
+from recbase.tokenizer.collisions import catalog_index, collision_rate, disambiguation_level
 from recbase.tokenizer.embed import HashingEmbedder, embed_folder
 from recbase.tokenizer.modules import MLP
 from recbase.tokenizer.train import TokenizerConfig, train_tokenizer
@@ -215,6 +215,8 @@ def test_disambiguation_makes_tuples_unique():
     assert collision_rate(np.c_[codes, extra]) == 0.0
     with pytest.raises(ValueError, match="more than the codebook size 2"):
         disambiguation_level(codes, codebook_size=2)
+    index = catalog_index(codes, list("abcdef"))
+    assert index == {(1, 2): ["a", "b", "d"], (0, 0): ["c", "e"], (3, 3): ["f"]}
 
 
 def write_data(root, domains: dict[str, int]) -> None:

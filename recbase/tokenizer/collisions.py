@@ -49,3 +49,13 @@ def disambiguation_level(codes: np.ndarray, codebook_size: int) -> np.ndarray:
     index = np.empty(len(bucket), dtype=np.int64)
     index[order] = np.arange(len(bucket)) - np.repeat(starts, sizes)
     return index
+
+
+def catalog_index(codes: np.ndarray, item_ids: list[str]) -> dict[tuple[int, ...], list[str]]:
+    """Code tuple → the items holding it, in catalog order (more than one item where tuples collide)."""
+    if len(codes) != len(item_ids):
+        raise ValueError(f"{len(codes)} code rows for {len(item_ids)} items")
+    index: dict[tuple[int, ...], list[str]] = {}
+    for row, item_id in zip(np.asarray(codes).tolist(), item_ids):
+        index.setdefault(tuple(row), []).append(item_id)
+    return index
