@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from recbase.config import to_dict
+from recbase.data.tables import read_items
 from recbase.io import atomic_write_text
 from recbase.tokenizer import normalize
 from recbase.tokenizer.artifact import KINDS, Tokenizer
@@ -21,7 +22,6 @@ from recbase.tokenizer.clvae import CLVAEConfig, train_clvae
 from recbase.tokenizer.embed import load_embeddings, select_domains
 from recbase.tokenizer.fsq import FSQConfig, train_fsq
 from recbase.tokenizer.rqkmeans import RQKmeansConfig, train_rqkmeans
-from recbase.data.tables import read_items
 
 log = logging.getLogger(__name__)
 
