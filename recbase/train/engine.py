@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Initialise torch.distributed through DeepSpeed (nccl on CUDA, gloo on CPU)."""
     default_dist_env()
     import deepspeed
+
+    # DeepSpeed's ZeRO-3 calls torch's deprecated reduce_scatter_tensor on every step; one warning per step
+    # would bury the training log.
+    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.* is deprecated", category=FutureWarning)
 
     cuda = torch.cuda.is_available()
     backend = cfg.deepspeed.comm_backend if cfg.deepspeed.comm_backend != "auto" else ("nccl" if cuda else "gloo")
