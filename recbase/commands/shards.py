@@ -33,7 +33,7 @@ def run(args) -> int:
         overrides.append(f"task_index={int(task)}")
     if tasks is not None:
         overrides.append(f"num_tasks={int(tasks)}")
-    cfg = load_config(ShardConfig, args.config, overrides, search_dirs=[Path("launch/configs")])
+    cfg = load_config(ShardConfig, args.config, overrides, search_dirs=[Path(__file__).resolve().parents[2] / "launch" / "configs"])
     root = Path(cfg.out_dir) / cfg.name
     if args.merge:
         path = merge_manifests(root, cfg.num_tasks)
