@@ -5,7 +5,7 @@ HELP = "download a known public dataset (verified by SHA-256), unpack it and ing
 
 
 def add_arguments(parser) -> None:
-    from recbase.data.ingest import MAX_HISTORY, MIN_USER_INTERACTIONS
+    from recbase.commands.ingest import add_filter_arguments
 
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
@@ -16,10 +16,7 @@ def add_arguments(parser) -> None:
     fetch.add_argument("--out", help="tables folder for the ingest (default: DEST/tables)")
     fetch.add_argument("--no-ingest", action="store_true", help="only download, verify and unpack")
     fetch.add_argument("--domain", help="domain name (default: NAME)")
-    fetch.add_argument("--min-user-interactions", type=int, default=MIN_USER_INTERACTIONS,
-                       help="drop users with fewer interactions (paper: 15; 0 keeps all)")
-    fetch.add_argument("--max-history", type=int, default=MAX_HISTORY,
-                       help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
+    add_filter_arguments(fetch)
 
 
 def run(args) -> int:
@@ -39,16 +36,8 @@ def run(args) -> int:
     print(f"{args.name}: verified and unpacked in {folder}")
     if args.no_ingest:
         return 0
-    from recbase.data.ingest import ingest
-    from recbase.data.readers import InputError
+    from recbase.commands.ingest import ingest_and_report
 
     out = args.out or str(Path(args.dest) / "tables")
-    try:
-        tables = ingest(REGISTRY[args.name].format, folder, out, domain=args.domain or args.name,
-                        min_user_interactions=args.min_user_interactions, max_history=args.max_history)
-    except InputError as e:
-        print(f"error: {e}")
-        return 2
-    print(tables.summary.format())
-    print(f"wrote {out}/{tables.domain}/")
-    return 0
+    return ingest_and_report(REGISTRY[args.name].format, folder, out, domain=args.domain or args.name,
+                             min_user_interactions=args.min_user_interactions, max_history=args.max_history)

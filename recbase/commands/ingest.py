@@ -4,8 +4,32 @@ from __future__ import annotations
 HELP = "read a public dataset (movielens, amazon, mind, ...) into items.parquet + interactions.parquet"
 
 
-def add_arguments(parser) -> None:
+def add_filter_arguments(parser) -> None:
+    """The user filters of the ingest (also used by ``recbase data fetch``)."""
     from recbase.data.ingest import MAX_HISTORY, MIN_USER_INTERACTIONS
+
+    parser.add_argument("--min-user-interactions", type=int, default=MIN_USER_INTERACTIONS,
+                        help="drop users with fewer interactions (paper: 15; 0 keeps all)")
+    parser.add_argument("--max-history", type=int, default=MAX_HISTORY,
+                        help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
+
+
+def ingest_and_report(fmt: str, path, out, **kwargs) -> int:
+    """Ingest and print the summary; a bad input is printed and gives exit status 2."""
+    from recbase.data.ingest import ingest
+    from recbase.data.readers import InputError
+
+    try:
+        tables = ingest(fmt, path, out, **kwargs)
+    except InputError as e:
+        print(f"error: {e}")
+        return 2
+    print(tables.summary.format())
+    print(f"wrote {out}/{tables.domain}/")
+    return 0
+
+
+def add_arguments(parser) -> None:
     from recbase.data.readers import FORMATS
 
     parser.add_argument("format", choices=sorted(FORMATS), metavar="FORMAT",
@@ -14,10 +38,7 @@ def add_arguments(parser) -> None:
                                      "file names are relative to, or the spec file itself")
     parser.add_argument("--out", required=True, help="output folder; tables go to OUT/<domain>/")
     parser.add_argument("--domain", help="domain name (default: from PATH)")
-    parser.add_argument("--min-user-interactions", type=int, default=MIN_USER_INTERACTIONS,
-                        help="drop users with fewer interactions (paper: 15; 0 keeps all)")
-    parser.add_argument("--max-history", type=int, default=MAX_HISTORY,
-                        help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
+    add_filter_arguments(parser)
     parser.add_argument("--kind", help="template kind for recbole and generic (movie, product, book, ...)")
     parser.add_argument("--spec", help="generic: JSON spec file (see docs/data.md)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -25,9 +46,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from recbase.data.ingest import ingest
-    from recbase.data.readers import InputError
-
     options = {}
     if args.format == "generic":
         from recbase.data.readers.generic import load_spec
@@ -39,12 +57,5 @@ def run(args) -> int:
         if args.format not in ("recbole", "generic"):
             raise SystemExit(f"--kind applies to recbole and generic only; {args.format} has a fixed kind")
         options["kind"] = args.kind
-    try:
-        tables = ingest(args.format, args.path, args.out, domain=args.domain,
-                        min_user_interactions=args.min_user_interactions, max_history=args.max_history, **options)
-    except InputError as e:
-        print(f"error: {e}")
-        return 2
-    print(tables.summary.format())
-    print(f"wrote {args.out}/{tables.domain}/")
-    return 0
+    return ingest_and_report(args.format, args.path, args.out, domain=args.domain,
+                             min_user_interactions=args.min_user_interactions, max_history=args.max_history, **options)

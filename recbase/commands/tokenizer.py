@@ -12,6 +12,15 @@ def _domains(text: str | None) -> list[str] | None:
     return [d for d in text.split(",") if d] if text else None
 
 
+def _add_artifact_arguments(p, out_help: str) -> None:
+    """The arguments of ``encode`` and ``report``: an artifact applied to the domains of a data folder."""
+    p.add_argument("--artifact", required=True, help="tokenizer artifact folder")
+    p.add_argument("--data", required=True, help="data folder with <domain>/items.parquet")
+    p.add_argument("--emb", required=True, help="embeddings folder written by `recbase embed`")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--domains", help="comma-separated domains (default: all in --data)")
+
+
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
@@ -25,18 +34,10 @@ def add_arguments(parser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. kind=rqkmeans")
 
     p = sub.add_parser("encode", help="encode every domain of a data folder into codes.parquet")
-    p.add_argument("--artifact", required=True, help="tokenizer artifact folder")
-    p.add_argument("--data", required=True, help="data folder with <domain>/items.parquet")
-    p.add_argument("--emb", required=True, help="embeddings folder written by `recbase embed`")
-    p.add_argument("--out", required=True, help="output codes.parquet")
-    p.add_argument("--domains", help="comma-separated domains (default: all in --data)")
+    _add_artifact_arguments(p, "output codes.parquet")
 
     p = sub.add_parser("report", help="code usage, collisions and reconstruction, trained vs unseen domains")
-    p.add_argument("--artifact", required=True, help="tokenizer artifact folder")
-    p.add_argument("--data", required=True, help="data folder with <domain>/items.parquet")
-    p.add_argument("--emb", required=True, help="embeddings folder written by `recbase embed`")
-    p.add_argument("--out", required=True, help="folder for report.json, report.md and usage.png")
-    p.add_argument("--domains", help="comma-separated domains (default: all in --data)")
+    _add_artifact_arguments(p, "folder for report.json, report.md and usage.png")
     p.add_argument("--pooled-norm", action="store_true",
                    help="normalise unseen domains with the training domains' pooled statistics instead of their own")
 
