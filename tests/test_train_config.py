@@ -47,6 +47,8 @@ def test_invalid_combinations_are_named():
         load_train_config("tiny.json", ["deepspeed.sequence_parallel=2"])
     with pytest.raises(ConfigError, match="attention_pattern"):
         load_train_config("tiny.json", ["model.attention_pattern=bidirectional"])
+    with pytest.raises(ConfigError, match="data.seq_len 4096 exceeds model.max_position_embeddings 2048"):
+        load_train_config("tiny.json", ["data.seq_len=4096"])
     cfg = load_train_config("tiny.json", ["optim.global_batch_tokens=5000"])
     with pytest.raises(ConfigError, match="global_batch_tokens=5000"):
         cfg.gradient_accumulation_steps(1)

@@ -133,6 +133,9 @@ class TrainConfig:
             raise ConfigError(f"precision.dtype: {self.precision.dtype!r} is not auto | bf16 | fp32")
         if self.optim.max_steps < 1 or self.optim.micro_batch_size < 1 or d.seq_len < 2:
             raise ConfigError("optim.max_steps, optim.micro_batch_size must be >= 1 and data.seq_len >= 2")
+        if d.seq_len > m.max_position_embeddings:
+            raise ConfigError(f"data.seq_len {d.seq_len} exceeds model.max_position_embeddings "
+                              f"{m.max_position_embeddings}: RoPE is not set up for positions that far")
         return self
 
     def gradient_accumulation_steps(self, dp_world: int) -> int:
