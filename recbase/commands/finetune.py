@@ -16,17 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from recbase.train.config import load_train_config
-    from recbase.train.export import load_meta
+    from recbase.train.config import load_finetune_config
     from recbase.train.loop import pretrain
 
-    # the architecture is the one the weights were trained with; the config file brings data and optimisation
-    model = load_meta(args.init)["train_config"]["model"]
-    inherited = [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
-    cfg = load_train_config(args.config, [*inherited, *args.overrides, f"checkpoint.init_from={args.init}"])
-    result = pretrain(cfg)
+    result = pretrain(load_finetune_config(args.config, args.init, args.overrides))
     if result.export is not None:
         print(f"step {result.step}: checkpoint {result.checkpoint}, Hugging Face export {result.export}")
     from recbase.train.engine import exit_launched_process

@@ -153,3 +153,15 @@ class TrainConfig:
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a training config; a bare name such as ``1.5b.json`` is also looked up in ``launch/configs/``."""
     return load_config(TrainConfig, path, overrides, search_dirs=[CONFIG_DIR]).validate()
+
+
+def load_finetune_config(path: str | Path | None, init: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A fine-tuning config: data and optimisation from ``path``, the architecture from the weights in ``init``
+    (an HF export or a checkpoint folder), which the run starts from."""
+    import json
+
+    from recbase.train.export import load_meta
+
+    model = load_meta(init)["train_config"]["model"]
+    inherited = [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
+    return load_train_config(path, [*inherited, *(overrides or []), f"checkpoint.init_from={init}"])
