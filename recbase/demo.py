@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ class DemoConfig:
     embedder: str = "all-MiniLM-L6-v2"       # packaged offline encoder ('hashing' only for quick tests)
     tokenizer_config: str = "tokenizer_clvae.json"  # launch/configs name or path
     codebook_size: int = 64                  # K: ~1,800 training items fill 64 codes per level, not 256
+    tokenizer_overrides: list[str] = field(default_factory=list)  # extra key=value for the tokenizer config
     train_config: str = "tiny.json"          # launch/configs name or path
     train_steps: int = 300                   # optimizer steps of the tiny model
     train_overrides: list[str] = field(default_factory=list)  # extra key=value for the train config
@@ -49,6 +52,15 @@ def _done(t0: float, what: str) -> None:
     print(f"--- {what} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
+def _run_command(*args: str) -> None:
+    """Run a ``recbase`` sub-command in its own process, as a user would: DeepSpeed keeps process-wide state
+    (process groups, communication backends) that does not survive a second engine in the same interpreter, so
+    pretraining and fine-tuning each get a fresh one."""
+    proc = subprocess.run([sys.executable, "-m", "recbase.cli", *args])
+    if proc.returncode:
+        raise RuntimeError(f"recbase {args[0]} failed with exit status {proc.returncode} (its output is above)")
+
+
 def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     """Run every stage; returns the evaluation results dict (also written to ``<out>/eval/metrics.json``)."""
     from recbase.data.synthetic import DOMAINS as WORLD_DOMAINS, generate_world
@@ -59,8 +71,7 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     from recbase.tokenizer.embed import embed_folder
     from recbase.tokenizer.encode import write_codes
     from recbase.tokenizer.train import TokenizerConfig, train_from_folders
-    from recbase.train.config import CONFIG_DIR, load_finetune_config, load_train_config
-    from recbase.train.loop import pretrain
+    from recbase.train.config import CONFIG_DIR
 
     out = Path(cfg.out)
     if fresh and out.exists():
@@ -93,7 +104,8 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     t0 = _stage(f"3/8 item tokenizer (trained on {', '.join(cfg.pretrain_domains)})")
     if not (tok_dir / "config.json").exists():
         tcfg = load_config(TokenizerConfig, cfg.tokenizer_config,
-                           [f"codebook_size={cfg.codebook_size}", f"seed={cfg.seed}"], [CONFIG_DIR])
+                           [f"codebook_size={cfg.codebook_size}", f"seed={cfg.seed}", *cfg.tokenizer_overrides],
+                           [CONFIG_DIR])
         train_from_folders(tcfg, data, emb, tok_dir, cfg.pretrain_domains)
     tok = load_tokenizer(tok_dir)
     if not codes.exists():
@@ -108,13 +120,12 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     _done(t0, f"shards in {shard_dir}")
 
     t0 = _stage("5/8 pretraining (DeepSpeed ZeRO-3, CPU)")
-    train_cfg = load_train_config(cfg.train_config, [
-        f"data.shards={shard_dir}", f"seed={cfg.seed}", f"optim.max_steps={cfg.train_steps}",
-        f"checkpoint.dir={run_dir / 'checkpoints'}", f"checkpoint.export_dir={run_dir / 'hf'}",
-        f"logging.dir={run_dir / 'logs'}", *cfg.train_overrides])
     hf_dir = run_dir / "hf"
     if not (hf_dir / "config.json").exists():
-        pretrain(train_cfg)
+        _run_command("pretrain", "--config", cfg.train_config,
+                     f"data.shards={shard_dir}", f"seed={cfg.seed}", f"optim.max_steps={cfg.train_steps}",
+                     f"checkpoint.dir={run_dir / 'checkpoints'}", f"checkpoint.export_dir={hf_dir}",
+                     f"logging.dir={run_dir / 'logs'}", *cfg.train_overrides)
     _done(t0, f"model in {hf_dir}")
 
     models = {"zero-shot": str(hf_dir)}
@@ -127,10 +138,10 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
             # eval positives (the last item) are never trained on
             ft_shards = build_shards(ShardConfig(data_dir=str(data), domains=[target], codes_path=str(codes),
                                                  out_dir=str(shards_root), name=f"finetune-{target}", seed=cfg.seed))
-            pretrain(load_finetune_config("finetune.json", hf_dir, [
-                f"data.shards={ft_shards}", f"seed={cfg.seed}", f"optim.max_steps={cfg.finetune_steps}",
-                f"checkpoint.dir={ft_dir / 'checkpoints'}", f"checkpoint.export_dir={ft_dir / 'hf'}",
-                f"logging.dir={ft_dir / 'logs'}"]))
+            _run_command("finetune", "--init", str(hf_dir), "--config", "finetune.json",
+                         f"data.shards={ft_shards}", f"seed={cfg.seed}", f"optim.max_steps={cfg.finetune_steps}",
+                         f"checkpoint.dir={ft_dir / 'checkpoints'}", f"checkpoint.export_dir={ft_dir / 'hf'}",
+                         f"logging.dir={ft_dir / 'logs'}")
         models[f"fine-tuned on {target}"] = str(ft_dir / "hf")
         _done(t0, f"model in {ft_dir / 'hf'}")
 
