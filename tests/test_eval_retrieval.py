@@ -5,7 +5,7 @@ import torch
 
 from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from eval_helpers import tiny_model
-from recbase.eval.retrieval import Retriever, beam_search
+from recbase.eval.retrieval import Retriever, beam_search, select_beams
 from recbase.eval.scoring import CandidateScorer
 from recbase.eval.trie import CodeTrie
 from recbase.vocab import Vocab
@@ -111,3 +111,66 @@ def test_beam_finds_hand_built_top_item_that_greedy_misses():
     assert set(got.items) <= set(items)
     greedy = Retriever(model, trie, vocab.n_special, vocab.bos_id, beam_width=1).retrieve(history)
     assert greedy.items[0] in ("A", "B")
+
+
+def assert_same_retrieval(batched, single, atol=1e-5):
+    assert len(batched) == len(single)
+    for b, s in zip(batched, single):
+        assert b.items == s.items
+        np.testing.assert_allclose(b.scores, s.scores, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("levels,codebook,n_items,beam_width", [(3, 6, 25, 30), (4, 8, 300, 5), (4, 8, 300, 1)])
+def test_batched_retrieval_equals_single_user(levels, codebook, n_items, beam_width):
+    """Users of different lengths (bos alone, short, truncated to the context) padded into shared forwards return
+    the single-user items, order and scores. A beam wider than the catalog leaves slots dead at every level."""
+    vocab = Vocab(levels=levels, codebook_size=codebook)
+    model = tiny_model(vocab, seed=levels + beam_width)
+    rng = np.random.default_rng(levels + n_items)
+    codes = rng.integers(0, codebook, size=(n_items, levels))
+    items = [f"i{j}" for j in range(n_items)]
+    trie = CodeTrie.build(codes, items, vocab.codebook_size)
+    n_hist = [0, 1, 4, 9, 2, 14, 3, 30, 6]   # 30 items exceed the 64-token context: the history is truncated
+    histories = [np.r_[vocab.bos_id, vocab.encode_codes(codes[rng.integers(0, n_items, size=n)]).reshape(-1)]
+                 for n in n_hist]
+    retriever = Retriever(model, trie, vocab.n_special, vocab.bos_id, beam_width, max_context=64, batch_users=4,
+                          pad_id=vocab.pad_id)
+    single = [retriever.retrieve(h) for h in histories]
+    batched = retriever.retrieve_batch(histories)
+    assert_same_retrieval(batched, single)
+    for got in batched:
+        assert set(got.items) <= set(items) and len(got.items) >= min(beam_width, trie.n_tuples)
+
+
+def test_batched_retrieval_stays_in_catalog_and_breaks_ties_like_single_user():
+    """The hand-built model prefers a tuple outside the catalog and leaves most logits exactly equal: the batched
+    search returns catalog items only and resolves every tie as the single-user search does."""
+    vocab = Vocab(levels=3, codebook_size=4)
+    tok = lambda level, code: vocab.n_special + level * vocab.codebook_size + code  # noqa: E731
+    items = ["A", "B", "C", "D", "E", "F", "G"]
+    codes = np.array([[0, 0, 0], [0, 1, 2], [1, 2, 3], [1, 2, 3], [2, 0, 1], [3, 3, 3], [2, 0, 2]])
+    model = bigram_model(vocab, {
+        (vocab.bos_id, tok(0, 0)): 6.0, (vocab.bos_id, tok(0, 1)): 4.0,
+        (tok(0, 0), tok(1, 3)): 12.0, (tok(1, 3), tok(2, 0)): 12.0,       # (0, 3, 0) is no item
+        (tok(0, 1), tok(1, 2)): 8.0, (tok(1, 2), tok(2, 3)): 8.0,
+        (tok(2, 3), tok(0, 2)): 12.0,                                     # after item C, level-0 code 2, ...
+    })
+    trie = CodeTrie.build(codes, items, vocab.codebook_size)
+    histories = [np.array([vocab.bos_id]), np.r_[vocab.bos_id, vocab.encode_codes(codes[2:3]).reshape(-1)],
+                 np.r_[vocab.bos_id, vocab.encode_codes(codes[[5, 0]]).reshape(-1)]]
+    for beam_width in (1, 2, 3, 10):
+        retriever = Retriever(model, trie, vocab.n_special, vocab.bos_id, beam_width, batch_users=3)
+        single = [retriever.retrieve(h) for h in histories]
+        batched = retriever.retrieve_batch(histories)
+        assert_same_retrieval(batched, single)
+        for got in batched:
+            assert set(got.items) <= set(items)
+    assert batched[0].items[:2] == ["C", "D"]
+    assert batched[1].items[:2] == ["E", "G"]   # ... then a uniform tie, broken towards the smaller code
+
+
+def test_select_beams_keeps_the_best_per_user_ties_to_the_earlier():
+    user = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    scores = torch.tensor([1.0, 3.0, 3.0, 2.0, -1.0, -1.0, 0.0])
+    top, rank = select_beams(user, scores, 2)
+    assert top.tolist() == [1, 2, 4, 5, 6] and rank.tolist() == [0, 1, 0, 1, 0]
