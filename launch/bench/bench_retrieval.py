@@ -20,13 +20,12 @@ import sys
 import time
 
 import numpy as np
+import tiny_qwen2
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from recbase.eval import retrieval
 from recbase.eval.retrieval import Retriever, select_beams
 from recbase.eval.trie import CodeTrie
-from recbase.vocab import Vocab
 
 
 def main() -> int:
@@ -35,24 +34,12 @@ def main() -> int:
     p.add_argument("--min-items", type=int, default=10, help="shortest history, in items")
     p.add_argument("--max-items", type=int, default=50, help="longest history, in items")
     p.add_argument("--items", type=int, default=3000, help="catalog size")
-    p.add_argument("--levels", type=int, default=4)
-    p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--beam-width", type=int, default=20)
     p.add_argument("--batch-users", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
     p.add_argument("--batch-tokens", type=int, default=1 << 20, help="padded history tokens per forward (cap)")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
+    tiny_qwen2.add_model_arguments(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    vocab = Vocab(levels=args.levels, codebook_size=args.codebook_size)
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=vocab.model_vocab_size, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                      num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=4096, attn_implementation="sdpa")
-    model = Qwen2ForCausalLM(cfg).eval().to(args.device, getattr(torch, args.dtype))
+    vocab, model = tiny_qwen2.build(args)
     rng = np.random.default_rng(0)
     codes = rng.integers(0, args.codebook_size, size=(args.items, args.levels))
     trie = CodeTrie.build(codes, [f"i{j}" for j in range(args.items)], args.codebook_size, args.device)

@@ -17,11 +17,10 @@ import sys
 import time
 
 import numpy as np
+import tiny_qwen2
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from recbase.eval.scoring import CandidateScorer
-from recbase.vocab import Vocab
 
 
 def main() -> int:
@@ -29,24 +28,11 @@ def main() -> int:
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--history-items", type=int, default=50)
     p.add_argument("--candidates", type=int, default=20)
-    p.add_argument("--levels", type=int, default=4)
-    p.add_argument("--codebook-size", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=256, help="candidates per forward, cached layout")
     p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward, batched layout")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
+    tiny_qwen2.add_model_arguments(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    vocab = Vocab(levels=args.levels, codebook_size=args.codebook_size)
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=vocab.model_vocab_size, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                      num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=4096, attn_implementation="sdpa")
-    dtype = getattr(torch, args.dtype)
-    model = Qwen2ForCausalLM(cfg).eval().to(args.device, dtype)
+    vocab, model = tiny_qwen2.build(args)
     rng = np.random.default_rng(0)
     users = []
     for _ in range(args.users):
