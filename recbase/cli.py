@@ -1,6 +1,6 @@
-"""The ``recbase`` console command.
+"""recbase: item text → concept-ID tokenizer → shards → DeepSpeed pretraining → zero-shot evaluation.
 
-Every module in :mod:`recbase.commands` is one sub-command: it defines ``HELP`` (one line),
+The console command ``recbase``: every module in :mod:`recbase.commands` is one sub-command: it defines ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are discovered, so a stage adds its command by adding
 a file, and importing one command never imports the heavy dependencies of another.
 """

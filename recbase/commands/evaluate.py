@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Evaluate models zero-shot on held-out domains (AUC, GAUC, retrieval, baselines, report)"
+HELP = "evaluate models zero-shot on held-out domains (AUC, GAUC, retrieval, baselines, report)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
