@@ -1,8 +1,8 @@
 """recbase: item text → concept-ID tokenizer → shards → DeepSpeed pretraining → zero-shot evaluation.
 
-The console command ``recbase``: every module in :mod:`recbase.commands` is one sub-command: it defines ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are discovered, so a stage adds its command by adding
-a file, and importing one command never imports the heavy dependencies of another.
+The console command ``recbase``: every module in :mod:`recbase.commands` is one sub-command. It defines ``HELP``
+(one line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules are discovered, so a stage adds its command
+by adding a file, and importing one command never imports the heavy dependencies of another.
 """
 from __future__ import annotations
 
