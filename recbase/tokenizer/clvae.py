@@ -141,12 +141,8 @@ def init_level(codebooks: torch.Tensor, level: int, residuals: torch.Tensor, cfg
 
 def train_clvae(x: torch.Tensor, levels: int, codebook_size: int, cfg: CLVAEConfig, seed: int = 0,
                 progress: bool = True) -> CLVAEResult:
-    """Train on normalised embeddings ``x`` [N, D] (float32).
-
-    Bit-for-bit repeatable on CPU for a given seed when torch runs one thread (``OMP_NUM_THREADS=1``); with
-    more threads, parallel reductions round differently from run to run and the last bits drift apart (the
-    saved artifact then encodes deterministically all the same).
-    """
+    """Train on normalised embeddings ``x`` [N, D] (float32). Bit-for-bit repeatable on CPU for a given seed
+    under torch's deterministic algorithms, which :func:`recbase.tokenizer.train.train_tokenizer` turns on."""
     check_config(cfg, levels)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -5,6 +5,7 @@ so every domain is centred the same way it will be when encoded.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -41,9 +42,34 @@ class TokenizerConfig:
     fsq: FSQConfig = field(default_factory=FSQConfig)
 
 
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """Make torch pick its deterministic kernels for the block, then restore the caller's setting.
+
+    With several CPU threads, ``index_add_`` (the k-means centroid sums) adds in an order that changes from run
+    to run; the last-bit differences grow through training, so the same command gave a different tokenizer (and
+    hash, and every downstream shard) each time. The deterministic kernels cost little at these sizes.
+    """
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def train_tokenizer(cfg: TokenizerConfig, embeddings: dict[str, np.ndarray], embedder: str = "",
                     progress: bool = True) -> tuple[Tokenizer, list[dict]]:
-    """Train on ``{domain: embeddings [N_d, D]}``; returns the tokenizer and its per-epoch history."""
+    """Train on ``{domain: embeddings [N_d, D]}``; returns the tokenizer and its per-epoch history.
+
+    The same inputs and config give the same artifact, bit for bit, on a given CPU build of torch.
+    """
+    with deterministic_algorithms():
+        return _train(cfg, embeddings, embedder, progress)
+
+
+def _train(cfg: TokenizerConfig, embeddings: dict[str, np.ndarray], embedder: str,
+           progress: bool) -> tuple[Tokenizer, list[dict]]:
     if cfg.kind not in KINDS:
         raise ValueError(f"tokenizer kind {cfg.kind!r} is not one of {', '.join(KINDS)}")
     if not embeddings:
