@@ -14,8 +14,6 @@ sparse real catalog at the first level and nearly a chain below it.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import time
 
@@ -51,15 +49,10 @@ def main() -> int:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    n_params = sum(p.numel() for p in model.parameters())
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; device {args.device} "
-          f"({device_name}); torch {torch.__version__}; threads {torch.get_num_threads()}")
-    print("command: python " + " ".join(sys.argv))
-    print(f"model: Qwen2 hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.2f}M params, {args.dtype}; "
-          f"catalog {args.items} items, {trie.n_tuples} tuples, {args.levels} levels x {args.codebook_size} codes; "
-          f"beam {args.beam_width}; histories {args.min_items}-{args.max_items} items "
-          f"(mean {1 + lengths.mean() * args.levels:.0f} tokens)")
+    tiny_qwen2.print_header(
+        args, model, f"catalog {args.items} items, {trie.n_tuples} tuples, {args.levels} levels x "
+                     f"{args.codebook_size} codes; beam {args.beam_width}; histories {args.min_items}-{args.max_items} "
+                     f"items (mean {1 + lengths.mean() * args.levels:.0f} tokens)")
 
     single = Retriever(model, trie, vocab.n_special, vocab.bos_id, args.beam_width)
     single.retrieve(histories[0])  # warm-up, not timed

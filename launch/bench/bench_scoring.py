@@ -11,8 +11,6 @@ sharing the history over candidates alone gains little and batching users is wha
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import time
 
@@ -40,14 +38,9 @@ def main() -> int:
         tokens = vocab.encode_codes(codes)
         users.append((np.r_[vocab.bos_id, tokens[:args.history_items].reshape(-1)], tokens[args.history_items:]))
 
-    n_params = sum(p.numel() for p in model.parameters())
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; device {args.device} "
-          f"({device_name}); torch {torch.__version__}; threads {torch.get_num_threads()}")
-    print("command: python " + " ".join(sys.argv))
-    print(f"model: Qwen2 hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.2f}M params, {args.dtype}; "
-          f"{args.users} users x {args.candidates} candidates, history {args.history_items} items x {args.levels} "
-          f"tokens = {1 + args.history_items * args.levels} tokens")
+    tiny_qwen2.print_header(
+        args, model, f"{args.users} users x {args.candidates} candidates, history {args.history_items} items x "
+                     f"{args.levels} tokens = {1 + args.history_items * args.levels} tokens")
     histories, candidates = [u[0] for u in users], [u[1] for u in users]
     layouts = {"naive": ("naive", 0), "cached": ("fast", 0), "batched": ("fast", args.batch_tokens)}
     scores, walls = {}, {}

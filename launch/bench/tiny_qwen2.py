@@ -6,6 +6,9 @@ model; the same options on a GPU with a larger ``--hidden``/``--layers`` measure
 from __future__ import annotations
 
 import argparse
+import datetime
+import platform
+import sys
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -32,3 +35,15 @@ def build(args: argparse.Namespace) -> tuple[Vocab, Qwen2ForCausalLM]:
                       num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=4096, attn_implementation="sdpa")
     return vocab, Qwen2ForCausalLM(cfg).eval().to(args.device, getattr(torch, args.dtype))
+
+
+def print_header(args: argparse.Namespace, model: Qwen2ForCausalLM, setup: str) -> None:
+    """The lines every benchmark report starts with: when, where, the exact command, the model and ``setup``."""
+    n_params = sum(p.numel() for p in model.parameters())
+    on_cuda = args.device.startswith("cuda")
+    device_name = torch.cuda.get_device_name() if on_cuda else platform.processor() or "cpu"
+    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; device {args.device} "
+          f"({device_name}); torch {torch.__version__}; threads {torch.get_num_threads()}")
+    print("command: python " + " ".join(sys.argv))
+    print(f"model: Qwen2 hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.2f}M params, {args.dtype}; "
+          + setup)
