@@ -15,9 +15,9 @@ setup(
     packages=find_packages(include=["recbase", "recbase.*", "kernels", "kernels.*"]),
     install_requires=[
         "torch>=2.4",
-        "deepspeed>=0.16",
-        "transformers>=4.45",
-        "webdataset>=0.2.90",
+        "deepspeed>=0.19",            # tested with 0.19.8 (ZeRO-3 on CPU/gloo)
+        "transformers>=5.0",          # tested with 5.24 (Qwen2, packed masks, KV cache API)
+        "webdataset>=1.0",
         "pyarrow>=14",
         "pandas>=2.0",
         "triton>=3.0",
