@@ -1,4 +1,5 @@
-"""The embedding stage: output format, resume after a crash, skipping finished domains, bad input."""
+"""The embedding stage: output format, resume after a crash, skipping finished domains, array tasks + merge, the
+real encoder's fast path against its float32 single-call path, bad input."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, make_items_table, write_domain
-from recbase.tokenizer.embed import (HashingEmbedder, embed_domain, embed_folder, item_ids_sha256, load_embeddings,
-                                     make_embedder)
+from recbase.tokenizer.embed import (HashingEmbedder, chunk_owner, embed_domain, embed_folder, item_ids_sha256,
+                                     load_embeddings, make_embedder, merge_folder)
 
 
 def write_items(root, domain: str, texts: list[str]) -> None:
@@ -56,7 +57,7 @@ def test_resume_after_a_crash_embeds_only_the_rest(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         embed_domain(data / "books", emb, CrashingEmbedder(), chunk_size=16, progress=False)
     assert not (emb / "books.npy").exists() and not (emb / "books.json").exists()
-    assert sorted(p.name for p in (emb / ".parts" / "books").glob("chunk_*")) == ["chunk_000000.npy"]
+    assert sorted(p.name for p in (emb / ".parts" / "books").glob("*/chunk_*")) == ["chunk_000000.npy"]
 
     resumed = embed_domain(data / "books", emb, HashingEmbedder(), chunk_size=16, progress=False)
     assert resumed["embedded"] == 24  # the first chunk of 16 was kept
@@ -120,3 +121,92 @@ def test_packaged_minilm_embeds_offline():
                          "Describe a product: PORTER-CABLE 80 grit adhesive sanding roll"])
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+class SettingsEmbedder(HashingEmbedder):
+    """The hashing embedder under a setting that would change real vectors (as precision does)."""
+
+    def __init__(self, precision: str):
+        super().__init__()
+        self.settings = {"precision": precision}
+
+
+def test_other_settings_are_not_up_to_date(tmp_path):
+    data, emb = tmp_path / "data", tmp_path / "emb"
+    write_items(data, "books", texts(20, "book"))
+    assert embed_domain(data / "books", emb, SettingsEmbedder("float32"), progress=False)["embedded"] == 20
+    assert embed_domain(data / "books", emb, SettingsEmbedder("float32"), progress=False)["skipped"]
+    again = embed_domain(data / "books", emb, SettingsEmbedder("bfloat16"), progress=False)
+    assert again["embedded"] == 20 and json.loads((emb / "books.json").read_text())["precision"] == "bfloat16"
+
+
+def test_two_array_tasks_and_a_merge_equal_one_run(tmp_path):
+    data = tmp_path / "data"
+    write_items(data, "books", texts(70, "book"))    # 5 chunks of 16
+    write_items(data, "games", texts(9, "game"))     # 1 chunk
+    one = embed_folder(data, tmp_path / "one", model="hashing", chunk_size=16, progress=False)
+    split = tmp_path / "split"
+    t0 = embed_folder(data, split, model="hashing", chunk_size=16, progress=False, task_index=0, num_tasks=2)
+    assert not (split / "books.npy").exists() and not t0[0]["merged"]
+    owned = {d: [c for c in range(n) if chunk_owner(d, c, 2) == 0] for d, n in (("books", 5), ("games", 1))}
+    assert [s["embedded"] for s in t0] == [sum(min(16, 70 - 16 * c) for c in owned["books"]), 9 * len(owned["games"])]
+    assert len(list((split / ".parts" / "books").glob("*/chunk_*"))) == len(owned["books"]) in (2, 3)
+    with pytest.raises(FileNotFoundError, match=r"chunks missing; task\(s\) 1 of 2 have not finished"):
+        merge_folder(data, split, num_tasks=2)
+
+    t1 = embed_folder(data, split, model="hashing", chunk_size=16, progress=False, task_index=1, num_tasks=2)
+    assert sum(s["embedded"] for s in t0 + t1) == 79
+    merged = merge_folder(data, split, num_tasks=2)
+    assert [s["domain"] for s in merged] == ["books", "games"] and not any(s["skipped"] for s in merged)
+    for domain in ("books", "games"):
+        np.testing.assert_array_equal(np.load(split / f"{domain}.npy"), np.load(tmp_path / "one" / f"{domain}.npy"))
+        assert (split / f"{domain}.json").read_text() == (tmp_path / "one" / f"{domain}.json").read_text()
+    assert not (split / ".parts").exists() and [s["n_items"] for s in one] == [70, 9]
+    assert all(s["skipped"] for s in merge_folder(data, split, num_tasks=2))
+    with pytest.raises(ValueError, match="task_index 2 is outside 0..1"):
+        embed_folder(data, split, model="hashing", task_index=2, num_tasks=2)
+
+
+def test_merge_before_any_task_names_the_folder(tmp_path):
+    write_items(tmp_path / "data", "books", texts(5, "book"))
+    with pytest.raises(FileNotFoundError, match="no chunks of the current 'books' catalog"):
+        merge_folder(tmp_path / "data", tmp_path / "emb", num_tasks=4)
+
+
+def test_unknown_precision_is_named():
+    with pytest.raises(ValueError, match="precision 'int4': expected one of auto, float32, bfloat16, float16"):
+        make_embedder(precision="int4")
+
+
+def test_fast_path_tracks_the_float32_single_call():
+    """bfloat16 weights and texts dealt to two single-threaded workers: the same vectors as one float32 call (cosine
+    >= 0.99, the bar for replacing existing embeddings), in input order, with the precision recorded."""
+    from recbase.tokenizer.embed import SentenceTransformerEmbedder
+
+    items = [f"Describe a product:\n{{\"title\": \"{w} {k}\", \"categories\": \"{c}\"}}"
+             for k in range(12) for w, c in (("Sanding roll grit", "Industrial"), ("Lipstick shade", "Beauty"),
+                                              ("Hardcover novel volume", "Books"))] + ["Describe a movie: Up (2009)"]
+    reference = SentenceTransformerEmbedder(batch_size=8, precision="float32", workers=1)
+    fast = SentenceTransformerEmbedder(batch_size=8, precision="bfloat16", workers=2)
+    assert fast.settings == {"precision": "bfloat16", "max_seq_length": 256}
+    a, b = reference.encode(items), fast.encode(items)
+    cosine = np.sum(a * b, axis=1)
+    assert cosine.min() >= 0.99, cosine.min()
+    assert (np.argmax(b @ a.T, axis=1) == np.arange(len(items))).all()   # each row is its own text's vector
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_float16_tracks_cpu_float32():
+    import torch
+
+    from recbase.tokenizer.embed import SentenceTransformerEmbedder
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+
+    items = [f"Describe a book:\n{{\"title\": \"Volume {k} of the saga\"}}" for k in range(300)]
+    gpu = SentenceTransformerEmbedder(batch_size=256, device="cuda")
+    assert gpu.settings["precision"] == "float16" and gpu.workers == 1
+    cpu = SentenceTransformerEmbedder(batch_size=64, device="cpu", precision="float32", workers=1)
+    assert np.sum(gpu.encode(items) * cpu.encode(items), axis=1).min() >= 0.99

@@ -13,17 +13,48 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch")
     parser.add_argument("--chunk-size", type=int, default=2048, help="items per resumable chunk")
     parser.add_argument("--domains", help="comma-separated domains (default: all in --data)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="model weights and activations (default auto: float16 on CUDA, bfloat16 on a CPU with "
+                             "bf16 units, else float32); recorded in <domain>.json")
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="CPU threads, each running the model single-threaded (default 0: one per CPU, at "
+                             "most 8; 1 = one model call with torch's own thread count)")
+    parser.add_argument("--task-index", type=int, help="this array task's chunks (default: $SLURM_ARRAY_TASK_ID, "
+                                                       "else 0)")
+    parser.add_argument("--num-tasks", type=int, help="number of array tasks (default: $SLURM_ARRAY_TASK_COUNT, "
+                                                      "else 1)")
+    parser.add_argument("--merge", action="store_true",
+                        help="only join the finished tasks' chunks into <domain>.npy + .json (final array-job step)")
 
 
 def run(args) -> int:
     import logging
+    import os
 
-    from recbase.tokenizer.embed import embed_folder
+    from recbase.tokenizer.embed import embed_folder, merge_folder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     domains = args.domains.split(",") if args.domains else None
-    for s in embed_folder(args.data, args.out, args.model, args.batch_size, args.chunk_size, domains):
+    task = args.task_index if args.task_index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))
+    tasks = args.num_tasks if args.num_tasks is not None else int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
+    if args.merge:
+        for s in merge_folder(args.data, args.out, tasks, domains):
+            state = "up to date" if s["skipped"] else "merged"
+            print(f"[{s['domain']}] {s['n_items']:,} x {s['dim']} ({s['model']}): {state}")
+        print(f"wrote {args.out}/")
+        return 0
+    summaries = embed_folder(args.data, args.out, args.model, args.batch_size, args.chunk_size, domains,
+                             precision=args.precision, device=args.device, workers=args.workers, task_index=task,
+                             num_tasks=tasks)
+    for s in summaries:
         state = "up to date" if s["skipped"] else f"embedded {s['embedded']:,} items"
-        print(f"[{s['domain']}] {s['n_items']:,} x {s['dim']} ({s['model']}): {state}")
-    print(f"wrote {args.out}/")
+        settings = ", ".join(f"{k} {s[k]}" for k in ("precision", "max_seq_length") if k in s)
+        print(f"[{s['domain']}] {s['n_items']:,} x {s['dim']} ({s['model']}{', ' + settings if settings else ''}): "
+              f"{state}")
+    if tasks > 1:
+        print(f"task {task} of {tasks} done in {args.out}/ (the final files are written by --merge once every task "
+              f"has finished)")
+    else:
+        print(f"wrote {args.out}/")
     return 0

