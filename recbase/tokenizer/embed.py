@@ -126,8 +126,11 @@ class SentenceTransformerEmbedder:
         self.settings = {"precision": self.precision, "max_seq_length": int(self.model.max_seq_length)}
 
     def token_counts(self, texts: list[str]) -> np.ndarray:
-        ids = self.model.tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
-        return np.array([len(x) for x in ids])
+        """Tokens per text after truncation, through the model's own preprocessing: that also leaves the fast
+        tokenizer set up as every batch needs it, so the worker threads only read it (a thread that changed its
+        padding while another encodes fails with "Already borrowed")."""
+        preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
+        return preprocess(texts)["attention_mask"].sum(1).numpy()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch
