@@ -33,6 +33,7 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.6", "liger-kernel"],
         "test": ["pytest>=8", "hypothesis"],
+        "onnx": ["onnxruntime>=1.17", "onnx"],   # only for launch/bench/bench_embed.py --onnx (tested with 1.32, 1.23)
     },
     entry_points={"console_scripts": ["recbase=recbase.cli:main"]},
 )

@@ -10,10 +10,12 @@ again), so that a change in the load of a shared machine hits every path alike; 
 - today: ``SentenceTransformer.encode`` in float32, batch 64, torch's own thread count (the path before);
 - then the default's levers added one at a time: batches of texts with about the same token count; those batches
   run by single-threaded worker threads, one per CPU; bfloat16 weights (the default, ``make_embedder()``);
-- with --onnx (needs ``pip install onnxruntime onnx``): the default with the model exported to ONNX, its weights
-  quantised to int8 (dynamic, per channel) and run by ONNX Runtime instead of bfloat16 torch.
+- with --onnx (needs ``pip install -e '.[onnx]'``: onnxruntime, onnx): the default with the model exported to
+  ONNX, its weights quantised to int8 (dynamic, per channel) and run by ONNX Runtime instead of bfloat16 torch.
 
-The token-count columns are the evidence on a token cap: no text of these catalogs reaches the model's own cap
+The padding column is the share of padding tokens in batches of 64 cut from the whole catalog sorted by
+characters (what ``SentenceTransformer.encode`` does) or by tokens (the default path). The token-count columns are
+the evidence on a token cap: no text of these catalogs reaches the model's own cap
 (``max_seq_length``), and few reach 128 tokens, so a lower cap would change vectors for almost no time.
 
 Cosine is between the float16 vectors as stored, each path against today's; a path replaces today's only if the
@@ -85,8 +87,8 @@ class OnnxInt8:
         fp32, int8 = tmp / "model.onnx", tmp / "model.int8.onnx"
         torch.onnx.export(Pooled(st_model[0].auto_model.float()).eval(), tuple(example[n] for n in self.names),
                           str(fp32), dynamo=False, input_names=self.names, output_names=["embedding"],
-                          dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in self.names}, "embedding": {0: "batch"}},
-                          opset_version=17)
+                          dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in self.names},
+                                        "embedding": {0: "batch"}}, opset_version=17)
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
@@ -112,6 +114,13 @@ class OnnxInt8:
         with ThreadPoolExecutor(len(self.sessions)) as pool:
             list(pool.map(encode_batch, batches))
         return out
+
+
+def padding_share(tokens: np.ndarray, order: np.ndarray, batch_size: int = 64) -> float:
+    """Padding as a share of real tokens when batches are cut from ``order``."""
+    padded = sum(tokens[order[i:i + batch_size]].max() * len(order[i:i + batch_size])
+                 for i in range(0, len(order), batch_size))
+    return padded / tokens.sum() - 1
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -149,8 +158,9 @@ def main() -> None:
     print("command: python " + " ".join(sys.argv))
     print(f"model {default.name}, batch 64, max_seq_length {default.settings['max_seq_length']}; "
           f"{args.items} items per domain, {args.rounds} interleaved rounds\n")
-    print("| domain | catalog tokens p50 / p90 / p99 / max | > 128 tokens | path | items/s | × today | cosine mean | cosine min |")
-    print("|---|---|---|---|---:|---:|---:|---:|")
+    print("| domain | catalog tokens p50 / p90 / p99 / max | > 128 tokens | padding, by chars / by tokens | path "
+          "| items/s | × today | cosine mean | cosine min |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|")
     totals = {name: 0.0 for name in paths}
     for domain in DOMAINS:
         catalog = read_texts(data / domain)[1]
@@ -166,15 +176,20 @@ def main() -> None:
                 walls[name].append(time.perf_counter() - start)
         base = len(texts) / statistics.median(walls[next(iter(paths))])
         q = np.percentile(lengths, [50, 90, 99, 100]).astype(int)
+        tokens = np.minimum(lengths, default.settings["max_seq_length"])
+        by_chars = padding_share(tokens, np.argsort([-len(t) for t in catalog], kind="stable"))
+        by_tokens = padding_share(tokens, np.argsort(-tokens, kind="stable"))
         for i, name in enumerate(paths):
             rate = len(texts) / statistics.median(walls[name])
             totals[name] += statistics.median(walls[name])
             c = cosine(vectors[name], vectors[next(iter(paths))])
-            lead = f"| {domain} | {' / '.join(map(str, q))} | {np.mean(lengths > 128):.1%} " if i == 0 else "| | | "
+            lead = (f"| {domain} | {' / '.join(map(str, q))} | {np.mean(lengths > 128):.1%} | {by_chars:.0%} / "
+                    f"{by_tokens:.0%} " if i == 0 else "| | | | ")
             print(f"{lead}| {name} | {rate:.1f} | {rate / base:.2f} | {c.mean():.5f} | {c.min():.5f} |", flush=True)
     n = len(DOMAINS) * args.items
     base = n / totals[next(iter(paths))]
-    print(f"\nall domains: " + "; ".join(f"{name} {n / t:.1f} items/s ({n / t / base:.2f}x)" for name, t in totals.items()))
+    print("\nall domains: " + "; ".join(f"{name} {n / t:.1f} items/s ({n / t / base:.2f}x)"
+                                        for name, t in totals.items()))
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     tmp.cleanup()
 

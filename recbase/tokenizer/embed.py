@@ -96,11 +96,11 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model; ``all-MiniLM-L6-v2`` resolves to the packaged offline copy.
 
     Batches hold texts of about the same token count: ``SentenceTransformer.encode`` groups texts by character
-    count, which on the real item texts left 16-42% of every batch as padding (2-10% by tokens). On CPU the
-    batches go to ``workers`` threads (0 = one per CPU, at most 8), each running the model with one intra-op
-    thread: one call with N OpenMP threads waits at every operator for its slowest thread, which on a shared, busy
-    CPU made it 2-3x slower than one thread alone (docs/benchmarks.md). ``workers=1`` runs the batches in turn
-    with torch's own thread count.
+    count, which on the real item texts pads batches by 16-40% of their real tokens (1-4% by token count). On CPU
+    the batches go to ``workers`` threads (0 = one per CPU, at most 8), each running the model with one intra-op
+    thread: one call with N OpenMP threads waits at every operator for its slowest thread, and on a shared, busy
+    2-core machine two single-threaded workers ran 1.6-3x faster than one two-thread call (docs/tokenizer.md,
+    "Embedding speed"). ``workers=1`` runs the batches in turn with torch's own thread count.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 64, device: str | None = None,
@@ -238,7 +238,8 @@ def embed_items(domain: str, ids: list[str], texts: list[str], out_dir: Path, em
     with tqdm(total=sum(sizes.values()), initial=sum(sizes[c] for c in mine if c not in todo),
               desc=f"embed {domain}", unit="item", disable=not progress) as bar:
         for c in todo:
-            save_npy(chunk_path(parts, c), embedder.encode(texts[c * chunk_size:(c + 1) * chunk_size]).astype(np.float16))
+            vectors = embedder.encode(texts[c * chunk_size:(c + 1) * chunk_size])
+            save_npy(chunk_path(parts, c), vectors.astype(np.float16))
             embedded += sizes[c]
             bar.update(sizes[c])
     elapsed = time.perf_counter() - start
@@ -286,7 +287,8 @@ def merge_domain(domain_dir: Path, out_dir: Path, num_tasks: int) -> dict:
         p, m = min(runs, key=lambda run: len(missing[run[0]]))
         tasks = sorted({chunk_owner(domain, c, num_tasks) for c in missing[p]})
         raise FileNotFoundError(f"{p}: {len(missing[p])} of {n_chunks(m)} chunks missing; task(s) "
-                                f"{', '.join(map(str, tasks))} of {num_tasks} have not finished: rerun them, then merge")
+                                f"{', '.join(map(str, tasks))} of {num_tasks} have not finished: rerun them, "
+                                f"then merge")
     parts, part_meta = complete[0]
     write_merged(out_dir, domain, parts, part_meta)
     return {**part_meta, "domain": domain, "skipped": False}
