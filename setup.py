@@ -29,6 +29,8 @@ setup(
         "matplotlib",
         "tensorboard",
         "accelerate",
+        "fastapi>=0.110",             # recbase serve; tested with 0.165
+        "uvicorn>=0.29",              # tested with 0.54
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6", "liger-kernel"],

@@ -95,11 +95,15 @@ def create_app(rec: Recommender, catalog: Catalog) -> FastAPI:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; ``port=0`` takes a free port (read it back with ``getsockname()``)."""
+    """A listening socket; ``port=0`` takes a free port (read it back with ``getsockname()``).
+
+    It listens at once, so a client that connects before the server loop starts waits in the backlog.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)
     return sock
 
 
