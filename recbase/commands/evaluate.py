@@ -30,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from recbase.config import load_config
     from recbase.eval.job import EvalConfig, evaluate
 
-    configs = Path(__file__).resolve().parents[2] / "launch" / "configs"
-    cfg = load_config(EvalConfig, args.config, args.overrides, search_dirs=[configs])
+    from recbase.presets import preset_dir
+
+    cfg = load_config(EvalConfig, args.config, args.overrides, search_dirs=[preset_dir()])
     cfg.models.update(parse_models(args.model))
     evaluate(cfg)
     print(f"wrote {Path(cfg.out_dir) / 'metrics.json'}, report.md and charts")
