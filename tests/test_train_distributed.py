@@ -230,3 +230,10 @@ def test_finetune_refuses_shards_of_another_tokenizer(runs):
     with pytest.raises(ValueError, match=rf"{other}/manifest.json.*{TOKENIZER_HASH}.*train-test-tokenizer"):
         Trainer(cfg)
     assert not torch.distributed.is_initialized()
+
+
+def test_a_plain_run_prints_no_deepspeed_chatter(runs):
+    log = (runs / "h.log").read_text()
+    for chatter in ("Setting accelerator to CPU", "built successfully", "is deprecated"):
+        assert chatter not in log, chatter
+    assert "[train step" in log
