@@ -37,7 +37,7 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6", "liger-kernel"],
-        "test": ["pytest>=8", "hypothesis"],
+        "test": ["pytest>=8", "hypothesis", "setuptools>=70.1"],   # setuptools: the wheel test builds one
     },
     entry_points={"console_scripts": ["recbase=recbase.cli:main"]},
 )
