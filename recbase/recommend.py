@@ -180,10 +180,7 @@ class Recommender:
         folder = self.cache_dir / "catalogs" / key
         start = time.perf_counter()
         embed_items(name, ids, texts, folder, self._get_embedder(), progress=progress)
-        emb, meta = load_embeddings(folder, name, ids)
-        if meta["model"] != tok.embedder:
-            raise ValueError(f"{folder / (name + '.json')}: embedded with {meta['model']!r}, but the tokenizer "
-                             f"was trained on {tok.embedder!r} embeddings")
+        emb, _ = load_embeddings(folder, name, ids)
         codes = self._codes(folder, name, emb)
         tokens = self.model.vocab.encode_codes(codes)
         trie = CodeTrie.build(codes, ids, self.model.vocab.codebook_size, self.device)

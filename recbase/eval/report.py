@@ -87,7 +87,7 @@ def compact_table(results: dict) -> str:
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in [header] + rows]
     note = (f"bar = {LABELS[BAR]} AUC, the zero-shot bar to clear; chance = 0.5" if bar
-            else "no text-similarity bar in this run (baselines: text_centred); chance = 0.5")
+            else "no text-similarity bar in this run (add text_centred to the baselines); chance = 0.5")
     return "\n".join(lines + [note])
 
 
