@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 
+from recbase.cli import main
 from recbase.presets import CHECKOUT_DIR, preset_dir
 from recbase.vocab import Vocab
 
@@ -24,7 +25,7 @@ def test_checkout_presets_are_launch_configs():
     assert (preset_dir() / "tiny.json").is_file()
 
 
-def test_dry_run_from_another_directory_says_where_the_vocabulary_came_from(tmp_path):
+def test_dry_run_from_another_directory_says_where_the_vocabulary_came_from(tmp_path, monkeypatch, capsys):
     done = _run([str(REPO / "launch" / "pretrain.py"), "--config", "tiny.json",
                  "--dry-run"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -37,13 +38,12 @@ def test_dry_run_from_another_directory_says_where_the_vocabulary_came_from(tmp_
     shards.mkdir()
     vocab = Vocab(levels=4, codebook_size=64)
     (shards / "manifest.json").write_text(json.dumps({"vocab": vocab.to_dict()}))
-    done = _run(["-m", "recbase", "pretrain", "--config", "tiny.json", "--dry-run", "--verbose",
-                 "data.shards=my_shards"], cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert f"vocabulary: {vocab.model_vocab_size} (shard manifest found at my_shards/manifest.json: L=4 K=64)" \
-        in done.stdout
-    assert done.stdout.index("parameters:") < done.stdout.index("resolved config:")
-    assert '"shards": "my_shards"' in done.stdout
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--config", "tiny.json", "--dry-run", "--verbose", "data.shards=my_shards"]) == 0
+    out = capsys.readouterr().out
+    assert f"vocabulary: {vocab.model_vocab_size} (shard manifest found at my_shards/manifest.json: L=4 K=64)" in out
+    assert out.index("parameters:") < out.index("resolved config:")
+    assert '"shards": "my_shards"' in out
 
 
 def test_a_built_wheel_carries_the_presets(tmp_path):
