@@ -140,6 +140,22 @@ def _array_digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+def _read_verified(npy: Path, digest_file: Path) -> np.ndarray | None:
+    """The array in ``npy`` when ``digest_file`` holds its SHA-256; None when either is missing or they differ
+    (logged: the file changed after it was written)."""
+    if not (npy.is_file() and digest_file.is_file()):
+        return None
+    try:
+        array = np.load(npy, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        log.warning("%s: unreadable (%s); computing it again", npy, e)
+        return None
+    if digest_file.read_text(encoding="utf-8").strip() == _array_digest(array):
+        return array
+    log.warning("%s: digest mismatch with %s; computing it again", npy, digest_file.name)
+    return None
+
+
 class Recommender:
     """A model and its tokenizer, loaded once; catalogs are loaded (and cached) per domain."""
 
@@ -179,8 +195,7 @@ class Recommender:
                              .encode()).hexdigest()[:32]
         folder = self.cache_dir / "catalogs" / key
         start = time.perf_counter()
-        embed_items(name, ids, texts, folder, self._get_embedder(), progress=progress)
-        emb, _ = load_embeddings(folder, name, ids)
+        emb = self._embeddings(folder, name, ids, texts, progress)
         codes = self._codes(folder, name, emb)
         tokens = self.model.vocab.encode_codes(codes)
         trie = CodeTrie.build(codes, ids, self.model.vocab.codebook_size, self.device)
@@ -194,21 +209,32 @@ class Recommender:
             self._embedder = make_embedder(self.tokenizer.embedder)
         return self._embedder
 
+    def _embeddings(self, folder: Path, domain: str, ids: list[str], texts: list[str], progress: bool) -> np.ndarray:
+        """The catalog's embeddings from the cache when their digest matches, else embedded (resumably) now; the
+        text encoder is only loaded when something has to be embedded."""
+        npy, digest = folder / f"{domain}.npy", folder / f"{domain}.sha256"
+        emb = _read_verified(npy, digest)
+        if emb is not None and len(emb) == len(ids):
+            return emb
+        for stale in (npy, folder / f"{domain}.json"):
+            stale.unlink(missing_ok=True)
+        embed_items(domain, ids, texts, folder, self._get_embedder(), progress=progress)
+        emb, _ = load_embeddings(folder, domain, ids)
+        atomic_write_text(digest, _array_digest(emb) + "\n")
+        return emb
+
     def _codes(self, folder: Path, domain: str, emb: np.ndarray) -> np.ndarray:
-        """The catalog's codes ``[N, code_width]``, read from the cache when its digest still matches."""
+        """The catalog's codes ``[N, code_width]``, from the cache when their digest matches, else encoded now."""
         tok = self.tokenizer
-        stats = "stored" if domain in tok.domain_stats else "catalog"
-        path = folder / f"codes-{tok.hash[:16]}-{stats}.npy"
-        meta_path = path.with_suffix(".json")
-        if path.exists() and meta_path.exists():
-            codes = np.load(path, allow_pickle=False)
-            if json.loads(meta_path.read_text(encoding="utf-8")).get("sha256") == _array_digest(codes):
-                return codes
-            log.warning("%s: digest mismatch, encoding the catalog again", path)
+        stats = "stored" if domain in tok.domain_stats else "catalog"   # which normalisation statistics
+        npy = folder / f"codes-{tok.hash[:16]}-{stats}.npy"
+        digest = npy.with_suffix(".sha256")
+        codes = _read_verified(npy, digest)
+        if codes is not None and len(codes) == len(emb):
+            return codes
         codes = tok.encode_catalog(emb, tok.stats_for(domain, emb)).astype(np.int64)
-        save_npy(path, codes)
-        atomic_write_text(meta_path, json.dumps({"tokenizer_hash": tok.hash, "domain_stats": stats,
-                                                 "sha256": _array_digest(codes)}) + "\n")
+        save_npy(npy, codes)
+        atomic_write_text(digest, _array_digest(codes) + "\n")
         return codes
 
     # --- recommendation ------------------------------------------------------------------------------------

@@ -94,6 +94,15 @@ def test_second_load_comes_from_the_cache(rec, recommend_world, monkeypatch, cap
     assert np.array_equal(third.tokens, again.tokens)
 
 
+def test_damaged_embeddings_are_embedded_again(rec, recommend_world, caplog):
+    npy = next(p for p in (recommend_world["root"] / "cache").rglob("news.npy"))
+    npy.write_bytes(npy.read_bytes()[:-64])   # truncated
+    with caplog.at_level(logging.WARNING, logger="recbase.recommend"):
+        again = rec.load_catalog(recommend_world["catalog"], progress=False)
+    assert "computing it again" in caplog.text
+    assert np.array_equal(rec.model.vocab.decode_tokens(again.tokens), recommend_world["codes"])
+
+
 def test_changed_texts_are_embedded_again(rec, recommend_world, tmp_path):
     table = pq.read_table(recommend_world["catalog"] / "items.parquet")
     texts = table.column("text").to_pylist()
