@@ -171,6 +171,7 @@ class Recommender:
         self.scorer = CandidateScorer(model.model, model.vocab.levels, model.vocab.bos_id,
                                       batch_tokens=batch_tokens, pad_id=model.vocab.pad_id)
         self._embedder = None
+        self.catalogs: dict[str, Catalog] = {}   # loaded so far, by domain
 
     @classmethod
     def from_pretrained(cls, model: str | Path, tokenizer: str | Path, device: str = "auto", dtype: str = "auto",
@@ -188,7 +189,8 @@ class Recommender:
     # --- catalogs ------------------------------------------------------------------------------------------
     def load_catalog(self, source: str | Path, fmt: str | None = None, domain: str | None = None,
                      progress: bool = True, **reader_options) -> Catalog:
-        """Read, embed (cached) and encode (cached) a catalog; see :func:`read_catalog_table` for ``source``."""
+        """Read, embed (cached) and encode (cached) a catalog, and keep it under its domain name for
+        :meth:`recommend` and :meth:`score`; see :func:`read_catalog_table` for ``source``."""
         name, ids, texts = read_catalog_table(source, fmt, domain, **reader_options)
         tok = self.tokenizer
         key = hashlib.sha256(json.dumps([tok.embedder, item_ids_sha256(ids), item_ids_sha256(texts)])
@@ -202,7 +204,8 @@ class Recommender:
         seen = "its stored" if name in tok.domain_stats else "its own catalog's"
         log.info("catalog %s: %d items from %s, normalised with %s statistics, %d code tuples (%.1fs)", name,
                  len(ids), source, seen, len(trie.prefix_keys[-1]), time.perf_counter() - start)
-        return Catalog(name, str(source), ids, texts, tokens, trie, {i: r for r, i in enumerate(ids)})
+        self.catalogs[name] = Catalog(name, str(source), ids, texts, tokens, trie, {i: r for r, i in enumerate(ids)})
+        return self.catalogs[name]
 
     def _get_embedder(self):
         if self._embedder is None:
@@ -238,34 +241,52 @@ class Recommender:
         return codes
 
     # --- recommendation ------------------------------------------------------------------------------------
-    def history_tokens(self, catalog: Catalog, history: list[str]) -> np.ndarray:
-        """``bos`` then each history item's concept tokens, oldest first."""
-        rows = catalog.rows_of(list(history), "history")
-        return np.concatenate([[self.model.vocab.bos_id], catalog.tokens[rows].reshape(-1)]).astype(np.int64)
+    def catalog(self, name: str | Catalog | None = None) -> Catalog:
+        """A loaded catalog by domain name; ``None`` is the only one loaded."""
+        if isinstance(name, Catalog):
+            return name
+        if name is None:
+            if len(self.catalogs) == 1:
+                return next(iter(self.catalogs.values()))
+            raise ValueError("no catalog loaded yet (load_catalog)" if not self.catalogs else
+                             f"{len(self.catalogs)} catalogs loaded ({', '.join(self.catalogs)}): name one")
+        if name not in self.catalogs:
+            raise ValueError(f"catalog {name!r} is not loaded; loaded: {', '.join(self.catalogs) or '-'}")
+        return self.catalogs[name]
 
-    def recommend(self, catalog: Catalog, history: list[str], k: int = 10,
-                  exclude_history: bool = True) -> list[Recommendation]:
-        """The ``k`` most likely next items after ``history`` (oldest first), best first.
+    def history_tokens(self, history: list[str], catalog: str | Catalog | None = None) -> np.ndarray:
+        """``bos`` then each history item's concept tokens, oldest first."""
+        cat = self.catalog(catalog)
+        rows = cat.rows_of(list(history), "history")
+        return np.concatenate([[self.model.vocab.bos_id], cat.tokens[rows].reshape(-1)]).astype(np.int64)
+
+    def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True,
+                  catalog: str | Catalog | None = None) -> list[Recommendation]:
+        """The ``k`` most likely next items of ``catalog`` after ``history`` (oldest first), best first.
 
         The beam is widened to ``k`` plus the history's distinct items, so excluding what the user already has
         still leaves ``k`` items (fewer only when the catalog is smaller).
         """
         if k < 1:
             raise ValueError("k must be at least 1")
-        tokens = self.history_tokens(catalog, history)
+        cat = self.catalog(catalog)
+        tokens = self.history_tokens(history, cat)
         seen = set(history) if exclude_history else set()
-        retriever = Retriever(self.model.model, catalog.trie, self.model.vocab.n_special, self.model.vocab.bos_id,
+        retriever = Retriever(self.model.model, cat.trie, self.model.vocab.n_special, self.model.vocab.bos_id,
                               beam_width=max(self.beam_width, k + len(seen)), pad_id=self.model.vocab.pad_id)
         found = retriever.retrieve(tokens)
-        out = [Recommendation(i, s, catalog.texts[catalog.row[i]]) for i, s in zip(found.items, found.scores)
+        out = [Recommendation(i, s, cat.texts[cat.row[i]]) for i, s in zip(found.items, found.scores)
                if i not in seen]
         return out[:k]
 
-    def score(self, catalog: Catalog, history: list[str], candidates: list[str]) -> list[Recommendation]:
-        """``candidates`` ranked by their score after ``history``, best first (ties keep the given order)."""
+    def score(self, history: list[str], candidates: list[str],
+              catalog: str | Catalog | None = None) -> list[Recommendation]:
+        """``candidates`` (items of ``catalog``) ranked by their score after ``history``, best first (ties keep
+        the given order)."""
         if not candidates:
             raise ValueError("candidates: the list is empty")
-        rows = catalog.rows_of(list(candidates), "candidates")
-        logp = self.scorer.score_user(self.history_tokens(catalog, history), catalog.tokens[rows]).sum(axis=1)
+        cat = self.catalog(catalog)
+        rows = cat.rows_of(list(candidates), "candidates")
+        logp = self.scorer.score_user(self.history_tokens(history, cat), cat.tokens[rows]).sum(axis=1)
         order = np.argsort(-logp, kind="stable")
-        return [Recommendation(candidates[i], float(logp[i]), catalog.texts[rows[i]]) for i in order]
+        return [Recommendation(candidates[i], float(logp[i]), cat.texts[rows[i]]) for i in order]

@@ -81,14 +81,14 @@ def create_app(rec: Recommender, catalog: Catalog) -> FastAPI:
     def recommend(req: RecommendRequest) -> dict:
         start = time.perf_counter()
         with lock:
-            found = rec.recommend(catalog, req.history, req.k, req.exclude_history)
+            found = rec.recommend(req.history, req.k, req.exclude_history, catalog)
         return {"items": [r.to_dict() for r in found], "took_ms": (time.perf_counter() - start) * 1000}
 
     @app.post("/score")
     def score(req: ScoreRequest) -> dict:
         start = time.perf_counter()
         with lock:
-            found = rec.score(catalog, req.history, req.candidates)
+            found = rec.score(req.history, req.candidates, catalog)
         return {"items": [r.to_dict() for r in found], "took_ms": (time.perf_counter() - start) * 1000}
 
     return app

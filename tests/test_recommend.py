@@ -35,7 +35,7 @@ def test_unseen_catalog_is_encoded_with_its_own_statistics(rec, catalog, recomme
 def test_recommend_returns_the_learned_next_item_first(rec, catalog, recommend_world):
     cycle = recommend_world["cycle"]
     for j in range(len(cycle) - 1):
-        found = rec.recommend(catalog, cycle[:j + 1], k=5)
+        found = rec.recommend(cycle[:j + 1], k=5, catalog=catalog)
         assert found[0].item_id == cycle[j + 1], (j, [r.item_id for r in found])
         assert len(found) == 5 and not set(cycle[:j + 1]) & {r.item_id for r in found}
         scores = [r.score for r in found]
@@ -45,17 +45,17 @@ def test_recommend_returns_the_learned_next_item_first(rec, catalog, recommend_w
 
 def test_recommend_scores_are_the_items_log_probabilities(rec, catalog, recommend_world):
     history = recommend_world["cycle"][:3]
-    found = rec.recommend(catalog, history, k=8)
-    ranked = {r.item_id: r.score for r in rec.score(catalog, history, [r.item_id for r in found])}
+    found = rec.recommend(history, k=8, catalog=catalog)
+    ranked = {r.item_id: r.score for r in rec.score(history, [r.item_id for r in found], catalog=catalog)}
     for r in found:
         assert r.score == pytest.approx(ranked[r.item_id], abs=1e-4)
 
 
 def test_score_matches_one_forward_per_candidate(rec, catalog, recommend_world):
     history, candidates = recommend_world["cycle"][:2], recommend_world["ids"][20:32]
-    ranked = rec.score(catalog, history, candidates)
+    ranked = rec.score(history, candidates, catalog=catalog)
     assert sorted(r.item_id for r in ranked) == sorted(candidates)
-    naive = candidate_token_logprobs_naive(rec.model.model, torch.as_tensor(rec.history_tokens(catalog, history)),
+    naive = candidate_token_logprobs_naive(rec.model.model, torch.as_tensor(rec.history_tokens(history, catalog)),
                                            torch.as_tensor(catalog.tokens[catalog.rows_of(candidates, "c")]))
     expected = dict(zip(candidates, naive.sum(1).tolist()))
     for r in ranked:
@@ -64,15 +64,15 @@ def test_score_matches_one_forward_per_candidate(rec, catalog, recommend_world):
 
 
 def test_history_items_can_be_included(rec, catalog, recommend_world):
-    ids = [r.item_id for r in rec.recommend(catalog, recommend_world["cycle"][:1], k=60, exclude_history=False)]
+    ids = [r.item_id for r in rec.recommend(recommend_world["cycle"][:1], k=60, exclude_history=False, catalog=catalog)]
     assert recommend_world["cycle"][0] in ids and len(ids) == len(set(ids))
 
 
 def test_unknown_items_are_named(rec, catalog):
     with pytest.raises(UnknownItems, match=r"history: 1 item id\(s\) not in catalog 'news': 'nope'"):
-        rec.recommend(catalog, ["nope"])
+        rec.recommend(["nope"], catalog=catalog)
     with pytest.raises(UnknownItems, match="candidates: .*'x1', 'x2'"):
-        rec.score(catalog, [], ["x1", "x2"])
+        rec.score([], ["x1", "x2"], catalog=catalog)
 
 
 def test_second_load_comes_from_the_cache(rec, recommend_world, monkeypatch, caplog):
@@ -183,3 +183,21 @@ def test_python_m_recbase_is_the_recbase_command():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: recbase recommend")
+
+
+def test_catalogs_are_chosen_by_name(rec, catalog, recommend_world):
+    movies = rec.load_catalog(recommend_world["data"] / "movies", progress=False)   # a training domain
+    assert np.array_equal(rec.model.vocab.decode_tokens(movies.tokens),
+                          rec.tokenizer.encode_catalog(*_movies_embeddings_and_stats(rec, recommend_world)))
+    with pytest.raises(ValueError, match=r"2 catalogs loaded \(news, movies\): name one"):
+        rec.recommend(recommend_world["cycle"][:1])
+    assert rec.catalog("movies") is movies and rec.catalog("news").domain == "news"
+    found = rec.recommend(movies.item_ids[:2], k=3, catalog="movies")
+    assert len(found) == 3 and all(r.item_id in movies.row for r in found)
+
+
+def _movies_embeddings_and_stats(rec, world):
+    from recbase.tokenizer.embed import load_embeddings
+
+    emb, _ = load_embeddings(world["root"] / "embeddings", "movies")
+    return emb, rec.tokenizer.domain_stats["movies"]   # the statistics stored at training, not recomputed

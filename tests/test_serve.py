@@ -49,7 +49,7 @@ def test_recommend_and_score_answer_what_the_library_answers(url, loaded, recomm
     with caplog.at_level(logging.INFO, logger="recbase.serve"):
         status, body = call(f"{url}/recommend", {"history": history, "k": 5})
     assert status == 200, body
-    expected = rec.recommend(catalog, history, 5)
+    expected = rec.recommend(history, 5, catalog=catalog)
     assert [r["item_id"] for r in body["items"]] == [r.item_id for r in expected]
     assert body["items"][0]["item_id"] == recommend_world["cycle"][3]
     assert body["items"][0]["text"] == expected[0].text and body["took_ms"] > 0
@@ -59,7 +59,7 @@ def test_recommend_and_score_answer_what_the_library_answers(url, loaded, recomm
     status, body = call(f"{url}/score", {"history": history, "candidates": candidates})
     assert status == 200, body
     assert body["items"][0]["item_id"] == recommend_world["cycle"][3]
-    assert [r["item_id"] for r in body["items"]] == [r.item_id for r in rec.score(catalog, history, candidates)]
+    assert [r["item_id"] for r in body["items"]] == [r.item_id for r in rec.score(history, candidates, catalog=catalog)]
 
 
 @pytest.mark.parametrize("path, body, field", [

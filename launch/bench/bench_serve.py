@@ -120,9 +120,9 @@ def main() -> int:
           f"{args.history_items} items from {len(histories)} real users, k={args.k}, {args.candidates} candidates "
           f"per /score, {args.requests} requests per line")
     direct = {"recommend": measure("in-process recommend (baseline)",
-                                   lambda b: rec.recommend(catalog, b["history"], b["k"]), rec_bodies, 1),
+                                   lambda b: rec.recommend(b["history"], b["k"]), rec_bodies, 1),
               "score": measure("in-process score (baseline)",
-                               lambda b: rec.score(catalog, b["history"], b["candidates"]), score_bodies, 1)}
+                               lambda b: rec.score(b["history"], b["candidates"]), score_bodies, 1)}
     proc, base = start_server(args)
     try:
         measure("GET /health (HTTP alone)", get(f"{base}/health", args.timeout), [None] * args.requests, 1)

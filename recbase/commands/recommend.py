@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
         history = user_history(args.catalog, args.user) if args.user else args.history
         start = time.perf_counter()
         if args.candidates:
-            found = rec.score(catalog, history, args.candidates)
+            found = rec.score(history, args.candidates, catalog)
         else:
-            found = rec.recommend(catalog, history, args.k, exclude_history=not args.include_history)
+            found = rec.recommend(history, args.k, not args.include_history, catalog)
         seconds = time.perf_counter() - start
     except user_errors() as e:
         print(f"error: {e}")
