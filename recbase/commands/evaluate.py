@@ -30,7 +30,6 @@ def run(args: argparse.Namespace) -> int:
     from recbase.config import load_config
     from recbase.eval.job import EvalConfig, evaluate
     from recbase.eval.report import compact_table
-
     from recbase.presets import preset_dir
 
     cfg = load_config(EvalConfig, args.config, args.overrides, search_dirs=[preset_dir()])
