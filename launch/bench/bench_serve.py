@@ -6,8 +6,11 @@ against the same calls made in-process (no HTTP) in the same run, and GET /healt
 
 The server is the real command (``python -m recbase serve --port 0``) in its own process; the clients are threads
 of this one, each on its own connection per request (urllib). Histories are the last ``--history-items`` items of
-the catalog's real users (``interactions.parquet`` beside the items), cycled. Bounded: ``--requests`` calls per
-measurement, a ``--timeout`` per call, and the server is stopped at the end (or on any failure).
+the catalog's real users (``interactions.parquet`` beside the items), cycled. Every line runs once per round on
+its slice of the requests, the lines interleaved, so that a change in the machine's load between lines does not
+become a ratio; the HTTP/in-process ratio printed is the median over rounds of the same round's rates.
+Bounded: ``--requests`` calls per line, a ``--timeout`` per call, and the server is stopped at the end (or on any
+failure).
 """
 from __future__ import annotations
 
@@ -36,21 +39,36 @@ def percentiles(ms: list[float]) -> str:
     return f"p50 {np.percentile(a, 50):7.1f} ms  p99 {np.percentile(a, 99):7.1f} ms"
 
 
-def measure(name: str, call, payloads: list, concurrency: int) -> float:
-    """Run ``call(payload)`` for every payload on ``concurrency`` threads; prints and returns requests/s."""
+def run_calls(call, payloads: list, concurrency: int) -> tuple[float, list[float]]:
+    """Run ``call(payload)`` for every payload on ``concurrency`` threads: (wall seconds, latency ms per call)."""
     def timed(p):
         t0 = time.perf_counter()
         call(p)
         return (time.perf_counter() - t0) * 1000
 
-    call(payloads[0])   # warm-up, not timed
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         ms = list(pool.map(timed, payloads))
-    wall = time.perf_counter() - start
-    rate = len(payloads) / wall
-    print(f"{name:<38} {len(payloads):>5} req  {rate:8.1f} req/s  {percentiles(ms)}", flush=True)
-    return rate
+    return time.perf_counter() - start, ms
+
+
+def measure_interleaved(plan: dict, rounds: int) -> dict[str, dict]:
+    """Every line of ``plan`` (name -> (call, payloads, concurrency)) once per round, on that round's slice of its
+    payloads, so that a change of machine load hits every line alike. Per line: requests, wall, latencies and
+    the rate of each round."""
+    out = {name: {"n": 0, "wall": 0.0, "ms": [], "rates": []} for name in plan}
+    for call, payloads, _ in plan.values():
+        call(payloads[0])   # warm-up, not timed
+    for r in range(rounds):
+        for name, (call, payloads, concurrency) in plan.items():
+            part = payloads[r::rounds]
+            wall, ms = run_calls(call, part, concurrency)
+            acc = out[name]
+            acc["n"] += len(part)
+            acc["wall"] += wall
+            acc["ms"] += ms
+            acc["rates"].append(len(part) / wall)
+    return out
 
 
 def post(url: str, timeout: float):
@@ -93,7 +111,8 @@ def main() -> int:
     p.add_argument("--tokenizer", default="demo_out/tokenizer")
     p.add_argument("--catalog", default="demo_out/data/news")
     p.add_argument("--cache-dir", help="catalog cache (default: recbase's)")
-    p.add_argument("--requests", type=int, default=200, help="calls per measurement")
+    p.add_argument("--requests", type=int, default=200, help="calls per line, split over the rounds")
+    p.add_argument("--rounds", type=int, default=5, help="every line runs once per round, interleaved")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4], help="client threads")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--candidates", type=int, default=20, help="candidates per /score call")
@@ -118,21 +137,28 @@ def main() -> int:
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, torch threads {__import__('torch').get_num_threads()}")
     print(f"# model {args.model}, catalog {catalog.domain} ({len(catalog):,} items), histories of "
           f"{args.history_items} items from {len(histories)} real users, k={args.k}, {args.candidates} candidates "
-          f"per /score, {args.requests} requests per line")
-    direct = {"recommend": measure("in-process recommend (baseline)",
-                                   lambda b: rec.recommend(b["history"], b["k"]), rec_bodies, 1),
-              "score": measure("in-process score (baseline)",
-                               lambda b: rec.score(b["history"], b["candidates"]), score_bodies, 1)}
+          f"per /score, {args.requests} requests per line in {args.rounds} interleaved rounds")
     proc, base = start_server(args)
     try:
-        measure("GET /health (HTTP alone)", get(f"{base}/health", args.timeout), [None] * args.requests, 1)
+        plan = {"in-process recommend (baseline)": (lambda b: rec.recommend(b["history"], b["k"]), rec_bodies, 1),
+                "in-process score (baseline)": (lambda b: rec.score(b["history"], b["candidates"]), score_bodies, 1),
+                "GET /health (HTTP alone)": (get(f"{base}/health", args.timeout), [None] * args.requests, 1)}
+        baseline_of = {}
         for c in args.concurrency:
             for path, bodies in (("recommend", rec_bodies), ("score", score_bodies)):
-                rate = measure(f"POST /{path}, {c} client(s)", post(f"{base}/{path}", args.timeout), bodies, c)
-                print(f"{'':<38} = {rate / direct[path]:.2f}x the in-process rate")
+                name = f"POST /{path}, {c} client(s)"
+                plan[name] = (post(f"{base}/{path}", args.timeout), bodies, c)
+                baseline_of[name] = f"in-process {path} (baseline)"
+        results = measure_interleaved(plan, args.rounds)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    for name, r in results.items():
+        line = (f"{name:<34} {r['n']:>5} req  {r['n'] / r['wall']:8.1f} req/s  {percentiles(r['ms'])}")
+        if name in baseline_of:   # the median over rounds of this round's rate over the baseline's same round
+            ratios = np.asarray(r["rates"]) / np.asarray(results[baseline_of[name]]["rates"])
+            line += f"  {np.median(ratios):.2f}x in-process (rounds {ratios.min():.2f}-{ratios.max():.2f}x)"
+        print(line)
     return 0
 
 
