@@ -14,6 +14,10 @@ members carry fixed mtimes, owners and modes. A task of a multi-machine build (`
 takes the users whose unseeded stable hash falls in its slice and names its shards ``<split>-t<task>-<n>.tar``,
 so tasks never clash. Shards are written under a temporary name and renamed, so a rerun skips the shards that
 exist and rebuilds only the missing ones.
+
+Only the builder reads Parquet: pyarrow and the tables module are imported where the inputs are read, so the
+trainer's read side (``decode_block``, ``read_manifest``) and :func:`write_sequence_shards` run on a machine
+without them (a bare GPU machine, see docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -30,13 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from recbase.config import to_dict
-from recbase.data.tables import INTERACTIONS_FILE, list_domains, read_interactions
 from recbase.io import atomic_path, atomic_write_text
 from recbase.vocab import Vocab
 
@@ -99,6 +99,10 @@ class Codes:
 
 def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     """Read ``codes.parquet``; the vocabulary's K comes from ``codebook_size`` or the file's metadata."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: codes file not found (run `recbase tokenizer encode` first)")
@@ -155,6 +159,11 @@ class DomainSequences:
 
 def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
     """Map a domain's interactions to item tokens; interactions of items without codes are skipped and counted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from recbase.data.tables import read_interactions
+
     domain = domain_dir.name
     if domain not in codes.by_domain:
         raise ValueError(f"{domain_dir}: domain '{domain}' has no rows in the codes file")
@@ -453,12 +462,12 @@ def build_shards(cfg: ShardConfig) -> Path:
 
     Returns the shard folder ``<out_dir>/<name>``.
     """
-    global _WORK
+    from recbase.data.tables import INTERACTIONS_FILE
+
     if not 0 <= cfg.task_index < cfg.num_tasks:
         raise ValueError(f"task_index {cfg.task_index} is outside 0..{cfg.num_tasks - 1}")
     if cfg.holdout < 0:
         raise ValueError(f"holdout must be >= 0, got {cfg.holdout}")
-    t0 = time.perf_counter()
     codes = read_codes(cfg.codes_path, cfg.codebook_size)
     pretrain_dirs, heldout_dirs = select_domains(cfg)
     root = Path(cfg.out_dir) / cfg.name
@@ -466,16 +475,34 @@ def build_shards(cfg: ShardConfig) -> Path:
     _check_stamp(root, cfg, codes.tokenizer_hash, [Path(cfg.codes_path)] + [
         d / name for d in pretrain_dirs + heldout_dirs for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE)
         if (d / name).exists()])
-
     seqs = [load_domain(d, codes) for d in tqdm(pretrain_dirs, desc="read domains", unit="domain")]
+
+    def eval_sets() -> dict:
+        from recbase.data.evalsets import build_eval_set
+
+        return {d.name: build_eval_set(d, codes, root / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed)
+                for d in heldout_dirs}
+
+    return write_sequence_shards(cfg, codes.vocab, codes.tokenizer_hash, seqs, eval_sets)
+
+
+def write_sequence_shards(cfg: ShardConfig, vocab: Vocab, tokenizer_hash: str, seqs: list[DomainSequences],
+                          eval_sets=dict) -> Path:
+    """Lay out, write and describe the shards of ``seqs`` under ``<out_dir>/<name>``: everything the builder
+    does after reading its inputs. ``eval_sets()`` (task 0 only) builds the held-out domains' eval sets once the
+    shards are written and returns their manifest entries."""
+    global _WORK
+    t0 = time.perf_counter()
+    root = Path(cfg.out_dir) / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
     skipped: Counter = Counter()
     for s in seqs:
         skipped.update({f"{s.domain}: {k}": v for k, v in s.skipped.items()})
     hashes = user_hashes(seqs, cfg.seed)
-    splits = {sp: layout_split(sp, seqs, hashes, cfg, codes.vocab.levels, skipped)
+    splits = {sp: layout_split(sp, seqs, hashes, cfg, vocab.levels, skipped)
               for sp in (SPLITS if cfg.holdout else SPLITS[:1])}
-    item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, codes.vocab.levels), token_dtype(codes.vocab))
-    _WORK = _Work(cfg, codes.vocab, item_tokens, [s.domain for s in seqs], splits, root)
+    item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, vocab.levels), token_dtype(vocab))
+    _WORK = _Work(cfg, vocab, item_tokens, [s.domain for s in seqs], splits, root)
 
     jobs = [(sp, s) for sp, su in splits.items() for s in range(int(su.shard.max()) + 1 if len(su.shard) else 0)]
     todo = [j for j in jobs if not (root / j[0] / shard_name(j[0], cfg.task_index, j[1])).exists()]
@@ -488,33 +515,28 @@ def build_shards(cfg: ShardConfig) -> Path:
     finally:
         _WORK = None
 
-    eval_sets = {}
-    if cfg.task_index == 0:
-        from recbase.data.evalsets import build_eval_set
-
-        for d in heldout_dirs:
-            eval_sets[d.name] = build_eval_set(d, codes, root / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed)
-
     shards, domains = [], {}
     for sp, su in splits.items():
         sh, dm = _split_stats(su, seqs, root, cfg.task_index)
         shards += sh
         for name, stats in dm.items():
             domains.setdefault(name, {})[sp] = stats
-    elapsed = time.perf_counter() - t0
-    task = {"task_index": cfg.task_index, "num_tasks": cfg.num_tasks, "tokenizer_hash": codes.tokenizer_hash,
-            "vocab": codes.vocab.to_dict(), "token_dtype": token_dtype(codes.vocab).name, "shards": shards,
-            "domains": domains, "eval_sets": eval_sets, "skipped": dict(sorted(skipped.items())),
-            "config": to_dict(cfg)}
+    task = {"task_index": cfg.task_index, "num_tasks": cfg.num_tasks, "tokenizer_hash": tokenizer_hash,
+            "vocab": vocab.to_dict(), "token_dtype": token_dtype(vocab).name, "shards": shards,
+            "domains": domains, "eval_sets": eval_sets() if cfg.task_index == 0 else {},
+            "skipped": dict(sorted(skipped.items())), "config": to_dict(cfg)}
     atomic_write_text(root / TASK_DIR / f"task-{cfg.task_index:03d}.json", json.dumps(task, indent=2) + "\n")
-    log.info("task %d: wrote %s tokens in %.1fs (%.0f tokens/s including reading)", cfg.task_index,
-             f"{n_tokens:,}", elapsed, n_tokens / max(elapsed, 1e-9))
+    elapsed = time.perf_counter() - t0
+    log.info("task %d: wrote %s tokens in %.1fs (%.0f tokens/s)", cfg.task_index, f"{n_tokens:,}", elapsed,
+             n_tokens / max(elapsed, 1e-9))
     merge_manifests(root, cfg.num_tasks, missing_ok=True)
     return root
 
 
 def select_domains(cfg: ShardConfig) -> tuple[list[Path], list[Path]]:
     """The pretraining and held-out domain folders named by the config (all non-held-out ones by default)."""
+    from recbase.data.tables import list_domains
+
     found = {p.name: p for p in list_domains(cfg.data_dir)} if Path(cfg.data_dir).is_dir() else {}
     if not found:
         raise FileNotFoundError(f"{cfg.data_dir}: no domain folders with items.parquet and interactions.parquet")

@@ -26,7 +26,8 @@ class ModelConfig:
     tie_word_embeddings: bool = True         # share the input embedding and the output projection
     init_std: float = 0.02                   # std of the normal init of every weight matrix
     vocab_size: int | None = None            # None = Vocab.model_vocab_size of the shard manifest
-    attention: str = "auto"                  # auto | sdpa | eager | flash_attention_2 (auto: FA2 on CUDA if importable)
+    attention: str = "auto"                  # auto | sdpa | eager | flex_attention | flash_attention_2 (auto: FA2 on
+                                             # CUDA if importable, else flex_attention on CUDA, sdpa on CPU)
     attention_pattern: str = "causal"        # causal | hybrid (RecGPT: bidirectional inside an item, causal across)
     activation_checkpointing: bool = False   # recompute each layer in backward to save activation memory
     fused_linear_ce: bool = False            # kernels.fused_linear_ce instead of materialising the logits
@@ -112,8 +113,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Reject combinations that cannot run, naming the keys."""
         m, d, ds = self.model, self.data, self.deepspeed
-        if m.attention not in ("auto", "sdpa", "eager", "flash_attention_2"):
-            raise ConfigError(f"model.attention: {m.attention!r} is not auto | sdpa | eager | flash_attention_2")
+        if m.attention not in ("auto", "sdpa", "eager", "flex_attention", "flash_attention_2"):
+            raise ConfigError(f"model.attention: {m.attention!r} is not auto | sdpa | eager | flex_attention | "
+                              "flash_attention_2")
         if m.attention_pattern not in ("causal", "hybrid"):
             raise ConfigError(f"model.attention_pattern: {m.attention_pattern!r} is not causal | hybrid")
         if m.hidden_size % m.num_heads:

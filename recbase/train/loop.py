@@ -102,7 +102,7 @@ class Trainer:
         if vocab_size < self.vocab.n_tokens:
             raise ValueError(f"model.vocab_size={vocab_size} is smaller than the {self.vocab.n_tokens} token ids "
                              f"of the shard vocabulary ({cfg.data.shards}/manifest.json)")
-        attention = resolve_attention(cfg.model.attention, rt.device.type)
+        attention = resolve_attention(cfg.model.attention, rt.device.type, cfg.model.attention_pattern)
         self.hf_config = qwen2_config(cfg.model, vocab_size, attention, pad_token_id=self.vocab.pad_id)
         self.size = model_size(self.hf_config)
         self.ds_config = ds.deepspeed_config(cfg, rt, cfg.model.hidden_size)
