@@ -60,20 +60,33 @@ def test_cpu_smoke_records_what_each_section_measured(smoke):
     assert report["shards"]["totals"]["train"]["users"] == 300
 
 
-def test_a_failing_section_records_its_error(tmp_path):
-    """FlexAttention cannot train on CPU: the section's process fails, and its record says why."""
+class SmokeArgs:
+    cpu_smoke = True
+
+
+@pytest.fixture
+def suite_dir(tmp_path):
     suite = load_suite()
     (tmp_path / "logs").mkdir()
     (tmp_path / "sections").mkdir()
     suite.make_shards(tmp_path, suite.SMOKE)
+    return suite, tmp_path
 
-    class Args:
-        cpu_smoke = True
 
-    record = suite.run_child("pretrain-0.3b-flex_attention-z3", Args, {"size": "0.3b", "attention": "flex_attention",
-                                                                         "stage": 3}, 120, tmp_path)
+def test_a_failing_section_records_its_error(suite_dir):
+    """FlexAttention cannot train on CPU: the section's process fails, and its record says why."""
+    suite, out = suite_dir
+    record = suite.run_child("pretrain-0.3b-flex_attention-z3", SmokeArgs,
+                             {"size": "0.3b", "attention": "flex_attention", "stage": 3}, 120, out)
     assert record["status"] == "error"
     assert "model.attention=flex_attention needs a CUDA device" in record["error"], record["error"]
+
+
+def test_a_section_past_its_time_limit_is_stopped(suite_dir):
+    suite, out = suite_dir
+    record = suite.run_child("evaluation", SmokeArgs, {}, 2, out)
+    assert record["status"] == "error" and record["error"].startswith("timed out after 2 s")
+    assert record["seconds"] < 30
 
 
 def test_budget_spent_sections_are_reported_not_run(tmp_path):

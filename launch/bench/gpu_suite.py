@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -352,10 +353,14 @@ def run_child(name: str, args, kwargs: dict, timeout: float, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     with open(out / "logs" / f"{name}.log", "w") as log:
+        # its own process group, so a timeout also ends what it started (loader workers, pytest)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, env=env)
-            status = None if proc.returncode == 0 else f"exit code {proc.returncode}"
+            code = proc.wait(timeout=timeout)
+            status = None if code == 0 else f"exit code {code}"
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             status = f"timed out after {timeout:.0f} s"
     seconds = time.perf_counter() - start
     if result_file.exists():
