@@ -3,8 +3,8 @@ SDPA dense-mask forward, and (on a GPU) its packed gradients equal those of the 
 
 On CPU PyTorch runs FlexAttention forward only, and Hugging Face's ``torch.compile`` of it takes ~45 s on this
 machine, so the CPU forward test swaps that compile wrapper for the plain ``flex_attention`` call (PyTorch's
-unfused path: the same ``BlockMask`` and mask function, scores materialised). The compiled kernel and its backward
-run in the ``gpu`` test.
+unfused path: the same ``BlockMask`` and mask function, scores materialised). The compiled forward runs in a
+``slow`` test, the compiled kernel's backward in the ``gpu`` test.
 """
 from __future__ import annotations
 
@@ -121,6 +121,28 @@ def test_flex_forward_equals_sdpa_dense_mask_forward(pattern, uncompiled_flex):
     torch.testing.assert_close(h_flex, h_ref, atol=1e-5, rtol=1e-5)
     assert int(n_flex) == int(n_ref) > 0
     assert loss_flex.item() == pytest.approx(loss_ref.item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_flex_forward_compiles_once_for_every_packing():
+    """Hugging Face's compiled FlexAttention (as on a GPU, here the CPU forward: ~45 s to compile) on three
+    batches packed differently: each equals SDPA, and a new batch's BlockMask (a new mask function over new
+    segments) reuses the one compiled graph instead of recompiling every step."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    flex = build_model(qwen2_config(TINY, VOCAB.model_vocab_size, "flex_attention"), seed=3).eval()
+    sdpa = build_model(qwen2_config(TINY, VOCAB.model_vocab_size, "sdpa"), seed=3).eval()
+    for seed in range(3):
+        lengths = np.random.default_rng(seed).integers(1, 30, size=12).tolist()
+        _, batch = _batch(lengths, seq_len=256, rows=4)
+        args = [batch[k] for k in ("input_ids", "labels", "position_ids", "cu_seqlens")]
+        with torch.no_grad():
+            got, _ = TokenLossModel(flex, "flex_attention", levels=VOCAB.levels)(*args)
+            want, _ = TokenLossModel(sdpa, "sdpa", levels=VOCAB.levels)(*args)
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_auto_never_needs_flash_attn(monkeypatch):
