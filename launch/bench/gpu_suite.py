@@ -348,9 +348,10 @@ def run_child(name: str, args, kwargs: dict, timeout: float, out: Path) -> dict:
     result_file = out / "sections" / f"{name}.json"
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--out", str(out), "--section", name, "--section-args", json.dumps(kwargs)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     if args.cpu_smoke:
         cmd.append("--cpu-smoke")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        env["OMP_NUM_THREADS"] = "1"   # tiny models: a second intra-op thread only adds spin-waiting
     start = time.perf_counter()
     with open(out / "logs" / f"{name}.log", "w") as log:
         # its own process group, so a timeout also ends what it started (loader workers, pytest)
