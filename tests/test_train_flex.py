@@ -165,15 +165,15 @@ def test_auto_never_needs_flash_attn(monkeypatch):
 @pytest.mark.parametrize("attention, pattern", [("flex_attention", "causal"), ("flex_attention", "hybrid"),
                                                 ("flash_attention_2", "causal")])
 def test_packed_gradients_equal_one_user_at_a_time_on_gpu(attention, pattern):
-    """Fused FlexAttention (compiled) and FA2 varlen on packed rows against the same users one at a time
-    (causal: plain SDPA without a mask on each user; hybrid: the dense hybrid mask of that user alone), fp32."""
+    """Compiled FlexAttention (fp32) and FA2 varlen (bf16: FA2 has no fp32) on packed rows against the same
+    users one at a time through SDPA with the dense mask of that user alone: loss, label count, gradients."""
     if attention == "flash_attention_2":
         pytest.importorskip("flash_attn")
     users, batch = _batch()
     dev = torch.device("cuda")
     lm = build_model(qwen2_config(TINY, VOCAB.model_vocab_size, attention), seed=3).to(dev)
     ref_lm = build_model(qwen2_config(TINY, VOCAB.model_vocab_size, "sdpa"), seed=3).to(dev)
-    if attention == "flash_attention_2":   # FA2 runs in half precision only
+    if attention == "flash_attention_2":
         lm, ref_lm = lm.to(torch.bfloat16), ref_lm.to(torch.bfloat16)
     packed = TokenLossModel(lm, attention, pattern, VOCAB.levels)
     loss, n = packed(*(batch[k].to(dev) for k in ("input_ids", "labels", "position_ids", "cu_seqlens")))
