@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,6 +309,7 @@ def make_shards(out: Path, shapes: Shapes) -> dict:
     from recbase.vocab import Vocab
 
     start = time.perf_counter()
+    shutil.rmtree(out / "shards", ignore_errors=True)   # a rerun into DIR may use other shapes: never mix them
     root = write_synthetic_shards(out / "shards", "synthetic", Vocab(levels=4, codebook_size=shapes.codebook_size),
                                   n_users=shapes.users)
     manifest = json.loads((root / "manifest.json").read_text())
