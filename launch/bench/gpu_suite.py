@@ -19,7 +19,7 @@ attention backends, the 1.5B model and the other ZeRO stages):
   naive one-forward-per-pair scorer on a slice; catalog retrieval users/s, beside one user per call.
 
 Every section runs in its own process with its own time limit: a section that fails or hangs records its error
-and the suite goes on, and each starts with an empty GPU. The shards are synthetic users of realistic shape
+and the suite goes on, and the memory of one section is freed before the next. The shards are synthetic users of realistic shape
 (``recbase.data.synthetic_shards``), written here, so nothing but the code and the wheels of
 ``launch/bench/gpu_wheels.sh`` needs to reach the machine. Results: ``DIR/gpu_suite.json`` and
 ``DIR/gpu_suite.md``; each section's log under ``DIR/logs/``.
