@@ -18,9 +18,9 @@ attention backends, the 1.5B model and the other ZeRO stages):
 - ``evaluation``: 20,000 (user, candidate) pairs scored by the 0.3B model in bf16 fast mode, seconds, beside the
   naive one-forward-per-pair scorer on a slice; catalog retrieval users/s, beside one user per call.
 
-Every section runs in its own process with its own time limit: a section that fails or hangs records its error
-and the suite goes on, and the memory of one section is freed before the next. The shards are synthetic users of realistic shape
-(``recbase.data.synthetic_shards``), written here, so nothing but the code and the wheels of
+Every section runs in its own process with its own time limit: a section that fails or hangs records its error and
+the suite goes on, and the memory of one section is freed before the next. The shards are synthetic users of
+realistic shape (``recbase.data.synthetic_shards``), written here, so nothing but the code and the wheels of
 ``launch/bench/gpu_wheels.sh`` needs to reach the machine. Results: ``DIR/gpu_suite.json`` and
 ``DIR/gpu_suite.md``; each section's log under ``DIR/logs/``.
 """
@@ -427,7 +427,8 @@ def summary_line(name: str, record: dict) -> str:
         rb, rs = r["retrieval_batched"], r["retrieval_single"]
         return (f"{r['parameters'] / 1e6:,.1f}M params, {r['dtype']}: {f['pairs']:,} pairs in {f['seconds']:.2f} s "
                 f"({_fmt(f['pairs_per_s'])} pairs/s, fast); naive on {n['pairs']} pairs: {_fmt(n['pairs_per_s'])} "
-                f"pairs/s ({r['speedup_fast_vs_naive']:.1f}x); max |fast - naive| log P {r['fast_vs_naive_max_abs_diff']:.2e}; "
+                f"pairs/s ({r['speedup_fast_vs_naive']:.1f}x); max |fast - naive| log P "
+                f"{r['fast_vs_naive_max_abs_diff']:.2e}; "
                 f"retrieval (catalog {rb['catalog']:,}, beam 20): {rb['users_per_s']:,.1f} users/s batched "
                 f"({rb['batch_users']} per forward) vs {rs['users_per_s']:,.1f} one per call "
                 f"({r['speedup_retrieval_batched_vs_single']:.1f}x)")
