@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from recbase.data.loader import make_batch, pack_rows
 from recbase.train.config import ModelConfig

@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -39,6 +40,9 @@ from tqdm import tqdm
 from recbase.config import to_dict
 from recbase.io import atomic_path, atomic_write_text
 from recbase.vocab import Vocab
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
