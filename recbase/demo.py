@@ -153,7 +153,10 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     _done(t0, f"report in {out / 'eval'}")
 
     _stage("8/8 the table")
-    print((out / "eval" / "report.md").read_text(encoding="utf-8"))
+    from recbase.eval.report import compact_table
+
+    print(compact_table(results))
+    print(f"(every metric, baseline and the retrieval table: {out / 'eval' / 'report.md'})")
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s; everything is under {out}/")
     (out / "summary.json").write_text(json.dumps({"seconds": time.perf_counter() - t_start,
                                                   "overall": results.get("overall")}, indent=2) + "\n")

@@ -168,3 +168,30 @@ def test_history_items_match_the_eval_set_builder(world, tmp_path):
     books = results["domains"]["books"]
     assert books["users"] == 12 and books["pairs"] == 12 * 8
     assert books["history_items_unverified"] == 0
+
+
+def test_terminal_table_is_compact_and_charts_mark_bar_and_chance(world, tmp_path, capsys):
+    from recbase.eval.report import chance_retrieval, reference_lines
+
+    rc = main(["evaluate", "--model", f"zero_shot={world['model']}", "--model", f"finetuned={world['model2']}",
+               f"eval_dir={world['eval_dir']}", f"data_dir={world['data_dir']}", f"codes={world['codes']}",
+               f"embeddings_dir={world['embeddings_dir']}", f"out_dir={tmp_path}", "beam_width=8"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    table = out[out.index("domain  "):].splitlines()
+    assert table[0].split() == ["domain", "model", "AUC", "bar", "model", "−", "bar"]
+    assert max(len(line) for line in table[:5]) <= 80
+    books = metrics["domains"]["books"]
+    bar = books["baselines"]["text_centred"]["auc"]
+    row = table[1].split()
+    assert row[:2] == ["books", "zero_shot"] and float(row[3]) == pytest.approx(bar, abs=1e-4)
+    assert float(row[4]) == pytest.approx(books["models"]["zero_shot"]["auc"] - bar, abs=1e-4)
+    assert [r.split()[:2] for r in table[3:5]] == [["Overall", "zero_shot"], ["Overall", "finetuned"]]
+
+    lines = reference_lines(metrics, "auc")
+    assert lines == {"bar to clear: text sim (centred)": [bar, bar], "chance": [0.5, 0.5]}
+    n = books["models"]["zero_shot"]["retrieval"]["catalog_items"]
+    chance = reference_lines(metrics, "recall@10")["chance (random ranking of the catalog)"]
+    assert chance == [pytest.approx(10 / n)] * 2
+    assert chance_retrieval(40, [10])["mrr"] == pytest.approx(sum(1 / r for r in range(1, 41)) / 40)

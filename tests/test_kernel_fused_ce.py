@@ -12,10 +12,9 @@ import torch.nn.functional as F  # noqa: E402
 from kernels.fused_linear_ce import fused_linear_cross_entropy  # noqa: E402
 from kernels.pytorch.pt_fused_linear_ce import pt_ce_chunk_step  # noqa: E402
 
-needs_triton = pytest.mark.skipif(
-    not TRITON_HERE, reason="triton was imported before the interpreter could be enabled; "
-    "these run in a fresh process by test_triton_in_fresh_interpreter"
-)
+# Without the interpreter in this process these run in a fresh one (test_triton_in_fresh_interpreter);
+# tests/conftest.py then deselects them here.
+needs_triton = pytest.mark.triton_interpreted
 T, H, V = 53, 24, 301  # odd on purpose: no chunk or tile size divides them
 
 
@@ -115,7 +114,7 @@ def test_triton_matches_unfused(reduction):
     assert_matches_unfused("triton", reduction, 16, device=kernel_device())
 
 
-@pytest.mark.skipif(TRITON_HERE, reason="the Triton tests already ran in this process")
+@pytest.mark.triton_fresh_process
 def test_triton_in_fresh_interpreter():
     done = rerun_interpreted(__file__, "triton and not fresh")
     assert done.returncode == 0, done.stdout + done.stderr

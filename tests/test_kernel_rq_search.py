@@ -13,10 +13,9 @@ from kernels.dispatch import pick_backend  # noqa: E402
 from kernels.pytorch.pt_rq_search import pt_rq_search  # noqa: E402
 from kernels.rq_search import rq_search  # noqa: E402
 
-needs_triton = pytest.mark.skipif(
-    not TRITON_HERE, reason="triton was imported before the interpreter could be enabled; "
-    "these run in a fresh process by test_triton_in_fresh_interpreter"
-)
+# Without the interpreter in this process these run in a fresh one (test_triton_in_fresh_interpreter);
+# tests/conftest.py then deselects them here.
+needs_triton = pytest.mark.triton_interpreted
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -167,7 +166,7 @@ def test_triton_random_shapes(n, d, k, levels, dtype, seed):
     triton_vs_reference(*random_problem(n, d, k, levels, dtype, seed), exact=False)
 
 
-@pytest.mark.skipif(TRITON_HERE, reason="the Triton tests already ran in this process")
+@pytest.mark.triton_fresh_process
 def test_triton_in_fresh_interpreter():
     done = rerun_interpreted(__file__, "triton and not fresh")
     assert done.returncode == 0, done.stdout + done.stderr

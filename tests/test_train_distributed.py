@@ -46,7 +46,9 @@ def _free_port() -> int:
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"), MASTER_PORT=str(_free_port()))
+    # this checkout first: the code under test, not whatever recbase the environment has installed
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
+               MASTER_PORT=str(_free_port()))
     return env
 
 
@@ -230,3 +232,10 @@ def test_finetune_refuses_shards_of_another_tokenizer(runs):
     with pytest.raises(ValueError, match=rf"{other}/manifest.json.*{TOKENIZER_HASH}.*train-test-tokenizer"):
         Trainer(cfg)
     assert not torch.distributed.is_initialized()
+
+
+def test_a_plain_run_prints_no_deepspeed_chatter(runs):
+    log = (runs / "h.log").read_text()
+    for chatter in ("Setting accelerator to CPU", "built successfully", "is deprecated"):
+        assert chatter not in log, chatter
+    assert "[train step" in log

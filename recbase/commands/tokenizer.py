@@ -1,11 +1,7 @@
 """``recbase tokenizer {train,encode,report}``: train the item tokenizer, write codes.parquet, report on it."""
 from __future__ import annotations
 
-from pathlib import Path
-
 HELP = "item tokenizer: train (clvae | rqkmeans | fsq), encode items to codes.parquet, report code usage"
-
-CONFIG_DIRS = [Path(__file__).resolve().parents[2] / "launch" / "configs"]
 
 
 def _domains(text: str | None) -> list[str] | None:
@@ -48,9 +44,10 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.action == "train":
         from recbase.config import load_config
+        from recbase.presets import preset_dir
         from recbase.tokenizer.train import TokenizerConfig, train_from_folders
 
-        cfg = load_config(TokenizerConfig, args.config, args.overrides, CONFIG_DIRS)
+        cfg = load_config(TokenizerConfig, args.config, args.overrides, [preset_dir()])
         tok = train_from_folders(cfg, args.data, args.emb, args.out, _domains(args.domains))
         print(f"tokenizer {tok.hash} ({tok.kind}, {tok.levels} x {tok.codebook_size}) → {args.out}")
         return 0

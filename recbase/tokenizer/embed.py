@@ -86,12 +86,17 @@ def make_embedder(model: str = DEFAULT_MODEL, batch_size: int = 64):
 
 def read_texts(domain_dir: Path) -> tuple[list[str], list[str]]:
     """Item ids and texts of one domain; a missing or empty text is an error naming file, row and field."""
-    table = read_items(domain_dir)
+    return check_texts(read_items(domain_dir), Path(domain_dir) / ITEMS_FILE)
+
+
+def check_texts(table, path: Path) -> tuple[list[str], list[str]]:
+    """Item ids and texts of an items table read from ``path``; a missing or empty text is an error naming the
+    file, row and field."""
     ids = table.column("item_id").to_pylist()
     texts = table.column("text").to_pylist()
     for row, (item_id, text) in enumerate(zip(ids, texts)):
         if text is None or not str(text).strip():
-            raise ValueError(f"{domain_dir / ITEMS_FILE}: row {row} (item_id {item_id!r}): field 'text' is empty")
+            raise ValueError(f"{path}: row {row} (item_id {item_id!r}): field 'text' is empty")
     return ids, texts
 
 
@@ -102,8 +107,13 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 def embed_domain(domain_dir: Path, out_dir: Path, embedder, chunk_size: int = 2048, progress: bool = True) -> dict:
     """Embed one domain resumably; returns its metadata plus how many items were embedded in this call."""
-    domain = domain_dir.name
     ids, texts = read_texts(domain_dir)
+    return embed_items(domain_dir.name, ids, texts, out_dir, embedder, chunk_size, progress)
+
+
+def embed_items(domain: str, ids: list[str], texts: list[str], out_dir: Path, embedder, chunk_size: int = 2048,
+                progress: bool = True) -> dict:
+    """Embed one domain's items into ``out_dir/<domain>.npy`` resumably (see the module docstring)."""
     meta = {"model": embedder.name, "dim": embedder.dim, "n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids),
             "texts_sha256": item_ids_sha256(texts)}
     npy, js = out_dir / f"{domain}.npy", out_dir / f"{domain}.json"

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recbase.config import ConfigError, load_config
+from recbase.presets import preset_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "launch" / "configs"
+CONFIG_DIR = preset_dir()   # kept under this name for the callers that import it
 
 
 @dataclass

@@ -7,8 +7,10 @@ below; swapping the parallel backend means rewriting this file only.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import socket
 import sys
 import warnings
@@ -71,9 +73,10 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     default_dist_env()
     import deepspeed
 
-    # DeepSpeed's ZeRO-3 calls torch's deprecated reduce_scatter_tensor on every step; one warning per step
-    # would bury the training log.
-    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.* is deprecated", category=FutureWarning)
+    # DeepSpeed's ZeRO-3 calls torch's deprecated reduce_scatter_tensor and all_gather_into_tensor; the user can
+    # do nothing about it, and one warning per step would bury the training log.
+    warnings.filterwarnings("ignore", message=r".*(reduce_scatter_tensor|all_gather_into_tensor).* is deprecated",
+                            category=FutureWarning)
 
     cuda = torch.cuda.is_available()
     backend = cfg.deepspeed.comm_backend if cfg.deepspeed.comm_backend != "auto" else ("nccl" if cuda else "gloo")
@@ -81,7 +84,12 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        # On CPU DeepSpeed prints "DeepSpeed <op> built successfully" for its shared-memory op on every start.
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            deepspeed.init_distributed(dist_backend=backend)
+        for line in printed.getvalue().splitlines():
+            if not re.fullmatch(r"DeepSpeed \S+ built successfully", line):
+                print(line)
     world = torch.distributed.get_world_size()
     tp = cfg.deepspeed.tensor_parallel
     if world % tp:
