@@ -12,10 +12,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from recbase.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that does not fit its dataclass."""
 
 

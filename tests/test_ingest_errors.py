@@ -125,7 +125,7 @@ def test_unknown_items_and_duplicates_are_skipped_and_counted(tmp_path):
 def test_command_prints_the_error_and_fails(tmp_path, capsys):
     _movielens(tmp_path, ratings=RATINGS + "2,1,3.0,yesterday\n")
     assert main(["ingest", "movielens", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
-    assert "line 4, field 'timestamp'" in capsys.readouterr().out
+    assert "line 4, field 'timestamp'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -279,18 +280,16 @@ def test_commands_train_encode_report(tmp_path, capsys):
     cfg["embedder"] = "other"
     (art / "config.json").write_text(json.dumps(cfg))
     assert main(["tokenizer", "encode", "--artifact", str(art), *args, "--out", str(out)]) == 2
-    assert "content hash mismatch" in capsys.readouterr().out
+    assert "content hash mismatch" in capsys.readouterr().err
 
 
-def test_unknown_config_key_is_rejected(tmp_path):
+def test_unknown_config_key_is_rejected(tmp_path, capsys):
     data = tmp_path / "data"
     write_data(data, {"books": 20})
     embed_folder(data, tmp_path / "emb", model="hashing", progress=False)
-    from recbase.config import ConfigError
-
-    with pytest.raises(ConfigError, match="config.clvae: unknown key.*epoch"):
-        main(["tokenizer", "train", "--data", str(data), "--emb", str(tmp_path / "emb"), "--out",
-              str(tmp_path / "t"), "clvae.epoch=3"])
+    assert main(["tokenizer", "train", "--data", str(data), "--emb", str(tmp_path / "emb"), "--out",
+                 str(tmp_path / "t"), "clvae.epoch=3"]) == 2
+    assert re.search("config.clvae: unknown key.*epoch", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("q,group", [(2, 5), (3, 2), (4, 4), (5, 3)])

@@ -55,13 +55,9 @@ def run(args) -> int:
         print(f"tokenizer {tok.hash} ({tok.kind}, {tok.levels} x {tok.codebook_size}) → {args.out}")
         return 0
 
-    from recbase.tokenizer.artifact import ArtifactError, load_tokenizer
+    from recbase.tokenizer.artifact import load_tokenizer
 
-    try:
-        tok = load_tokenizer(args.artifact)
-    except ArtifactError as e:
-        print(f"error: {e}")
-        return 2
+    tok = load_tokenizer(args.artifact)
     if args.action == "encode":
         from recbase.tokenizer.encode import write_codes
 

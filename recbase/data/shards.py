@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from recbase.config import to_dict
+from recbase.errors import UserError
 from recbase.data.tables import INTERACTIONS_FILE, list_domains, read_interactions
 from recbase.io import atomic_path, atomic_write_text
 from recbase.vocab import Vocab
@@ -81,7 +82,7 @@ class ShardConfig:
     eval: EvalSetConfig = field(default_factory=EvalSetConfig)
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError):
     """A shard file that cannot be read as what the manifest says it is."""
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
+from recbase.errors import UserError
 from recbase.vocab import Vocab
 
 META_FILE = "recbase.json"
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(UserError):
     """A model and an eval input were made with different tokenizers."""
 
 

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recbase.io import atomic_path, atomic_write_text
+from recbase.errors import UserError
 from recbase.tokenizer import normalize
 from recbase.tokenizer.collisions import disambiguation_level
 from recbase.tokenizer.modules import (MLP, fsq_codes_to_values, fsq_digits_to_codes, fsq_group_size, fsq_round,
@@ -29,7 +30,7 @@ WEIGHTS_FILE = "weights.safetensors"
 KINDS = ("clvae", "rqkmeans", "fsq")
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserError):
     """A tokenizer folder that is missing, incomplete or does not match its content hash."""
 
 

@@ -26,11 +26,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
+from recbase.errors import UserError
 from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, make_items_table
 from recbase.data.templates import clean_fields, field_order, text_of
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Bad input, located: ``<file>, line <n>, field '<name>': <what is wrong>``."""
 
     def __init__(self, path, message: str, line: int | None = None, field: str | None = None):
