@@ -230,3 +230,23 @@ def test_finetune_refuses_shards_of_another_tokenizer(runs):
     with pytest.raises(ValueError, match=rf"{other}/manifest.json.*{TOKENIZER_HASH}.*train-test-tokenizer"):
         Trainer(cfg)
     assert not torch.distributed.is_initialized()
+
+
+def test_resume_refuses_shards_of_another_tokenizer(runs):
+    """The checkpoint's tokenizer is compared with the shards' before any process group, model or weight."""
+    from shards_world import TOKENIZER_HASH, make_world
+
+    from recbase.data.shards import ShardConfig, build_shards
+    from recbase.errors import UserError
+    from recbase.train.config import load_train_config
+    from recbase.train.loop import Trainer
+
+    world = make_world(runs / "resume-other-tokenizer", n_users=10, n_items=20)
+    other = build_shards(ShardConfig(data_dir=str(world / "data"), codes_path=str(world / "codes.parquet"),
+                                     out_dir=str(world / "shards"), name="other"))
+    cfg = load_train_config("tiny.json", [f"data.shards={other}", f"checkpoint.dir={runs / 'a' / 'ckpt'}"])
+    with pytest.raises(UserError, match=rf"global_step{STEPS}/recbase.json: the checkpoint was trained on shards of "
+                                        rf"tokenizer train-test-tokenizer, but data.shards holds tokenizer "
+                                        rf"{TOKENIZER_HASH}"):
+        Trainer(cfg)
+    assert not torch.distributed.is_initialized()
