@@ -164,6 +164,10 @@ def test_export_reloads_with_same_logits(runs, tmp_path):
         torch.testing.assert_close(model(input_ids=PROBE).logits, expected, rtol=1e-5, atol=1e-5)
     assert meta["tokenizer_hash"] == "train-test-tokenizer" and meta["step"] == STEPS
     assert meta["vocab"]["model_vocab_size"] == model.config.vocab_size
+    assert meta["train_domains"] == ["books", "games", "movies"]
+    assert meta["tokenizer"] == {"hash": "train-test-tokenizer", "kind": "random", "embedder": "none",
+                                 "train_domains": ["books", "movies"]}
+    assert meta["token_layout"].startswith("token id = 8 + level * 64 + code, for level 0..3")
     # the DeepSpeed checkpoint folder loads to the same model (ZeRO-3 shards consolidated)
     from_ckpt, _ = load_model(runs / "a" / "ckpt")
     with torch.no_grad():

@@ -96,6 +96,7 @@ class Codes:
     tokenizer_hash: str
     vocab: Vocab
     by_domain: dict[str, tuple[pa.Array, np.ndarray]]   # domain -> (item ids, codes [n, L])
+    tokenizer: dict = field(default_factory=dict)        # hash, kind, embedder, train_domains (None: not recorded)
 
 
 def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
@@ -130,7 +131,9 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     for d in sorted(set(domains.tolist())):
         rows = np.flatnonzero(domains == d)
         by_domain[d] = (table["item_id"].take(pa.array(rows)).combine_chunks(), codes[rows])
-    return Codes(meta["tokenizer_hash"], vocab, by_domain)
+    tokenizer = {"hash": meta["tokenizer_hash"], "kind": meta.get("tokenizer_kind"), "embedder": meta.get("embedder"),
+                 "train_domains": json.loads(meta["train_domains"]) if "train_domains" in meta else None}
+    return Codes(meta["tokenizer_hash"], vocab, by_domain, tokenizer)
 
 
 def token_dtype(vocab: Vocab) -> np.dtype:
@@ -504,7 +507,7 @@ def build_shards(cfg: ShardConfig) -> Path:
             domains.setdefault(name, {})[sp] = stats
     elapsed = time.perf_counter() - t0
     task = {"task_index": cfg.task_index, "num_tasks": cfg.num_tasks, "tokenizer_hash": codes.tokenizer_hash,
-            "vocab": codes.vocab.to_dict(), "token_dtype": token_dtype(codes.vocab).name, "shards": shards,
+            "tokenizer": codes.tokenizer, "vocab": codes.vocab.to_dict(), "token_dtype": token_dtype(codes.vocab).name, "shards": shards,
             "domains": domains, "eval_sets": eval_sets, "skipped": dict(sorted(skipped.items())),
             "config": to_dict(cfg)}
     atomic_write_text(root / TASK_DIR / f"task-{cfg.task_index:03d}.json", json.dumps(task, indent=2) + "\n")
@@ -565,7 +568,8 @@ def merge_manifests(root: str | Path, num_tasks: int, missing_ok: bool = False) 
     config = dict(first["config"])
     config.pop("task_index")
     manifest = {
-        "format": FORMAT, "tokenizer_hash": first["tokenizer_hash"], "vocab": first["vocab"],
+        "format": FORMAT, "tokenizer_hash": first["tokenizer_hash"], "tokenizer": first.get("tokenizer", {}),
+        "vocab": first["vocab"],
         "token_dtype": first["token_dtype"],
         "split": {"holdout": config["holdout"], "splits": sorted(totals),
                   "rule": "train = items[:-2h] (+eos when h=0), valid = items[:-h] labelled from label_from, "

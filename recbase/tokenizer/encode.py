@@ -5,6 +5,7 @@ computed from its own catalog, then encoded by the artifact as is.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -52,7 +53,9 @@ def codes_table(tok: Tokenizer, encoded: dict[str, tuple[list[str], np.ndarray]]
     table = pa.table({"domain": domains, "item_id": ids, "codes": codes}, schema=CODES_SCHEMA)
     return table.replace_schema_metadata({"tokenizer_hash": tok.hash, "levels": str(tok.levels),
                                           "codebook_size": str(tok.codebook_size),
-                                          "code_width": str(tok.code_width)})
+                                          "code_width": str(tok.code_width), "tokenizer_kind": tok.kind,
+                                          "embedder": tok.embedder,
+                                          "train_domains": json.dumps(sorted(tok.domain_stats))})
 
 
 def write_codes(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path, out_path: str | Path,

@@ -107,6 +107,8 @@ class Trainer:
         self.loader = loader if loader is not None else _make_loader(cfg, rt, cfg.data.train_split)
         self.vocab = self.loader.vocab
         self.tokenizer_hash = self.loader.manifest["tokenizer_hash"]
+        self.train_domains = sorted(d for d, splits in self.loader.manifest["domains"].items()
+                                    if cfg.data.train_split in splits)
         vocab_size = cfg.model.vocab_size or self.vocab.model_vocab_size
         if vocab_size < self.vocab.n_tokens:
             raise ValueError(f"model.vocab_size={vocab_size} is smaller than the {self.vocab.n_tokens} token ids "
@@ -168,10 +170,14 @@ class Trainer:
             tqdm.write(f"resumed from {self.resume_from} at step {self.step}")
 
     def meta(self) -> dict:
-        """What a checkpoint or export needs to be used without the training config at hand."""
-        return {"step": self.step, "tokenizer_hash": self.tokenizer_hash, "vocab": self.vocab.to_dict(),
-                "model_config": self.hf_config.to_dict(), "attention_pattern": self.cfg.model.attention_pattern,
-                "train_config": to_dict(self.cfg)}
+        """What a checkpoint or export needs to be used without the training config at hand: which tokenizer
+        (kind, embedder, the domains it was trained on) made the ids, how ids map to concept codes, and the
+        domains the model was trained on (an evaluation on any of them is not zero-shot)."""
+        tokenizer = {**self.loader.manifest.get("tokenizer", {}), "hash": self.tokenizer_hash}
+        return {"step": self.step, "tokenizer_hash": self.tokenizer_hash, "tokenizer": tokenizer,
+                "token_layout": self.vocab.layout(), "vocab": self.vocab.to_dict(),
+                "train_domains": self.train_domains, "model_config": self.hf_config.to_dict(),
+                "attention_pattern": self.cfg.model.attention_pattern, "train_config": to_dict(self.cfg)}
 
     def save(self) -> Path:
         rank_state = {"loader": self.loader.state_dict(), "rng": _rng_state()}
