@@ -135,6 +135,30 @@ def test_truncated_and_corrupt_shards_are_reported_by_name(world, tmp_path):
         list(read_shard(root, shard))
 
 
+def test_a_flipped_byte_is_caught_by_the_manifest_hash(world, tmp_path):
+    """Same size, the tar still parses: only the payload hash tells, and the error names the shard."""
+    root = build_shards(config(world, tmp_path))
+    shard = read_manifest(root)["shards"][0]
+    path = root / shard["path"]
+    data = bytearray(path.read_bytes())
+    data[600] ^= 0x01                                   # inside the first block's token payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=rf"{path.name}: SHA-256 does not match the manifest"):
+        list(read_shard(root, shard))
+
+
+def test_a_rerun_rebuilds_a_truncated_shard_instead_of_keeping_it(world, tmp_path):
+    root = build_shards(config(world, tmp_path))
+    before = read_manifest(root)["shards"]
+    path = root / before[1]["path"]
+    intact = path.read_bytes()
+    path.write_bytes(intact[:len(intact) // 2])
+    build_shards(config(world, tmp_path))
+    assert path.read_bytes() == intact
+    assert read_manifest(root)["shards"] == before
+    list(read_shard(root, before[1]))
+
+
 def test_manifest_counts_match_the_shards(world, tmp_path):
     root = build_shards(config(world, tmp_path))
     manifest = read_manifest(root)

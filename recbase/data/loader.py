@@ -39,6 +39,7 @@ import webdataset as wds
 from webdataset import tariterators
 
 from recbase.data.shards import ShardError, decode_block, read_manifest
+from recbase.io import sha256_file
 from recbase.vocab import Vocab
 
 Segment = tuple[np.ndarray, int]   # chunk tokens, index of its first labelled token
@@ -250,7 +251,13 @@ def read_shard(shard_dir: Path, shard: dict, keep: set | None = None) -> Iterato
         raise ShardError(f"{path}: cannot open shard ({e})") from None
     if size != shard["bytes"]:
         raise ShardError(f"{path}: {size} bytes but the manifest says {shard['bytes']} (truncated or overwritten "
-                         f"shard; rebuild it by deleting it and rerunning build_shards)")
+                         f"shard; rerun build_shards, which rebuilds it)")
+    if "sha256" not in shard:
+        raise ShardError(f"{shard_dir / 'manifest.json'}: no sha256 for {shard['path']}; the shards were built by an "
+                         f"older recbase — rebuild them")
+    if sha256_file(path) != shard["sha256"]:
+        raise ShardError(f"{path}: SHA-256 does not match the manifest (damaged shard; rerun build_shards, which "
+                         f"rebuilds it)")
     n = 0
     try:
         for sample in tariterators.tarfile_samples([{"url": str(path)}]):

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from recbase.config import to_dict
 from recbase.errors import UserError
 from recbase.data.tables import INTERACTIONS_FILE, list_domains, read_interactions
-from recbase.io import atomic_path, atomic_write_text
+from recbase.io import atomic_path, atomic_write_text, sha256_file
 from recbase.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -334,12 +334,25 @@ def decode_block(sample: dict, where: str) -> tuple[np.ndarray, np.ndarray, dict
 
 
 def write_shard(path: Path, blocks: list[tuple[str, dict[str, bytes]]]) -> None:
-    """Write ``blocks`` (key, files) as one deterministic tar, atomically."""
+    """Write ``blocks`` (key, files) as one deterministic tar, atomically, then its SHA-256 beside it
+    (``<shard>.sha256``), which a rerun checks before it keeps the shard."""
     with atomic_path(path) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for key, files in blocks:
                 for ext in sorted(files):
                     _add_member(tar, f"{key}.{ext}", files[ext])
+        digest = sha256_file(tmp)
+    atomic_write_text(_digest_path(path), digest + "\n")
+
+
+def _digest_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".sha256")
+
+
+def shard_is_intact(path: Path) -> bool:
+    """True when ``path`` exists and matches the SHA-256 recorded when it was written."""
+    digest = _digest_path(path)
+    return path.exists() and digest.exists() and digest.read_text().strip() == sha256_file(path)
 
 
 # --------------------------------------------------------------------------------------------------- build
@@ -393,19 +406,11 @@ def _config_fingerprint(cfg: ShardConfig) -> dict:
     return d
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: list[Path]) -> None:
     """Refuse to mix shards of different configs, tokenizers or input tables in one folder: a rerun that skips
     finished shards is only correct when it resumes the very same build."""
     stamp = {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg),
-             "inputs": {p.as_posix(): _file_sha256(p) for p in inputs}}
+             "inputs": {p.as_posix(): sha256_file(p) for p in inputs}}
     path = root / BUILD_STAMP
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -427,7 +432,8 @@ def _split_stats(su: SplitUsers, seqs: list[DomainSequences], root: Path, task_i
         shards.append({"path": path.as_posix(), "split": su.split, "users": users.stop - users.start,
                        "items": int(items[users].sum()), "tokens": int(su.lengths[users].sum()),
                        "blocks": int(np.count_nonzero(su.shard == s)),
-                       "bytes": (root / path).stat().st_size})
+                       "bytes": (root / path).stat().st_size,
+                       "sha256": _digest_path(root / path).read_text().strip()})
     domains = {}
     for d, s in enumerate(seqs):
         m = su.domain == d
@@ -482,7 +488,8 @@ def build_shards(cfg: ShardConfig) -> Path:
     _WORK = _Work(cfg, codes.vocab, item_tokens, [s.domain for s in seqs], splits, root)
 
     jobs = [(sp, s) for sp, su in splits.items() for s in range(int(su.shard.max()) + 1 if len(su.shard) else 0)]
-    todo = [j for j in jobs if not (root / j[0] / shard_name(j[0], cfg.task_index, j[1])).exists()]
+    # a shard is kept only when it matches the hash written with it: truncated or damaged ones are rebuilt
+    todo = [j for j in jobs if not shard_is_intact(root / j[0] / shard_name(j[0], cfg.task_index, j[1]))]
     for sp in splits:
         (root / sp).mkdir(exist_ok=True)
     log.info("task %d/%d: %d shards, %d to build (%d already complete)", cfg.task_index, cfg.num_tasks, len(jobs),

@@ -18,7 +18,6 @@ group, so export and evaluation use it alone.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -30,7 +29,7 @@ from typing import Iterator
 import torch
 
 from recbase.errors import UserError
-from recbase.io import atomic_write_text
+from recbase.io import atomic_write_text, sha256_file
 
 RANK_STATE = "trainer_state_rank{rank}.pt"
 META_FILE = "recbase.json"
@@ -51,14 +50,6 @@ def checkpoint_tag(step: int) -> str:
 
 def partial_tag(step: int) -> str:
     return f".partial-{checkpoint_tag(step)}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_hashes(folder: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:

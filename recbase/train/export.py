@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from recbase.errors import UserError
-from recbase.io import atomic_write_text
+from recbase.io import atomic_write_text, sha256_file
 from recbase.train import checkpoint as ckpt
 
 META_FILE = ckpt.META_FILE
@@ -114,7 +114,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
-    weights = {p.name: ckpt.sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
+    weights = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
     atomic_write_text(tmp / META_FILE, json.dumps({**meta, "weights_sha256": weights}, indent=2) + "\n")
     old = out.parent / f".{out.name}.old"
     if out.exists():
