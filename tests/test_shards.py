@@ -217,3 +217,14 @@ def test_command_line_with_overrides_and_task_arguments(world, tmp_path, capsys)
     assert main(["shards", "--config", str(cfg), "name=cli", "num_tasks=2", "--merge"]) == 0
     assert main(["shards", "--config", str(cfg), "tokens_per_shrad=5"]) == 2
     assert "unknown key(s) tokens_per_shrad" in capsys.readouterr().err
+
+
+def test_eval_sets_record_the_tokenizer_and_the_training_domains(world, tmp_path):
+    """What evaluation checks: the tokenizer hash, the tokenizer's training domains, the shards' domains."""
+    import pyarrow.parquet as pq
+
+    root = build_shards(config(world, tmp_path))
+    meta = pq.read_schema(root / "eval" / "news.parquet").metadata
+    assert meta[b"tokenizer_hash"].decode() == TOKENIZER_HASH
+    assert json.loads(meta[b"shard_domains"]) == ["books", "movies"]
+    assert json.loads(meta[b"tokenizer_train_domains"]) is None      # shards_world's codes do not record them

@@ -258,6 +258,8 @@ def test_commands_train_encode_report(tmp_path, capsys):
     assert main(["tokenizer", "encode", "--artifact", str(art), *args, "--out", str(out)]) == 0
     table = pq.read_table(out)
     assert table.schema.metadata[b"tokenizer_hash"].decode() == tok.hash
+    assert json.loads(table.schema.metadata[b"train_domains"]) == ["books", "games"]
+    assert table.schema.metadata[b"tokenizer_kind"] == b"rqkmeans"
     assert table.column_names == ["domain", "item_id", "codes"]
     assert table.num_rows == 650
     for domain in ("books", "games", "garden"):

@@ -504,7 +504,8 @@ def build_shards(cfg: ShardConfig) -> Path:
         from recbase.data.evalsets import build_eval_set
 
         for d in heldout_dirs:
-            eval_sets[d.name] = build_eval_set(d, codes, root / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed)
+            eval_sets[d.name] = build_eval_set(d, codes, root / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed,
+                                               [p.name for p in pretrain_dirs])
 
     shards, domains = [], {}
     for sp, su in splits.items():

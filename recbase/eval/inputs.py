@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from recbase.errors import UserError
 from recbase.vocab import Vocab
 
 EVAL_COLUMNS = ("user_id", "history", "candidates", "candidate_tokens", "labels", "target")
@@ -111,6 +112,16 @@ def parquet_tokenizer_hash(path: Path) -> str | None:
     return value.decode() if value else None
 
 
+def eval_set_training_domains(path: Path) -> tuple[list[str] | None, list[str] | None]:
+    """(domains the tokenizer was trained on, pretraining domains of the shards built beside it), as recorded in
+    the eval set's metadata when it was built; ``None`` where the builder did not know."""
+    meta = pq.read_schema(path).metadata or {}
+
+    def listed(key: bytes) -> list[str] | None:
+        return json.loads(meta[key]) if key in meta else None
+    return listed(b"tokenizer_train_domains"), listed(b"shard_domains")
+
+
 def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokenizer_dir: str = "") -> dict[str, str]:
     """Tokenizer hash stated by each input that states one, keyed by the file stating it.
 
@@ -120,8 +131,10 @@ def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokeniz
     hashes: dict[str, str] = {}
     for p in eval_paths:
         h = parquet_tokenizer_hash(p)
-        if h:
-            hashes[str(p)] = h
+        if not h:
+            raise UserError(f"{p}: no tokenizer_hash in the Parquet metadata, so the model's tokenizer cannot be "
+                            f"checked against it; rebuild the eval set with `recbase shards`")
+        hashes[str(p)] = h
     manifests = {p.parent.parent / "manifest.json" for p in eval_paths}
     for m in sorted(manifests):
         if m.exists():
@@ -136,7 +149,7 @@ def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokeniz
         cfg = Path(tokenizer_dir) / "config.json"
         h = json.loads(cfg.read_text(encoding="utf-8")).get("hash")
         if not h:
-            raise ValueError(f"{cfg}: missing field 'hash'")
+            raise UserError(f"{cfg}: missing field 'hash'")
         hashes[str(cfg)] = str(h)
     return hashes
 

@@ -29,6 +29,8 @@ class EvalModel:
     model: torch.nn.Module
     vocab: Vocab
     tokenizer_hash: str
+    train_domains: list[str] | None = None             # domains the model was trained on (None: not recorded)
+    tokenizer_train_domains: list[str] | None = None   # domains its tokenizer was trained on
 
 
 def resolve_device(device: str) -> torch.device:
@@ -60,7 +62,8 @@ def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: st
         if key not in meta:
             raise ValueError(f"model {name!r}: {path} has no {key!r} in its {META_FILE}")
     model = model.to(dev, resolve_dtype(dtype, dev)).eval()
-    return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]))
+    return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]),
+                     meta.get("train_domains"), meta.get("tokenizer", {}).get("train_domains"))
 
 
 def check_tokenizer_hash(model: EvalModel, expected: dict[str, str]) -> None:

@@ -127,6 +127,8 @@ def render_markdown(results: dict) -> str:
         f"Overall = unweighted mean over domains.",
         "",
         ranking_table(results),
+        *[f"\n**{d} is not zero-shot**: {'; '.join(s['not_zero_shot_because'])}."
+          for d, s in results["domains"].items() if s.get("not_zero_shot_because")],
         "",
         "### Baselines, GAUC",
         "",

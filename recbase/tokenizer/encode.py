@@ -55,7 +55,7 @@ def codes_table(tok: Tokenizer, encoded: dict[str, tuple[list[str], np.ndarray]]
                                           "codebook_size": str(tok.codebook_size),
                                           "code_width": str(tok.code_width), "tokenizer_kind": tok.kind,
                                           "embedder": tok.embedder,
-                                          "train_domains": json.dumps(sorted(tok.domain_stats))})
+                                          "train_domains": json.dumps(tok.train_domains)})
 
 
 def write_codes(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path, out_path: str | Path,
