@@ -15,6 +15,7 @@ from shards_world import LEVELS, TOKENIZER_HASH, expected_sequences, make_world 
 from recbase.data import shards as shards_mod  # noqa: E402
 from recbase.data.loader import read_shard  # noqa: E402
 from recbase.data.shards import ShardConfig, ShardError, build_shards, merge_manifests, read_manifest  # noqa: E402
+from recbase.errors import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_two_task_slices_equal_one_full_build(world, tmp_path):
 
 def test_changed_config_or_inputs_in_the_same_folder_are_refused(world, tmp_path):
     build_shards(config(world, tmp_path))
-    with pytest.raises(ValueError, match="another build.*config"):
+    with pytest.raises(UserError, match="another build .*config key tokens_per_block: 700 then, 300 now"):
         build_shards(config(world, tmp_path, tokens_per_block=300))
     codes = tmp_path / "codes.parquet"
     codes.write_bytes((world / "codes.parquet").read_bytes())
@@ -228,3 +229,15 @@ def test_eval_sets_record_the_tokenizer_and_the_training_domains(world, tmp_path
     assert meta[b"tokenizer_hash"].decode() == TOKENIZER_HASH
     assert json.loads(meta[b"shard_domains"]) == ["books", "movies"]
     assert json.loads(meta[b"tokenizer_train_domains"]) is None      # shards_world's codes do not record them
+
+
+@pytest.mark.parametrize("key,value,allowed", [("tokens_per_block", 0, ">= 1"), ("eval.positives", 11, r"\[1, 10\]"),
+                                               ("task_index", 2, r"\[0, 0\]")])
+def test_config_out_of_range_names_the_key_and_the_range(world, tmp_path, key, value, allowed):
+    cfg = config(world, tmp_path)
+    if "." in key:
+        setattr(cfg.eval, key.split(".")[1], value)
+    else:
+        setattr(cfg, key, value)
+    with pytest.raises(UserError, match=rf"^{key}={value} is outside the allowed range {allowed}$"):
+        build_shards(cfg)

@@ -323,3 +323,13 @@ def test_report_separates_unseen_domains_and_pooled_normalisation(domains, train
     pooled = tokenizer_report(tok, embeddings, normalize_new=False)
     assert pooled["domains"]["movies"] == own["domains"]["movies"]
     assert pooled["domains"]["shifted-movies"]["levels"] != own["domains"]["shifted-movies"]["levels"]
+
+
+def test_codebook_larger_than_the_catalog_is_refused():
+    from recbase.config import ConfigError
+
+    emb = {"books": np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)}
+    with pytest.raises(ConfigError, match=r"codebook_size=64 is larger than the 30 training items \(books\)"):
+        train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=2, codebook_size=64), emb, progress=False)
+    with pytest.raises(ConfigError, match=r"^levels=0 is outside the allowed range >= 1$"):
+        train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=0, codebook_size=4), emb, progress=False)

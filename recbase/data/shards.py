@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recbase.config import to_dict
+from recbase.config import AT_LEAST_0, AT_LEAST_1, Range, check_ranges, to_dict
 from recbase.errors import UserError
 from recbase.data.tables import INTERACTIONS_FILE, list_domains, read_interactions
 from recbase.io import atomic_path, atomic_write_text, sha256_file
@@ -59,6 +59,11 @@ class EvalSetConfig:
     positives: int = 1                 # last items of each user held out as positives (1..10)
     negatives_per_positive: int = 1    # negatives sampled per positive
     max_pairs: int = 20_000            # (user, candidate) pairs per domain at most
+
+
+SHARD_RANGES = {"codebook_size": AT_LEAST_0, "tokens_per_shard": AT_LEAST_1, "tokens_per_block": AT_LEAST_1,
+                "holdout": AT_LEAST_0, "workers": AT_LEAST_1, "num_tasks": AT_LEAST_1, "seed": AT_LEAST_0,
+                "eval.positives": Range(1, 10), "eval.negatives_per_positive": AT_LEAST_1, "eval.max_pairs": AT_LEAST_1}
 
 
 @dataclass
@@ -415,9 +420,11 @@ def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: list
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old != stamp:
-            changed = sorted(k for k in stamp if old.get(k) != stamp[k])
-            raise ValueError(f"{root} holds shards of another build ({', '.join(changed)} differ from its "
-                             f"{BUILD_STAMP}); pick another name or delete the folder")
+            changed = [k for k in stamp if k != "config" and old.get(k) != stamp[k]]
+            changed += [f"config key {k}: {old['config'].get(k)!r} then, {v!r} now"
+                        for k, v in stamp["config"].items() if old.get("config", {}).get(k) != v]
+            raise UserError(f"{root} holds shards of another build ({'; '.join(changed)} differ from its "
+                            f"{BUILD_STAMP}); rerun with the same settings, or pick another name")
     else:
         atomic_write_text(path, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
 
@@ -464,10 +471,7 @@ def build_shards(cfg: ShardConfig) -> Path:
     Returns the shard folder ``<out_dir>/<name>``.
     """
     global _WORK
-    if not 0 <= cfg.task_index < cfg.num_tasks:
-        raise ValueError(f"task_index {cfg.task_index} is outside 0..{cfg.num_tasks - 1}")
-    if cfg.holdout < 0:
-        raise ValueError(f"holdout must be >= 0, got {cfg.holdout}")
+    check_ranges(cfg, {**SHARD_RANGES, "task_index": Range(0, cfg.num_tasks - 1)})
     t0 = time.perf_counter()
     codes = read_codes(cfg.codes_path, cfg.codebook_size)
     pretrain_dirs, heldout_dirs = select_domains(cfg)

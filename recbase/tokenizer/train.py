@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recbase.config import to_dict
+from recbase.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, ConfigError, Range, check_ranges, to_dict
 from recbase.data.tables import read_items
+from recbase.errors import UserError
 from recbase.io import atomic_write_text
 from recbase.tokenizer import normalize
 from recbase.tokenizer.artifact import KINDS, Tokenizer
@@ -27,6 +28,15 @@ from recbase.tokenizer.rqkmeans import RQKmeansConfig, train_rqkmeans
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
+
+
+RANGES = {"levels": AT_LEAST_1, "codebook_size": Range(2), "seed": AT_LEAST_0,
+          "clvae.latent_dim": AT_LEAST_1, "clvae.epochs": AT_LEAST_1, "clvae.batch_size": AT_LEAST_1,
+          "clvae.lr": POSITIVE, "clvae.beta": AT_LEAST_0, "clvae.epochs_per_level": AT_LEAST_1,
+          "clvae.min_epochs_per_level": AT_LEAST_1, "clvae.plateau_tol": AT_LEAST_0, "clvae.kmeans_iters": AT_LEAST_1,
+          "clvae.dead_threshold": AT_LEAST_0, "clvae.entropy_weight": AT_LEAST_0,
+          "clvae.entropy_temperature": POSITIVE, "rqkmeans.iters": AT_LEAST_1, "fsq.fsq_levels": Range(2),
+          "fsq.epochs": AT_LEAST_1, "fsq.batch_size": AT_LEAST_1, "fsq.lr": POSITIVE}
 
 
 @dataclass
@@ -71,9 +81,14 @@ def train_tokenizer(cfg: TokenizerConfig, embeddings: dict[str, np.ndarray], emb
 def _train(cfg: TokenizerConfig, embeddings: dict[str, np.ndarray], embedder: str,
            progress: bool) -> tuple[Tokenizer, list[dict]]:
     if cfg.kind not in KINDS:
-        raise ValueError(f"tokenizer kind {cfg.kind!r} is not one of {', '.join(KINDS)}")
+        raise ConfigError(f"kind: {cfg.kind!r} is not one of {', '.join(KINDS)}")
+    check_ranges(cfg, RANGES)
     if not embeddings:
-        raise ValueError("no training domains")
+        raise UserError("no training domains")
+    n_items = sum(len(e) for e in embeddings.values())
+    if cfg.codebook_size > n_items:
+        raise ConfigError(f"codebook_size={cfg.codebook_size} is larger than the {n_items} training items "
+                          f"({', '.join(embeddings)}): most codes could never be used; set codebook_size <= {n_items}")
     dims = {d: e.shape[1] for d, e in embeddings.items()}
     if len(set(dims.values())) != 1:
         raise ValueError(f"training domains have different embedding dims: {dims}")

@@ -101,6 +101,7 @@ class Trainer:
         # refuse shards of another tokenizer, and a checkpoint of another one, before any process group or
         # model exists
         manifest = read_manifest(cfg.data.shards, expected_tokenizer_hash(cfg))
+        cfg.check_seq_len(manifest["vocab"]["levels"])
         self.resume_from = self._resume_target(manifest["tokenizer_hash"])
         self.runtime = rt = ds.setup_runtime(cfg)
         torch.manual_seed(cfg.seed)
