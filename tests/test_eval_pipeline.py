@@ -30,7 +30,7 @@ def test_checkpoint_and_export_evaluate_alike_on_heldout_domain(tmp_path):
                                       out_dir=str(tmp_path / "shards"), name="demo", heldout_domains=["games"],
                                       tokens_per_shard=20_000, tokens_per_block=4_096))
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "train_driver.py"), "--config", "tiny.json",
                            f"data.shards={shards}", "data.seq_len=256", "optim.micro_batch_size=4",
                            "optim.global_batch_tokens=2048", "optim.max_steps=3", "optim.warmup_steps=1",
