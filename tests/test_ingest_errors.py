@@ -178,3 +178,12 @@ def test_time_formats_convert_exactly_or_refuse(tmp_path):
     assert time_column(iso[:1], "iso", tmp_path / "f.csv").tolist() == [1577836800]
     with pytest.raises(InputError, match="line 2, field 't': out of the int64 range: '1e30'"):
         parse_time("1e30", "unix", tmp_path / "f.csv", 2, "t")
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", "a/b", "..", ".hidden"])
+def test_domain_names_are_plain_names(tmp_path, capsys, name):
+    out = tmp_path / "nested" / "out"
+    path = _movielens(tmp_path)
+    assert main(["ingest", "movielens", str(path), "--out", str(out), "--domain", name]) == 2
+    assert f"domain name {name!r} is not a plain name" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not out.exists()

@@ -333,3 +333,17 @@ def test_codebook_larger_than_the_catalog_is_refused():
         train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=2, codebook_size=64), emb, progress=False)
     with pytest.raises(ConfigError, match=r"^levels=0 is outside the allowed range >= 1$"):
         train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=0, codebook_size=4), emb, progress=False)
+
+
+def test_train_does_not_replace_an_artifact_without_overwrite(tmp_path, capsys):
+    data, emb, art = tmp_path / "data", tmp_path / "emb", tmp_path / "tok"
+    write_data(data, {"books": 40})
+    embed_folder(data, emb, model="hashing", progress=False)
+    args = ["tokenizer", "train", "--data", str(data), "--emb", str(emb), "--out", str(art), "kind=rqkmeans",
+            "levels=2", "codebook_size=4", "rqkmeans.iters=2"]
+    assert main(args) == 0
+    first = load_tokenizer(art).hash
+    assert main([*args, "seed=1"]) == 2
+    assert "already holds a tokenizer artifact" in capsys.readouterr().err and load_tokenizer(art).hash == first
+    assert main([*args, "seed=1", "--overwrite"]) == 0
+    assert load_tokenizer(art).hash != first

@@ -13,6 +13,7 @@ to the kept users and known items and written beside the two main tables as ``<n
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recbase.errors import UserError
 from recbase.io import atomic_path
 
 ITEM_COLUMNS = ("domain", "item_id", "text")
@@ -174,9 +176,21 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
     return DomainTables(tables.domain, items, inter, s, extra)
 
 
+_DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_domain_name(name: str) -> str:
+    """A domain name is a folder name under the data folder: letters, digits, ``.``, ``_`` and ``-``, starting
+    with a letter or digit, so that it can never point outside that folder (``../x``, ``/abs``)."""
+    if not _DOMAIN_NAME.fullmatch(name):
+        raise UserError(f"domain name {name!r} is not a plain name: use letters, digits, '.', '_' and '-', starting "
+                        f"with a letter or digit (it becomes the folder <out>/<domain>/)")
+    return name
+
+
 def write_domain(tables: DomainTables, out_dir: str | Path) -> Path:
     """Write ``<out_dir>/<domain>/{items,interactions}.parquet`` (and any extra tables) atomically."""
-    d = Path(out_dir) / tables.domain
+    d = Path(out_dir) / check_domain_name(tables.domain)
     d.mkdir(parents=True, exist_ok=True)
     outputs = [(ITEMS_FILE, tables.items), (INTERACTIONS_FILE, tables.interactions)]
     outputs += [(f"{name}.parquet", table) for name, table in tables.extra.items()]

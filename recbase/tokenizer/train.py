@@ -19,7 +19,7 @@ from recbase.data.tables import read_items
 from recbase.errors import UserError
 from recbase.io import atomic_write_text
 from recbase.tokenizer import normalize
-from recbase.tokenizer.artifact import KINDS, Tokenizer
+from recbase.tokenizer.artifact import CONFIG_FILE, KINDS, Tokenizer
 from recbase.tokenizer.clvae import CLVAEConfig, train_clvae
 from recbase.tokenizer.embed import load_embeddings, select_domains
 from recbase.tokenizer.fsq import FSQConfig, train_fsq
@@ -127,8 +127,15 @@ def load_domain_embeddings(data_dir: str | Path, emb_dir: str | Path,
 
 
 def train_from_folders(cfg: TokenizerConfig, data_dir: str | Path, emb_dir: str | Path, out_dir: str | Path,
-                       domains: list[str] | None = None, progress: bool = True) -> Tokenizer:
-    """``recbase tokenizer train``: train on the domains' embeddings and write the artifact to ``out_dir``."""
+                       domains: list[str] | None = None, progress: bool = True, overwrite: bool = False) -> Tokenizer:
+    """``recbase tokenizer train``: train on the domains' embeddings and write the artifact to ``out_dir``.
+
+    An artifact already in ``out_dir`` is replaced only with ``overwrite``: codes, shards and models made with it
+    name its hash, and would silently stop matching."""
+    existing = Path(out_dir) / CONFIG_FILE
+    if existing.exists() and not overwrite:
+        raise UserError(f"{existing}: {out_dir} already holds a tokenizer artifact, which codes, shards and models "
+                        f"may depend on; choose another --out, or pass --overwrite to replace it")
     embeddings, model = load_domain_embeddings(data_dir, emb_dir, domains)
     tok, history = train_tokenizer(cfg, embeddings, model, progress)
     tok.save(out_dir)
