@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from recbase.config import ConfigError
 from recbase.data.tables import ITEMS_FILE, list_domains, read_items
+from recbase.errors import UserError
 from recbase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,8 @@ def embed_domain(domain_dir: Path, out_dir: Path, embedder, chunk_size: int = 20
     meta = {"model": embedder.name, "dim": embedder.dim, "n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids),
             "texts_sha256": item_ids_sha256(texts)}
     npy, js = out_dir / f"{domain}.npy", out_dir / f"{domain}.json"
-    if js.exists() and npy.exists() and json.loads(js.read_text()) == meta:
+    if (js.exists() and npy.exists() and json.loads(js.read_text()) == meta
+            and np.load(npy, mmap_mode="r").shape == (meta["n_items"], meta["dim"])):
         return {**meta, "domain": domain, "embedded": 0, "skipped": True}
 
     parts = out_dir / PARTS_DIR / domain
@@ -146,6 +149,9 @@ def embed_domain(domain_dir: Path, out_dir: Path, embedder, chunk_size: int = 20
 def embed_folder(data_dir: str | Path, out_dir: str | Path, model: str = DEFAULT_MODEL, batch_size: int = 64,
                  chunk_size: int = 2048, domains: list[str] | None = None, progress: bool = True) -> list[dict]:
     """Embed every domain under ``data_dir`` (or only ``domains``) into ``out_dir``; one summary per domain."""
+    for key, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
+        if value < 1:
+            raise ConfigError(f"{key}={value} is outside the allowed range >= 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     domain_dirs = select_domains(data_dir, domains)
@@ -170,8 +176,10 @@ def select_domains(data_dir: str | Path, domains: list[str] | None = None) -> li
     return [found[d] for d in domains]
 
 
-def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None = None) -> tuple[np.ndarray, dict]:
-    """Embeddings [N, D] (float16 as stored) and metadata of one domain, checked against ``item_ids`` if given."""
+def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None = None,
+                    texts: list[str] | None = None) -> tuple[np.ndarray, dict]:
+    """Embeddings [N, D] (float16 as stored) and metadata of one domain, checked against the current ``item_ids``
+    and ``texts`` of its ``items.parquet`` when given."""
     emb_dir = Path(emb_dir)
     npy, js = emb_dir / f"{domain}.npy", emb_dir / f"{domain}.json"
     for p in (js, npy):
@@ -184,4 +192,7 @@ def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None
     if item_ids is not None and item_ids_sha256(item_ids) != meta["item_ids_sha256"]:
         raise ValueError(f"{js}: item_ids_sha256 does not match the current items.parquet of {domain!r} "
                          f"({len(item_ids)} items now, {meta['n_items']} embedded); rerun `recbase embed`")
+    if texts is not None and item_ids_sha256(texts) != meta.get("texts_sha256"):
+        raise UserError(f"{js}: texts_sha256 does not match the current item texts of {domain!r} (the texts changed "
+                        f"since they were embedded); rerun `recbase embed`")
     return np.asarray(array), meta

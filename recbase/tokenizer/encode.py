@@ -14,11 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recbase.data.tables import read_items
 from recbase.io import atomic_path
 from recbase.tokenizer.artifact import Tokenizer
 from recbase.tokenizer.collisions import collision_rate
-from recbase.tokenizer.embed import load_embeddings, select_domains
+from recbase.tokenizer.embed import load_embeddings, read_texts, select_domains
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,8 @@ def encode_domains(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path,
     """``{domain: (item_ids, codes [N, code_width])}`` for the domains of ``data_dir``."""
     out = {}
     for domain_dir in select_domains(data_dir, domains):
-        ids = read_items(domain_dir).column("item_id").to_pylist()
-        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids)
+        ids, texts = read_texts(domain_dir)
+        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids, texts)
         if meta["model"] != tok.embedder:
             raise ValueError(f"{emb_dir}/{domain_dir.name}.json: embedded with {meta['model']!r}, but the tokenizer "
                              f"was trained on {tok.embedder!r} embeddings")

@@ -15,13 +15,12 @@ import numpy as np
 import torch
 
 from recbase.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, ConfigError, Range, check_ranges, to_dict
-from recbase.data.tables import read_items
 from recbase.errors import UserError
 from recbase.io import atomic_write_text
 from recbase.tokenizer import normalize
 from recbase.tokenizer.artifact import CONFIG_FILE, KINDS, Tokenizer
 from recbase.tokenizer.clvae import CLVAEConfig, train_clvae
-from recbase.tokenizer.embed import load_embeddings, select_domains
+from recbase.tokenizer.embed import load_embeddings, read_texts, select_domains
 from recbase.tokenizer.fsq import FSQConfig, train_fsq
 from recbase.tokenizer.rqkmeans import RQKmeansConfig, train_rqkmeans
 
@@ -117,8 +116,8 @@ def load_domain_embeddings(data_dir: str | Path, emb_dir: str | Path,
     """Embeddings of the chosen domains, each checked against its ``items.parquet``, and the embedder name."""
     out, models = {}, set()
     for domain_dir in select_domains(data_dir, domains):
-        ids = read_items(domain_dir).column("item_id").to_pylist()
-        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids)
+        ids, texts = read_texts(domain_dir)
+        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids, texts)
         out[domain_dir.name] = emb
         models.add(meta["model"])
     if len(models) > 1:
