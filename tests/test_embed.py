@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, make_items_table, write_domain
+from recbase.errors import UserError
 from recbase.tokenizer.embed import (HashingEmbedder, embed_domain, embed_folder, item_ids_sha256, load_embeddings,
                                      make_embedder)
 
@@ -88,7 +89,7 @@ def test_changed_catalog_is_detected_on_load(tmp_path):
     embed_folder(tmp_path / "data", tmp_path / "emb", model="hashing", progress=False)
     with pytest.raises(ValueError, match="item_ids_sha256 does not match"):
         load_embeddings(tmp_path / "emb", "books", [f"books-{i}" for i in range(11)])
-    with pytest.raises(FileNotFoundError, match="games.json: missing"):
+    with pytest.raises(UserError, match="games.json: missing"):
         load_embeddings(tmp_path / "emb", "games")
     meta = json.loads((tmp_path / "emb" / "books.json").read_text())
     meta["n_items"] = 12
@@ -107,7 +108,7 @@ def test_empty_text_names_file_row_and_field(tmp_path):
 
 def test_unknown_domain_is_named(tmp_path):
     write_items(tmp_path / "data", "books", texts(5, "book"))
-    with pytest.raises(FileNotFoundError, match="no domain\\(s\\) games; found: books"):
+    with pytest.raises(UserError, match="no domain\\(s\\) games; found: books"):
         embed_folder(tmp_path / "data", tmp_path / "emb", model="hashing", domains=["games"], progress=False)
 
 

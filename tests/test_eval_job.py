@@ -181,14 +181,18 @@ def test_a_domain_the_model_was_trained_on_is_refused_or_labelled(world, tmp_pat
     seen = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", tmp_path / "seen_model", train_domains=["books"],
                        tokenizer={"hash": "tok-abc", "train_domains": ["movies"]})
     cfg = config(world, tmp_path / "out", models={"zero_shot": str(seen)}, retrieval=False)
-    with pytest.raises(UserError, match=r"domain 'books' is not zero-shot: model 'zero_shot' was trained on it "
+    with pytest.raises(UserError, match=r"domain 'books' is not zero-shot: model 'zero_shot' was pretrained on it "
                                         r"\(.*seen_model/recbase.json\).*allow_seen_domains=true"):
         evaluate(cfg)
     cfg.allow_seen_domains = True
     results = evaluate(cfg)
     assert results["domains"]["books"]["zero_shot"] is False
     assert results["model_train_domains"] == {"zero_shot": ["books"]}
-    assert "**books is not zero-shot**: model 'zero_shot' was trained on it" in (tmp_path / "out" / "report.md").read_text()
+    assert "**books is not zero-shot**: model 'zero_shot' was pretrained on it" in (tmp_path / "out" / "report.md").read_text()
+    tuned = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", tmp_path / "tuned_model", train_domains=["books"],
+                        train_config={"checkpoint": {"init_from": str(seen)}})
+    results = evaluate(config(world, tmp_path / "out2", models={"tuned": str(tuned)}, retrieval=False))
+    assert results["domains"]["books"]["zero_shot"] and results["domains"]["books"]["fine_tuned_on_it"] == ["tuned"]
 
 
 def test_a_domain_the_tokenizer_was_trained_on_is_refused(world, tmp_path):

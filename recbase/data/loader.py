@@ -38,6 +38,7 @@ import torch
 import webdataset as wds
 from webdataset import tariterators
 
+from recbase.errors import UserError
 from recbase.data.shards import ShardError, decode_block, read_manifest
 from recbase.io import sha256_file
 from recbase.vocab import Vocab
@@ -57,15 +58,15 @@ class PackedLoader:
                  expected_tokenizer_hash: str | None = None, packed: bool = True, shuffle: bool | None = None,
                  shuffle_buffer: int = 10_000, num_epochs: int | None = None, prefetch_factor: int = 4):
         if seq_len < 2 or micro_batch_size < 1:
-            raise ValueError(f"seq_len must be >= 2 and micro_batch_size >= 1, got {seq_len}, {micro_batch_size}")
+            raise UserError(f"seq_len must be >= 2 and micro_batch_size >= 1, got {seq_len}, {micro_batch_size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+            raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
         self.shard_dir = Path(shard_dir)
         self.manifest = read_manifest(self.shard_dir, expected_tokenizer_hash)
         self.vocab = Vocab.from_dict(self.manifest["vocab"])
         self.shards = sorted((s for s in self.manifest["shards"] if s["split"] == split), key=lambda s: s["path"])
         if not self.shards:
-            raise ValueError(f"{self.shard_dir}: no '{split}' shards (splits: "
+            raise UserError(f"{self.shard_dir}: no '{split}' shards (splits: "
                              f"{', '.join(self.manifest['split']['splits'])})")
         self.split, self.seq_len, self.micro_batch_size = split, seq_len, micro_batch_size
         self.rank, self.world_size, self.num_workers, self.seed = rank, world_size, num_workers, seed
@@ -104,7 +105,7 @@ class PackedLoader:
         for key in ("num_workers", "rank", "world_size", "seed", "seq_len", "micro_batch_size", "packed", "split",
                     "shuffle", "shuffle_buffer"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"loader state was saved with {key}={state[key]!r} but this loader has "
+                raise UserError(f"loader state was saved with {key}={state[key]!r} but this loader has "
                                  f"{getattr(self, key)!r}; the data order would differ, so it cannot resume")
         self._epoch = int(state["epoch"])
         self._consumed = [int(c) for c in state["consumed"]]

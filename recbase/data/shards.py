@@ -108,7 +108,7 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     """Read ``codes.parquet``; the vocabulary's K comes from ``codebook_size`` or the file's metadata."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: codes file not found (run `recbase tokenizer encode` first)")
+        raise UserError(f"{path}: codes file not found (run `recbase tokenizer encode` first)")
     table = pq.read_table(path)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     if "tokenizer_hash" not in meta:
@@ -533,13 +533,13 @@ def select_domains(cfg: ShardConfig) -> tuple[list[Path], list[Path]]:
     """The pretraining and held-out domain folders named by the config (all non-held-out ones by default)."""
     found = {p.name: p for p in list_domains(cfg.data_dir)} if Path(cfg.data_dir).is_dir() else {}
     if not found:
-        raise FileNotFoundError(f"{cfg.data_dir}: no domain folders with items.parquet and interactions.parquet")
+        raise UserError(f"{cfg.data_dir}: no domain folders with items.parquet and interactions.parquet")
     both = sorted(set(cfg.domains) & set(cfg.heldout_domains))
     if both:
-        raise ValueError(f"domains {', '.join(both)} are both pretraining and held-out domains")
+        raise UserError(f"domains {', '.join(both)} are both pretraining and held-out domains")
     for name in list(cfg.domains) + list(cfg.heldout_domains):
         if name not in found:
-            raise ValueError(f"domain '{name}' not found in {cfg.data_dir} (have {', '.join(sorted(found))})")
+            raise UserError(f"domain '{name}' not found in {cfg.data_dir} (have {', '.join(sorted(found))})")
     pretrain = list(cfg.domains) or [n for n in found if n not in cfg.heldout_domains]
     return [found[n] for n in sorted(pretrain)], [found[n] for n in sorted(cfg.heldout_domains)]
 
@@ -600,12 +600,12 @@ def read_manifest(root: str | Path, expected_tokenizer_hash: str | None = None) 
     """Load ``manifest.json``; refuse it when its tokenizer hash differs from the expected one."""
     path = Path(root) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest (the build has not finished, or merge the task manifests with "
+        raise UserError(f"{path}: no manifest (the build has not finished, or merge the task manifests with "
                                 f"`recbase shards --merge`)")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise UserError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     if expected_tokenizer_hash is not None and manifest["tokenizer_hash"] != expected_tokenizer_hash:
-        raise ValueError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
+        raise UserError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
                          f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")
     return manifest

@@ -57,23 +57,23 @@ class EvalConfig:
 
     def validate(self) -> None:
         if not self.models:
-            raise ValueError("no model to evaluate: set models (name -> path) or pass --model NAME=PATH")
+            raise UserError("no model to evaluate: set models (name -> path) or pass --model NAME=PATH")
         if not self.eval_dir:
-            raise ValueError("eval_dir is not set")
+            raise UserError("eval_dir is not set")
         if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+            raise UserError(f"mode {self.mode!r} is not one of {MODES}")
         if self.retrieval_batch_users < 1:
-            raise ValueError("retrieval_batch_users must be at least 1")
+            raise UserError("retrieval_batch_users must be at least 1")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+            raise UserError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         unknown = sorted(set(self.baselines) - set(bl.BASELINES))
         if unknown:
-            raise ValueError(f"unknown baseline(s) {unknown}; known: {list(bl.BASELINES)}")
+            raise UserError(f"unknown baseline(s) {unknown}; known: {list(bl.BASELINES)}")
         needs_data = {"text_raw", "text_centred", "popularity"} & set(self.baselines)
         if needs_data and not self.data_dir:
-            raise ValueError(f"baselines {sorted(needs_data)} need data_dir (items and interactions)")
+            raise UserError(f"baselines {sorted(needs_data)} need data_dir (items and interactions)")
         if {"text_raw", "text_centred"} & set(self.baselines) and not self.embeddings_dir:
-            raise ValueError("text-similarity baselines need embeddings_dir")
+            raise UserError("text-similarity baselines need embeddings_dir")
 
 
 def ranking_metrics(eval_set: EvalSet, per_user: list[np.ndarray]) -> dict[str, float]:
@@ -168,19 +168,23 @@ def _overall(domains: dict, kind: str) -> dict:
     return result
 
 
-def not_zero_shot_reasons(domain: str, eval_path: Path, models: dict[str, EvalModel]) -> list[str]:
-    """Why ``domain`` is not zero-shot for these models: their tokenizer or one of them was trained on it (as the
-    eval set's metadata and the models' ``recbase.json`` record it)."""
+def training_exposure(domain: str, eval_path: Path, models: dict[str, EvalModel]) -> tuple[list[str], list[str]]:
+    """``(reasons, fine_tuned)``: why ``domain`` is not zero-shot (the tokenizer or a pretrained model was trained
+    on it, as the eval set's metadata and the models' ``recbase.json`` record it), and the models fine-tuned on it,
+    which is the point of fine-tuning and is labelled, never refused."""
     tokenizer_domains = eval_set_training_domains(eval_path)[0]
-    reasons = []
+    reasons, fine_tuned = [], []
     if domain in (tokenizer_domains or []):
         reasons.append(f"the tokenizer was trained on it ({eval_path} metadata)")
     for name, em in models.items():
         if domain in (em.tokenizer_train_domains or []) and not tokenizer_domains:
             reasons.append(f"model {name!r}'s tokenizer was trained on it ({em.path / META_FILE})")
         if domain in (em.train_domains or []):
-            reasons.append(f"model {name!r} was trained on it ({em.path / META_FILE})")
-    return reasons
+            if em.fine_tuned:
+                fine_tuned.append(name)
+            else:
+                reasons.append(f"model {name!r} was pretrained on it ({em.path / META_FILE})")
+    return reasons, fine_tuned
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -190,7 +194,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     eval_paths = [Path(cfg.eval_dir) / f"{d}.parquet" for d in domains]
     for p in eval_paths:
         if not p.exists():
-            raise FileNotFoundError(f"eval set {p} not found")
+            raise UserError(f"eval set {p} not found")
     expected = input_tokenizer_hashes(eval_paths, cfg.codes, cfg.tokenizer_dir)
     if not expected:
         print("warning: no input states a tokenizer hash (no manifest.json beside eval/, no codes or tokenizer_dir "
@@ -200,14 +204,14 @@ def evaluate(cfg: EvalConfig) -> dict:
         em = load_eval_model(name, path, cfg.device, cfg.dtype)
         check_tokenizer_hash(em, expected)
         models[name] = em
-    seen = {d: not_zero_shot_reasons(d, p, models) for d, p in zip(domains, eval_paths)}
-    for domain, reasons in seen.items():
+    seen = {d: training_exposure(d, p, models) for d, p in zip(domains, eval_paths)}
+    for domain, (reasons, _) in seen.items():
         if reasons and not cfg.allow_seen_domains:
             raise UserError(f"domain {domain!r} is not zero-shot: {'; '.join(reasons)}. Evaluate a domain left out "
                             f"of training, or set allow_seen_domains=true to report it labelled not zero-shot")
     vocabs = {em.vocab for em in models.values()}
     if len(vocabs) != 1:
-        raise ValueError(f"models disagree on the vocabulary layout: {[em.vocab for em in models.values()]}")
+        raise UserError(f"models disagree on the vocabulary layout: {[em.vocab for em in models.values()]}")
     vocab = vocabs.pop()
     device = next(next(iter(models.values())).model.parameters()).device
     results: dict = {"config": to_dict(cfg), "models": {n: str(m.path) for n, m in models.items()},
@@ -225,8 +229,9 @@ def evaluate(cfg: EvalConfig) -> dict:
             item_tokens = dict(zip(item_ids, vocab.encode_codes(codes)))
             if cfg.retrieval:
                 trie = CodeTrie.build(codes, item_ids, vocab.codebook_size, device)
-        section = {"users": len(eval_set), "pairs": eval_set.n_pairs, "zero_shot": not seen[domain],
-                   "not_zero_shot_because": seen[domain],
+        reasons, fine_tuned = seen[domain]
+        section = {"users": len(eval_set), "pairs": eval_set.n_pairs, "zero_shot": not reasons,
+                   "not_zero_shot_because": reasons, "fine_tuned_on_it": fine_tuned,
                    "models": {n: evaluate_model(em, eval_set, cfg, trie) for n, em in models.items()}}
         section["baselines"], section["history_items_unverified"] = evaluate_baselines(
             eval_set, cfg, vocab.levels, item_tokens)

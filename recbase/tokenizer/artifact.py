@@ -60,7 +60,7 @@ class Tokenizer:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown tokenizer kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+            raise UserError(f"unknown tokenizer kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         normalize.check_mode(self.normalization)
         for module in (self.encoder, self.decoder):
             if module is not None:
@@ -90,7 +90,7 @@ class Tokenizer:
         """Normalised float32 embeddings; ``stats=None`` computes them from ``embeddings`` as a whole catalog."""
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.input_dim:
-            raise ValueError(f"embeddings of shape {embeddings.shape} do not fit this tokenizer "
+            raise UserError(f"embeddings of shape {embeddings.shape} do not fit this tokenizer "
                              f"(input dim {self.input_dim}, embedder {self.embedder})")
         if stats is None and self.normalization != "none":
             stats = self.compute_stats(embeddings)

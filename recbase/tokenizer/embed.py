@@ -93,7 +93,7 @@ def read_texts(domain_dir: Path) -> tuple[list[str], list[str]]:
     texts = table.column("text").to_pylist()
     for row, (item_id, text) in enumerate(zip(ids, texts)):
         if text is None or not str(text).strip():
-            raise ValueError(f"{domain_dir / ITEMS_FILE}: row {row} (item_id {item_id!r}): field 'text' is empty")
+            raise UserError(f"{domain_dir / ITEMS_FILE}: row {row} (item_id {item_id!r}): field 'text' is empty")
     return ids, texts
 
 
@@ -168,11 +168,11 @@ def select_domains(data_dir: str | Path, domains: list[str] | None = None) -> li
     found = {p.name: p for p in list_domains(data_dir)}
     if domains is None:
         if not found:
-            raise FileNotFoundError(f"{data_dir}: no domain folders with {ITEMS_FILE} and interactions.parquet")
+            raise UserError(f"{data_dir}: no domain folders with {ITEMS_FILE} and interactions.parquet")
         return list(found.values())
     missing = [d for d in domains if d not in found]
     if missing:
-        raise FileNotFoundError(f"{data_dir}: no domain(s) {', '.join(missing)}; found: {', '.join(found) or '-'}")
+        raise UserError(f"{data_dir}: no domain(s) {', '.join(missing)}; found: {', '.join(found) or '-'}")
     return [found[d] for d in domains]
 
 
@@ -184,13 +184,13 @@ def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None
     npy, js = emb_dir / f"{domain}.npy", emb_dir / f"{domain}.json"
     for p in (js, npy):
         if not p.exists():
-            raise FileNotFoundError(f"{p}: missing; run `recbase embed` for domain {domain!r} first")
+            raise UserError(f"{p}: missing; run `recbase embed` for domain {domain!r} first")
     meta = json.loads(js.read_text())
     array = np.load(npy, mmap_mode="r")
     if array.shape != (meta["n_items"], meta["dim"]):
-        raise ValueError(f"{npy}: shape {array.shape} does not match {js.name} ({meta['n_items']} x {meta['dim']})")
+        raise UserError(f"{npy}: shape {array.shape} does not match {js.name} ({meta['n_items']} x {meta['dim']})")
     if item_ids is not None and item_ids_sha256(item_ids) != meta["item_ids_sha256"]:
-        raise ValueError(f"{js}: item_ids_sha256 does not match the current items.parquet of {domain!r} "
+        raise UserError(f"{js}: item_ids_sha256 does not match the current items.parquet of {domain!r} "
                          f"({len(item_ids)} items now, {meta['n_items']} embedded); rerun `recbase embed`")
     if texts is not None and item_ids_sha256(texts) != meta.get("texts_sha256"):
         raise UserError(f"{js}: texts_sha256 does not match the current item texts of {domain!r} (the texts changed "

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recbase.errors import UserError
 from recbase.io import atomic_path
 from recbase.tokenizer.artifact import Tokenizer
 from recbase.tokenizer.collisions import collision_rate
@@ -32,7 +33,7 @@ def encode_domains(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path,
         ids, texts = read_texts(domain_dir)
         emb, meta = load_embeddings(emb_dir, domain_dir.name, ids, texts)
         if meta["model"] != tok.embedder:
-            raise ValueError(f"{emb_dir}/{domain_dir.name}.json: embedded with {meta['model']!r}, but the tokenizer "
+            raise UserError(f"{emb_dir}/{domain_dir.name}.json: embedded with {meta['model']!r}, but the tokenizer "
                              f"was trained on {tok.embedder!r} embeddings")
         start = time.perf_counter()
         codes = tok.encode_catalog(emb, tok.stats_for(domain_dir.name, emb))
@@ -71,5 +72,5 @@ def read_codes(path: str | Path) -> tuple[pa.Table, str]:
     table = pq.read_table(path)
     meta = table.schema.metadata or {}
     if b"tokenizer_hash" not in meta:
-        raise ValueError(f"{path}: no tokenizer_hash in the Parquet metadata; not written by `recbase tokenizer encode`")
+        raise UserError(f"{path}: no tokenizer_hash in the Parquet metadata; not written by `recbase tokenizer encode`")
     return table, meta[b"tokenizer_hash"].decode()

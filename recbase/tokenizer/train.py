@@ -90,7 +90,7 @@ def _train(cfg: TokenizerConfig, embeddings: dict[str, np.ndarray], embedder: st
                           f"({', '.join(embeddings)}): most codes could never be used; set codebook_size <= {n_items}")
     dims = {d: e.shape[1] for d, e in embeddings.items()}
     if len(set(dims.values())) != 1:
-        raise ValueError(f"training domains have different embedding dims: {dims}")
+        raise UserError(f"training domains have different embedding dims: {dims}")
     stats = {d: normalize.compute_stats(e, cfg.normalization) for d, e in embeddings.items()}
     x = torch.from_numpy(np.concatenate([normalize.apply(e, stats[d], cfg.normalization)
                                          for d, e in embeddings.items()]))
@@ -121,7 +121,7 @@ def load_domain_embeddings(data_dir: str | Path, emb_dir: str | Path,
         out[domain_dir.name] = emb
         models.add(meta["model"])
     if len(models) > 1:
-        raise ValueError(f"{emb_dir}: domains were embedded with different models: {sorted(models)}")
+        raise UserError(f"{emb_dir}: domains were embedded with different models: {sorted(models)}")
     return out, models.pop()
 
 

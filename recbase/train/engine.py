@@ -84,7 +84,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     world = torch.distributed.get_world_size()
     tp = cfg.deepspeed.tensor_parallel
     if world % tp:
-        raise ValueError(f"world size {world} is not a multiple of deepspeed.tensor_parallel = {tp}")
+        raise UserError(f"world size {world} is not a multiple of deepspeed.tensor_parallel = {tp}")
     return Runtime(rank=torch.distributed.get_rank(), local_rank=local_rank, world_size=world,
                    device=torch.device("cuda", local_rank) if cuda else torch.device("cpu"), backend=backend,
                    tensor_parallel=tp)

@@ -82,7 +82,7 @@ def expected_tokenizer_hash(cfg: TrainConfig) -> str | None:
 
     trained = load_meta(cfg.checkpoint.init_from).get("tokenizer_hash")
     if configured and trained and configured != trained:
-        raise ValueError(f"data.tokenizer_hash={configured} but {cfg.checkpoint.init_from} was trained with "
+        raise UserError(f"data.tokenizer_hash={configured} but {cfg.checkpoint.init_from} was trained with "
                          f"tokenizer {trained}")
     return configured or trained
 
@@ -112,7 +112,7 @@ class Trainer:
                                     if cfg.data.train_split in splits)
         vocab_size = cfg.model.vocab_size or self.vocab.model_vocab_size
         if vocab_size < self.vocab.n_tokens:
-            raise ValueError(f"model.vocab_size={vocab_size} is smaller than the {self.vocab.n_tokens} token ids "
+            raise UserError(f"model.vocab_size={vocab_size} is smaller than the {self.vocab.n_tokens} token ids "
                              f"of the shard vocabulary ({cfg.data.shards}/manifest.json)")
         attention = resolve_attention(cfg.model.attention, rt.device.type)
         self.hf_config = qwen2_config(cfg.model, vocab_size, attention, pad_token_id=self.vocab.pad_id)

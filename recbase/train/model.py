@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbase.errors import UserError
 from recbase.train.config import ModelConfig
 
 IGNORE_INDEX = -100
@@ -30,7 +31,7 @@ def resolve_attention(name: str, device_type: str) -> str:
     """``auto`` means FlashAttention-2 on CUDA when ``flash_attn`` imports, else SDPA."""
     if name != "auto":
         if name == "flash_attention_2" and device_type != "cuda":
-            raise ValueError("model.attention=flash_attention_2 needs a CUDA device")
+            raise UserError("model.attention=flash_attention_2 needs a CUDA device")
         return name
     if device_type == "cuda":
         try:
@@ -181,7 +182,7 @@ class TokenLossModel(nn.Module):
         self.levels = levels
         self.head_loss = FusedHeadLoss(lm.lm_head) if fused_linear_ce else None
         if self.hybrid and attention == "flash_attention_2":
-            raise ValueError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa")
+            raise UserError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa")
 
     @property
     def config(self):
@@ -230,10 +231,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], gather: Gathe
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(state))
     if missing:
-        raise KeyError(f"weights lack {len(missing)} parameter(s) of the model, e.g. {', '.join(missing[:3])}")
+        raise UserError(f"weights lack {len(missing)} parameter(s) of the model, e.g. {', '.join(missing[:3])}")
     for name, p in params.items():
         shape = tuple(getattr(p, "ds_shape", p.shape))
         if tuple(state[name].shape) != shape:
-            raise ValueError(f"parameter {name}: weights have shape {tuple(state[name].shape)}, model {shape}")
+            raise UserError(f"parameter {name}: weights have shape {tuple(state[name].shape)}, model {shape}")
         with gather([p]):
             p.copy_(state[name].to(p.dtype))
