@@ -109,7 +109,10 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: codes file not found (run `recbase tokenizer encode` first)")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase tokenizer encode`")
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     if "tokenizer_hash" not in meta:
         raise ValueError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")
@@ -602,9 +605,12 @@ def read_manifest(root: str | Path, expected_tokenizer_hash: str | None = None) 
     if not path.exists():
         raise UserError(f"{path}: no manifest (the build has not finished, or merge the task manifests with "
                                 f"`recbase shards --merge`)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable manifest ({e}); rerun the shard build") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a shard manifest of format {FORMAT!r}; rerun the shard build")
     if expected_tokenizer_hash is not None and manifest["tokenizer_hash"] != expected_tokenizer_hash:
         raise UserError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
                          f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")

@@ -201,7 +201,7 @@ def int_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) -
     series = df[column]
     try:   # fast path: Arrow's cast of clean integer text (it refuses fractions and overflow)
         return pc.cast(pa.array(series), pa.int64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
     text = series.astype(str).str.strip()
     integral = text.str.fullmatch(r"[+-]?\d+(\.0*)?").to_numpy(bool)

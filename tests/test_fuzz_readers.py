@@ -1,0 +1,147 @@
+"""Every reader fed malformed rows of every kind: the outcome is a located user error or a counted skip, never a
+traceback and never a value the source does not say.
+
+Each case starts from a small valid dataset in a source's published layout, damages one line of one file in a
+seeded way (truncated, a wrong type, a huge number, a byte that is not UTF-8, a duplicated row, a cut file) and
+reads it. Accepted results are checked against what the damaged text says: every timestamp is a whole second
+inside the years 1..9999, every interaction's item has metadata, ids are the text between the separators.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recbase.data.ingest import read_domain
+from recbase.data.readers.common import SECONDS_RANGE
+from recbase.errors import UserError
+
+# format -> ({file name: valid text}, the file whose rows are interactions)
+DATASETS = {
+    "movielens": ({"movies.csv": "movieId,title,genres\n1,Toy Story (1995),Animation\n2,Heat (1995),Action\n"
+                                 "3,Up (2009),Animation\n",
+                   "ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,4.0,964981247\n"
+                                  "2,3,5.0,964982224\n2,1,3.0,964983815\n"}, "ratings.csv"),
+    "amazon2023": ({"meta_All_Beauty.jsonl": "".join(json.dumps(
+                        {"main_category": "All Beauty", "title": t, "store": "Dove", "parent_asin": a}) + "\n"
+                        for a, t in (("C1", "Soap"), ("C2", "Shampoo"), ("C3", "Lotion"))),
+                    "All_Beauty.jsonl": "".join(json.dumps(
+                        {"rating": 5.0, "asin": a + "v", "parent_asin": a, "user_id": u, "timestamp": ts}) + "\n"
+                        for u, a, ts in (("U1", "C1", 1588687728923), ("U1", "C2", 1588687729923),
+                                         ("U2", "C3", 1588687730923), ("U2", "C1", 1588687731923)))},
+                   "All_Beauty.jsonl"),
+    "mind": ({"news.tsv": "N1\tsports\tfootball\tTeam wins\tA close game.\thttp://u\t[]\t[]\n"
+                          "N2\tnews\tworld\tElection\t\thttp://u\t[]\t[]\n"
+                          "N3\tfood\trecipes\tSoup\t\thttp://u\t[]\t[]\n",
+              "behaviors.tsv": "1\tU1\t11/11/2019 9:05:58 AM\tN3 N2\tN1-1 N2-0\n"
+                               "2\tU1\t11/12/2019 1:00:00 PM\tN3 N2\tN3-0 N2-1\n"
+                               "3\tU2\t11/13/2019 2:00:00 PM\tN1\tN2-1 N3-0\n"}, "behaviors.tsv"),
+    "recbole": ({"d.item": "item_id:token\ttitle:token_seq\nI1\tred shoe\nI2\tblue hat\nI3\tgreen scarf\n",
+                 "d.inter": "user_id:token\titem_id:token\ttimestamp:float\nU1\tI1\t1500000000.0\n"
+                            "U1\tI2\t1500000100.0\nU2\tI3\t1500000200.0\nU2\tI1\t1500000300.0\n"}, "d.inter"),
+    "hm": ({"articles.csv": "article_id,prod_name,product_type_name,product_group_name,graphical_appearance_name,"
+                            "colour_group_name,section_name,garment_group_name,detail_desc\n"
+                            "0108775015,Strap top,Vest top,Upper body,Solid,Black,Basics,Jersey,Jersey top.\n"
+                            "0108775044,Strap top,Vest top,Upper body,Solid,White,Basics,Jersey,Jersey top.\n"
+                            "0110065001,OP T-shirt,Bra,Underwear,Solid,Black,Lingerie,Under,T-shirt bra.\n",
+            "transactions_train.csv": "t_dat,customer_id,article_id,price,sales_channel_id\n"
+                                      "2018-09-20,c1,0108775015,0.05,2\n2018-09-21,c1,0110065001,0.03,2\n"
+                                      "2018-09-22,c2,0108775044,0.02,1\n2018-09-23,c2,0108775015,0.05,2\n"},
+           "transactions_train.csv"),
+}
+
+
+def _mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
+    """``data`` with one line (never the header) damaged as ``kind`` says."""
+    lines = data.split(b"\n")
+    body = [i for i, line in enumerate(lines) if line][1:] or [0]
+    i = rng.choice(body)
+    line = lines[i]
+    if kind == "truncated":
+        lines[i] = line[:rng.randrange(1, max(2, len(line)))]
+    elif kind == "wrong type":
+        digits = [j for j, c in enumerate(line) if chr(c).isdigit()]
+        j = rng.choice(digits) if digits else 0
+        lines[i] = line[:j] + b"x[]" + line[j + 1:]
+    elif kind == "huge":
+        digits = [j for j, c in enumerate(line) if chr(c).isdigit()]
+        j = rng.choice(digits) if digits else 0
+        lines[i] = line[:j] + b"9" * 40 + line[j:]
+    elif kind == "non-utf8":
+        j = rng.randrange(len(line) + 1)
+        lines[i] = line[:j] + b"\xff\xfe" + line[j:]
+    elif kind == "duplicate":
+        lines.insert(i, line)
+    elif kind == "cut file":
+        return data[:rng.randrange(len(data))]
+    return b"\n".join(lines)
+
+
+KINDS = ("truncated", "wrong type", "huge", "non-utf8", "duplicate", "cut file")
+SEEDS = range(3)
+
+
+def _check_accepted(tables) -> None:
+    """What an accepted read must satisfy whatever the damage was."""
+    inter = tables.interactions.to_pydict()
+    assert all(SECONDS_RANGE[0] <= t <= SECONDS_RANGE[1] for t in inter["timestamp"])
+    items = set(tables.items.column("item_id").to_pylist())
+    assert set(inter["item_id"]) <= items
+    assert all(u and i for u, i in zip(inter["user_id"], inter["item_id"]))
+    assert len(items) == tables.items.num_rows     # duplicates are dropped (and counted), never kept twice
+
+
+@pytest.mark.parametrize("fmt", sorted(DATASETS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_damaged_rows_give_a_user_error_or_a_counted_skip(tmp_path, fmt, kind):
+    files, _ = DATASETS[fmt]
+    for seed in SEEDS:
+        for target in sorted(files):
+            folder = tmp_path / f"{seed}-{target}"
+            folder.mkdir()
+            rng = random.Random(f"{fmt}/{kind}/{target}/{seed}")
+            for name, text in files.items():
+                data = text.encode("utf-8")
+                (folder / name).write_bytes(_mutate(data, kind, rng) if name == target else data)
+            try:
+                tables = read_domain(fmt, folder, "d", min_user_interactions=0, max_history=0)
+            except UserError as e:
+                assert str(folder) in str(e) or "domain" in str(e), f"error names no file: {e}"
+                continue
+            _check_accepted(tables)
+
+
+def test_valid_datasets_read_cleanly(tmp_path):
+    """The baselines of the damage cases: every undamaged dataset reads with nothing skipped."""
+    for fmt, (files, _) in DATASETS.items():
+        folder = tmp_path / fmt
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        tables = read_domain(fmt, folder, "d", min_user_interactions=0, max_history=0)
+        assert tables.interactions.num_rows >= 3 and tables.items.num_rows == 3, fmt
+        _check_accepted(tables)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_damaged_hand_off_files_give_a_user_error(tmp_path, kind):
+    """The Parquet and JSON files the stages hand over, damaged the same ways, are refused with a user error."""
+    from recbase.data.shards import FORMAT, read_codes, read_manifest
+
+    table = pa.table({"domain": ["d", "d"], "item_id": ["a", "b"], "codes": [[1, 2], [3, 4]]})
+    codes = tmp_path / "codes.parquet"
+    pq.write_table(table.replace_schema_metadata({"tokenizer_hash": "t", "codebook_size": "8"}), codes)
+    manifest = tmp_path / "shards" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"format": FORMAT, "tokenizer_hash": "t"}, indent=1))
+    rng = random.Random(kind)
+    for path, read in ((codes, lambda: read_codes(codes)), (manifest, lambda: read_manifest(manifest.parent))):
+        path.write_bytes(_mutate(path.read_bytes(), kind, rng))
+        try:
+            read()
+        except UserError as e:
+            assert path.name in str(e), e
