@@ -115,7 +115,7 @@ class Range:
 AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, lo_open=True)
 
 
-def check_ranges(obj, ranges: dict[str, Range], where: str = "") -> None:
+def check_ranges(obj, ranges: dict[str, Range]) -> None:
     """Refuse a numeric field outside its range, naming the dotted key, the value and the allowed range
     (``None`` values mean "use the default rule" and are not checked)."""
     for key, allowed in ranges.items():
@@ -123,7 +123,7 @@ def check_ranges(obj, ranges: dict[str, Range], where: str = "") -> None:
         for part in key.split("."):
             value = getattr(value, part)
         if value is not None and value not in allowed:
-            raise ConfigError(f"{where}{key}={value} is outside the allowed range {allowed}")
+            raise ConfigError(f"{key}={value} is outside the allowed range {allowed}")
 
 
 def to_dict(obj) -> dict:

@@ -188,7 +188,8 @@ def test_a_domain_the_model_was_trained_on_is_refused_or_labelled(world, tmp_pat
     results = evaluate(cfg)
     assert results["domains"]["books"]["zero_shot"] is False
     assert results["model_train_domains"] == {"zero_shot": ["books"]}
-    assert "**books is not zero-shot**: model 'zero_shot' was pretrained on it" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**books is not zero-shot**: model 'zero_shot' was pretrained on it" in report
     tuned = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", tmp_path / "tuned_model", train_domains=["books"],
                         train_config={"checkpoint": {"init_from": str(seen)}})
     results = evaluate(config(world, tmp_path / "out2", models={"tuned": str(tuned)}, retrieval=False))

@@ -46,7 +46,8 @@ def _free_port() -> int:
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), MASTER_PORT=str(_free_port()))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
+               MASTER_PORT=str(_free_port()))
     return env
 
 

@@ -67,7 +67,7 @@ class PackedLoader:
         self.shards = sorted((s for s in self.manifest["shards"] if s["split"] == split), key=lambda s: s["path"])
         if not self.shards:
             raise UserError(f"{self.shard_dir}: no '{split}' shards (splits: "
-                             f"{', '.join(self.manifest['split']['splits'])})")
+                            f"{', '.join(self.manifest['split']['splits'])})")
         self.split, self.seq_len, self.micro_batch_size = split, seq_len, micro_batch_size
         self.rank, self.world_size, self.num_workers, self.seed = rank, world_size, num_workers, seed
         self.packed = packed
@@ -106,7 +106,7 @@ class PackedLoader:
                     "shuffle", "shuffle_buffer"):
             if state[key] != getattr(self, key):
                 raise UserError(f"loader state was saved with {key}={state[key]!r} but this loader has "
-                                 f"{getattr(self, key)!r}; the data order would differ, so it cannot resume")
+                                f"{getattr(self, key)!r}; the data order would differ, so it cannot resume")
         self._epoch = int(state["epoch"])
         self._consumed = [int(c) for c in state["consumed"]]
         self._done = [bool(d) for d in state["done"]]

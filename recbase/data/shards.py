@@ -604,7 +604,7 @@ def read_manifest(root: str | Path, expected_tokenizer_hash: str | None = None) 
     path = Path(root) / MANIFEST
     if not path.exists():
         raise UserError(f"{path}: no manifest (the build has not finished, or merge the task manifests with "
-                                f"`recbase shards --merge`)")
+                        f"`recbase shards --merge`)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -613,5 +613,5 @@ def read_manifest(root: str | Path, expected_tokenizer_hash: str | None = None) 
         raise UserError(f"{path}: not a shard manifest of format {FORMAT!r}; rerun the shard build")
     if expected_tokenizer_hash is not None and manifest["tokenizer_hash"] != expected_tokenizer_hash:
         raise UserError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
-                         f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")
+                        f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")
     return manifest

@@ -163,7 +163,7 @@ def read_catalog(codes_path: str | Path, domain: str, levels: int) -> tuple[list
     for row, c in enumerate(codes):
         if c is None or len(c) != levels:
             raise UserError(f"{codes_path}: domain {domain!r} row {row}: field 'codes' has "
-                             f"{0 if c is None else len(c)} entries, the model's vocabulary has {levels} levels")
+                            f"{0 if c is None else len(c)} entries, the model's vocabulary has {levels} levels")
     return table.column("item_id").to_pylist(), np.asarray(codes, dtype=np.int64)
 
 
@@ -202,7 +202,7 @@ def history_items(eval_set: EvalSet, sequences: dict[str, list[str]], levels: in
         positions = [p for p, item in enumerate(seq) if item == target]
         if not positions:
             raise UserError(f"{eval_set.path}: row {row}: target {target!r} of user {user!r} is not among the "
-                             f"user's interactions in {source}")
+                            f"user's interactions in {source}")
         chosen = None
         for p in (p for p in positions if p >= n_hist):
             items = seq[p - n_hist:p]
@@ -251,5 +251,5 @@ def read_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str]) -> np
     digest = hashlib.sha256("\n".join(item_ids).encode("utf-8")).hexdigest()
     if meta.get("item_ids_sha256") not in (None, digest):
         raise UserError(f"{meta_path}: field 'item_ids_sha256' does not match the items table's ids; "
-                         f"the embeddings were computed for another item order")
+                        f"the embeddings were computed for another item order")
     return emb.astype(np.float32)

@@ -91,7 +91,7 @@ class Tokenizer:
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.input_dim:
             raise UserError(f"embeddings of shape {embeddings.shape} do not fit this tokenizer "
-                             f"(input dim {self.input_dim}, embedder {self.embedder})")
+                            f"(input dim {self.input_dim}, embedder {self.embedder})")
         if stats is None and self.normalization != "none":
             stats = self.compute_stats(embeddings)
         return normalize.apply(embeddings, stats, self.normalization)

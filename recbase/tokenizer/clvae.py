@@ -65,8 +65,8 @@ class CLVAEResult:
 def check_config(cfg: CLVAEConfig, levels: int) -> None:
     if cfg.curriculum and cfg.epochs <= (levels - 1) * cfg.epochs_per_level:
         raise UserError(f"clvae.epochs={cfg.epochs} leaves no epoch with all {levels} levels: the curriculum may "
-                         f"spend up to {(levels - 1) * cfg.epochs_per_level} epochs (epochs_per_level="
-                         f"{cfg.epochs_per_level}) before the last level is added")
+                        f"spend up to {(levels - 1) * cfg.epochs_per_level} epochs (epochs_per_level="
+                        f"{cfg.epochs_per_level}) before the last level is added")
     if cfg.min_epochs_per_level > cfg.epochs_per_level:
         raise UserError("clvae.min_epochs_per_level must not exceed clvae.epochs_per_level")
 

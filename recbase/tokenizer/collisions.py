@@ -44,8 +44,8 @@ def disambiguation_level(codes: np.ndarray, codebook_size: int) -> np.ndarray:
         worst = int(np.argmax(sizes))
         example = np.asarray(codes)[np.flatnonzero(bucket == worst)[0]].tolist()
         raise UserError(f"{int(sizes.max())} items share the code tuple {example}, more than the codebook size "
-                         f"{codebook_size}: a disambiguation level cannot separate them; train with more levels "
-                         f"or a larger codebook")
+                        f"{codebook_size}: a disambiguation level cannot separate them; train with more levels "
+                        f"or a larger codebook")
     order = np.argsort(bucket, kind="stable")
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     index = np.empty(len(bucket), dtype=np.int64)

@@ -191,7 +191,7 @@ def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None
         raise UserError(f"{npy}: shape {array.shape} does not match {js.name} ({meta['n_items']} x {meta['dim']})")
     if item_ids is not None and item_ids_sha256(item_ids) != meta["item_ids_sha256"]:
         raise UserError(f"{js}: item_ids_sha256 does not match the current items.parquet of {domain!r} "
-                         f"({len(item_ids)} items now, {meta['n_items']} embedded); rerun `recbase embed`")
+                        f"({len(item_ids)} items now, {meta['n_items']} embedded); rerun `recbase embed`")
     if texts is not None and item_ids_sha256(texts) != meta.get("texts_sha256"):
         raise UserError(f"{js}: texts_sha256 does not match the current item texts of {domain!r} (the texts changed "
                         f"since they were embedded); rerun `recbase embed`")

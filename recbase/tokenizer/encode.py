@@ -34,7 +34,7 @@ def encode_domains(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path,
         emb, meta = load_embeddings(emb_dir, domain_dir.name, ids, texts)
         if meta["model"] != tok.embedder:
             raise UserError(f"{emb_dir}/{domain_dir.name}.json: embedded with {meta['model']!r}, but the tokenizer "
-                             f"was trained on {tok.embedder!r} embeddings")
+                            f"was trained on {tok.embedder!r} embeddings")
         start = time.perf_counter()
         codes = tok.encode_catalog(emb, tok.stats_for(domain_dir.name, emb))
         seen = "trained on" if domain_dir.name in tok.domain_stats else "unseen"

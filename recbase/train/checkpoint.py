@@ -127,8 +127,8 @@ def resolve(path: str | Path) -> tuple[Path | None, str]:
     pointer = path / LATEST
     named = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
     why = f"newest complete checkpoint of {len(found)} in {path}"
-    if named and named != newest.name:
-        why += f"; '{LATEST}' names {named or 'nothing'}, which is not complete"
+    if named != newest.name:
+        why += f"; '{LATEST}' names {named or 'nothing'} (a save was cut short)"
     return newest, why
 
 

@@ -83,7 +83,7 @@ def _model_from(meta: dict, state: dict[str, torch.Tensor], attention: str):
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise UserError(f"checkpoint does not fit the model: missing {sorted(set(missing) - tied)[:3]}, "
-                       f"unexpected {sorted(unexpected)[:3]}")
+                        f"unexpected {sorted(unexpected)[:3]}")
     model.tie_weights()
     return model.eval()
 

@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from recbase.config import to_dict
-from recbase.errors import UserError
 from recbase.data.shards import read_manifest
+from recbase.errors import UserError
 from recbase.train import checkpoint as ckpt
 from recbase.train import engine as ds
 from recbase.train.config import TrainConfig
@@ -83,7 +83,7 @@ def expected_tokenizer_hash(cfg: TrainConfig) -> str | None:
     trained = load_meta(cfg.checkpoint.init_from).get("tokenizer_hash")
     if configured and trained and configured != trained:
         raise UserError(f"data.tokenizer_hash={configured} but {cfg.checkpoint.init_from} was trained with "
-                         f"tokenizer {trained}")
+                        f"tokenizer {trained}")
     return configured or trained
 
 
@@ -113,7 +113,7 @@ class Trainer:
         vocab_size = cfg.model.vocab_size or self.vocab.model_vocab_size
         if vocab_size < self.vocab.n_tokens:
             raise UserError(f"model.vocab_size={vocab_size} is smaller than the {self.vocab.n_tokens} token ids "
-                             f"of the shard vocabulary ({cfg.data.shards}/manifest.json)")
+                            f"of the shard vocabulary ({cfg.data.shards}/manifest.json)")
         attention = resolve_attention(cfg.model.attention, rt.device.type)
         self.hf_config = qwen2_config(cfg.model, vocab_size, attention, pad_token_id=self.vocab.pad_id)
         self.size = model_size(self.hf_config)
