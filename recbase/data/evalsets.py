@@ -82,7 +82,7 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
     """Write the eval set of one held-out domain to ``out_path`` (skipped when it exists); returns its counts.
 
     Its metadata records the tokenizer hash and the domains the tokenizer (from ``codes``) and the shards built
-    beside it (``pretrain_domains``) were made from, which evaluation checks."""
+    beside it (``pretrain_domains``) were made from; evaluation checks the hash and the tokenizer's domains."""
     domain_dir, out_path = Path(domain_dir), Path(out_path)
     if not 1 <= cfg.positives <= MAX_POSITIVES:
         raise ValueError(f"eval.positives must be in 1..{MAX_POSITIVES}, got {cfg.positives}")

@@ -506,6 +506,10 @@ def build_shards(cfg: ShardConfig) -> Path:
     finally:
         _WORK = None
 
+    seen = sorted({d.name for d in heldout_dirs} & set(codes.tokenizer.get("train_domains") or []))
+    if seen:
+        log.warning("held-out domain(s) %s were among the tokenizer's training domains: their eval sets are not "
+                    "zero-shot, and evaluation refuses them unless allow_seen_domains=true", ", ".join(seen))
     eval_sets = {}
     if cfg.task_index == 0:
         from recbase.data.evalsets import build_eval_set
