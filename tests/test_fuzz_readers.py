@@ -51,6 +51,42 @@ DATASETS = {
                                       "2018-09-20,c1,0108775015,0.05,2\n2018-09-21,c1,0110065001,0.03,2\n"
                                       "2018-09-22,c2,0108775044,0.02,1\n2018-09-23,c2,0108775015,0.05,2\n"},
            "transactions_train.csv"),
+    "yelp": ({"yelp_academic_dataset_business.json": "".join(json.dumps(
+                  {"business_id": b, "name": n, "city": "Tucson", "state": "AZ", "categories": "Food"}) + "\n"
+                  for b, n in (("b1", "Cafe"), ("b2", "Diner"), ("b3", "Bakery"))),
+              "yelp_academic_dataset_review.json": "".join(json.dumps(
+                  {"review_id": r, "user_id": u, "business_id": b, "stars": 5, "date": d}) + "\n"
+                  for r, u, b, d in (("r1", "u1", "b1", "2014-02-05 20:30:30"),
+                                     ("r2", "u1", "b2", "2014-02-06 10:00:00"),
+                                     ("r3", "u2", "b3", "2015-01-01 00:00:00"),
+                                     ("r4", "u2", "b1", "2015-01-02 00:00:00")))},
+             "yelp_academic_dataset_review.json"),
+    "goodreads": ({"goodreads_books_poetry.json": "".join(json.dumps(
+                       {"book_id": b, "title": n, "authors": [{"author_id": "9", "role": ""}], "publisher": "P"}) + "\n"
+                       for b, n in (("5", "Odes"), ("6", "Sonnets"), ("7", "Elegies"))),
+                   "goodreads_book_authors.json": json.dumps({"author_id": "9", "name": "Keats"}) + "\n",
+                   "goodreads_interactions_poetry.json": "".join(json.dumps(
+                       {"user_id": u, "book_id": b, "is_read": True, "rating": 5, "date_added": d}) + "\n"
+                       for u, b, d in (("u", "5", "Tue Oct 17 09:39:58 -0700 2017"),
+                                       ("u", "6", "Wed Oct 18 09:39:58 -0700 2017"),
+                                       ("v", "7", "Thu Oct 19 09:39:58 -0700 2017")))},
+                  "goodreads_interactions_poetry.json"),
+    "steam": ({"steam_games.json": "".join(repr(
+                   {"app_name": n, "title": n, "genres": ["Action"], "id": i, "developer": "Valve"}) + "\n"
+                   for i, n in (("70", "Half-Life"), ("220", "Half-Life 2"), ("400", "Portal"))),
+               "steam_reviews.json": "".join(repr(
+                   {"username": u, "hours": 3.0, "product_id": i, "date": d, "text": "fun"}) + "\n"
+                   for u, i, d in (("bob", "70", "2017-12-17"), ("bob", "220", "2017-12-18"),
+                                   ("amy", "400", "2018-01-02"), ("amy", "70", "2018-01-03")))},
+              "steam_reviews.json"),
+    "amazon": ({"meta_Tools.json": "".join(json.dumps(
+                    {"asin": a, "title": n, "brand": "Bosch", "category": ["Tools"]}) + "\n"
+                    for a, n in (("B1", "Drill"), ("B2", "Saw"), ("B3", "Hammer"))),
+                "Tools_5.json": "".join(json.dumps(
+                    {"reviewerID": u, "asin": a, "overall": 5.0, "unixReviewTime": ts}) + "\n"
+                    for u, a, ts in (("U1", "B1", 1500000000), ("U1", "B2", 1500000100), ("U2", "B3", 1500000200),
+                                     ("U2", "B1", 1500000300)))},
+               "Tools_5.json"),
 }
 
 
