@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from recbase.errors import UserError
 
 
 def current_umask() -> int:
@@ -45,6 +48,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def plain_name(name: str, what: str, becomes: str) -> str:
+    """Refuse a name that becomes a folder unless it is plain (letters, digits, ``.``, ``_``, ``-``, starting with
+    a letter or digit), so that it can never point outside its parent folder (``../x``, ``/abs``, ``a/b``)."""
+    if not _PLAIN_NAME.fullmatch(name):
+        raise UserError(f"{what} {name!r} is not a plain name: use letters, digits, '.', '_' and '-', starting with "
+                        f"a letter or digit (it becomes the folder {becomes})")
+    return name
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -241,3 +241,9 @@ def test_config_out_of_range_names_the_key_and_the_range(world, tmp_path, key, v
         setattr(cfg, key, value)
     with pytest.raises(UserError, match=rf"^{key}={value} is outside the allowed range {allowed}$"):
         build_shards(cfg)
+
+
+def test_a_shard_set_name_is_a_plain_name(world, tmp_path):
+    with pytest.raises(UserError, match=r"shard set name '\.\./x' is not a plain name"):
+        build_shards(config(world, tmp_path / "out", name="../x"))
+    assert not (tmp_path / "x").exists()

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from recbase.config import AT_LEAST_0, AT_LEAST_1, Range, check_ranges, to_dict
 from recbase.errors import UserError
 from recbase.data.tables import INTERACTIONS_FILE, list_domains, read_interactions
-from recbase.io import atomic_path, atomic_write_text, sha256_file
+from recbase.io import atomic_path, atomic_write_text, plain_name, sha256_file
 from recbase.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -478,7 +478,7 @@ def build_shards(cfg: ShardConfig) -> Path:
     t0 = time.perf_counter()
     codes = read_codes(cfg.codes_path, cfg.codebook_size)
     pretrain_dirs, heldout_dirs = select_domains(cfg)
-    root = Path(cfg.out_dir) / cfg.name
+    root = Path(cfg.out_dir) / plain_name(cfg.name, "shard set name", "<out_dir>/<name>/")
     root.mkdir(parents=True, exist_ok=True)
     _check_stamp(root, cfg, codes.tokenizer_hash, [Path(cfg.codes_path)] + [
         d / name for d in pretrain_dirs + heldout_dirs for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE)

@@ -13,7 +13,6 @@ to the kept users and known items and written beside the two main tables as ``<n
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recbase.errors import UserError
-from recbase.io import atomic_path
+from recbase.io import atomic_path, plain_name
 
 ITEM_COLUMNS = ("domain", "item_id", "text")
 INTERACTION_SCHEMA = pa.schema([
@@ -176,16 +174,9 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
     return DomainTables(tables.domain, items, inter, s, extra)
 
 
-_DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
 def check_domain_name(name: str) -> str:
-    """A domain name is a folder name under the data folder: letters, digits, ``.``, ``_`` and ``-``, starting
-    with a letter or digit, so that it can never point outside that folder (``../x``, ``/abs``)."""
-    if not _DOMAIN_NAME.fullmatch(name):
-        raise UserError(f"domain name {name!r} is not a plain name: use letters, digits, '.', '_' and '-', starting "
-                        f"with a letter or digit (it becomes the folder <out>/<domain>/)")
-    return name
+    """A domain name is a folder name under the data folder, so it must be a plain name."""
+    return plain_name(name, "domain name", "<out>/<domain>/")
 
 
 def write_domain(tables: DomainTables, out_dir: str | Path) -> Path:
