@@ -38,8 +38,8 @@ import torch
 import webdataset as wds
 from webdataset import tariterators
 
-from recbase.errors import UserError
 from recbase.data.shards import ShardError, decode_block, read_manifest
+from recbase.errors import UserError
 from recbase.io import sha256_file
 from recbase.vocab import Vocab
 

@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from recbase.config import AT_LEAST_0, AT_LEAST_1, Range, check_ranges, to_dict
-from recbase.errors import UserError
 from recbase.data.tables import INTERACTIONS_FILE, list_domains, read_interactions
+from recbase.errors import UserError
 from recbase.io import atomic_path, atomic_write_text, plain_name, sha256_file
 from recbase.vocab import Vocab
 
@@ -112,7 +112,8 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase tokenizer encode`")
+        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase tokenizer encode`"
+                        ) from None
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     if "tokenizer_hash" not in meta:
         raise ValueError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from recbase.io import atomic_path, atomic_write_text
 from recbase.errors import UserError
+from recbase.io import atomic_path, atomic_write_text
 from recbase.tokenizer import normalize
 from recbase.tokenizer.collisions import disambiguation_level
 from recbase.tokenizer.modules import (MLP, fsq_codes_to_values, fsq_digits_to_codes, fsq_group_size, fsq_round,

@@ -26,9 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
-from recbase.errors import UserError
 from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, make_items_table
 from recbase.data.templates import clean_fields, field_order, text_of
+from recbase.errors import UserError
 
 
 class InputError(UserError):
