@@ -249,6 +249,11 @@ def id_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) ->
     return values
 
 
+def _fraction_of_a_second(path: Path, value, line: int, field: str) -> InputError:
+    return InputError(path, f"{value!r} has a fraction of a second; the interactions table holds whole seconds, so "
+                            f"round the times in the source", line=line, field=field)
+
+
 def parse_time(value, fmt: str, path: Path, lineno: int, field: str) -> int:
     """Seconds since the epoch from ``unix``, ``unix_ms``, ``iso`` or a ``strftime`` pattern; naive times are UTC.
 
@@ -264,8 +269,7 @@ def parse_time(value, fmt: str, path: Path, lineno: int, field: str) -> int:
     except (TypeError, ValueError):
         raise InputError(path, f"not a time ({fmt}): {value!r}", line=lineno, field=field) from None
     if t.microsecond:
-        raise InputError(path, f"{value!r} has a fraction of a second; the interactions table holds whole seconds, "
-                               f"so round the times in the source", line=lineno, field=field)
+        raise _fraction_of_a_second(path, value, lineno, field)
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return int(t.timestamp())
@@ -284,8 +288,7 @@ def time_column(series: pd.Series, fmt: str, path: Path, first_line: int = 2) ->
     fraction = since % 1_000_000_000 != 0
     if fraction.any():
         row = int(np.flatnonzero(fraction)[0])
-        raise InputError(path, f"{series.iloc[row]!r} has a fraction of a second; the interactions table holds whole "
-                               f"seconds, so round the times in the source", line=row + first_line, field=series.name)
+        raise _fraction_of_a_second(path, series.iloc[row], row + first_line, series.name)
     return since // 1_000_000_000
 
 
