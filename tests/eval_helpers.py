@@ -37,9 +37,14 @@ def tiny_model(vocab: Vocab, seed: int = 0, max_positions: int = 512, hidden: in
     return model
 
 
-def save_export(model, vocab: Vocab, tokenizer_hash: str, path: Path) -> Path:
+def save_export(model, vocab: Vocab, tokenizer_hash: str, path: Path, **meta) -> Path:
+    """A Hugging Face folder with the ``recbase.json`` an export writes (weight hashes included)."""
+    from recbase.io import sha256_file
+
     model.save_pretrained(path)
-    (path / "recbase.json").write_text(json.dumps({"tokenizer_hash": tokenizer_hash, "vocab": vocab.to_dict()}))
+    weights = {p.name: sha256_file(p) for p in path.glob("*.safetensors")}
+    (path / "recbase.json").write_text(json.dumps({"tokenizer_hash": tokenizer_hash, "vocab": vocab.to_dict(),
+                                                   "weights_sha256": weights, **meta}))
     return path
 
 

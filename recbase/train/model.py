@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbase.errors import UserError
 from recbase.train.config import ModelConfig
 
 IGNORE_INDEX = -100
@@ -51,7 +52,7 @@ def resolve_attention(name: str, device_type: str, pattern: str = "causal") -> s
             return "sdpa"
         return "flash_attention_2" if pattern == "causal" and flash_attn_available() else "flex_attention"
     if name in ("flash_attention_2", "flex_attention") and device_type != "cuda":
-        raise ValueError(f"model.attention={name} needs a CUDA device (use sdpa or auto on {device_type})")
+        raise UserError(f"model.attention={name} needs a CUDA device (use sdpa or auto on {device_type})")
     return name
 
 
@@ -216,8 +217,8 @@ class TokenLossModel(nn.Module):
         self.levels = levels
         self.head_loss = FusedHeadLoss(lm.lm_head) if fused_linear_ce else None
         if self.hybrid and attention == "flash_attention_2":
-            raise ValueError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa or "
-                             "flex_attention")
+            raise UserError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa or "
+                            "flex_attention")
 
     @property
     def config(self):
@@ -270,10 +271,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], gather: Gathe
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(state))
     if missing:
-        raise KeyError(f"weights lack {len(missing)} parameter(s) of the model, e.g. {', '.join(missing[:3])}")
+        raise UserError(f"weights lack {len(missing)} parameter(s) of the model, e.g. {', '.join(missing[:3])}")
     for name, p in params.items():
         shape = tuple(getattr(p, "ds_shape", p.shape))
         if tuple(state[name].shape) != shape:
-            raise ValueError(f"parameter {name}: weights have shape {tuple(state[name].shape)}, model {shape}")
+            raise UserError(f"parameter {name}: weights have shape {tuple(state[name].shape)}, model {shape}")
         with gather([p]):
             p.copy_(state[name].to(p.dtype))
