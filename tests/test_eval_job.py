@@ -10,6 +10,7 @@ from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from eval_helpers import build_world, save_export, tiny_model, write_eval_set
 from recbase.cli import main
 from recbase.config import load_config
+from recbase.errors import UserError
 from recbase.eval.inputs import read_eval_set
 from recbase.eval.job import EvalConfig, evaluate
 from recbase.eval.metrics import auc
@@ -195,3 +196,40 @@ def test_terminal_table_is_compact_and_charts_mark_bar_and_chance(world, tmp_pat
     chance = reference_lines(metrics, "recall@10")["chance (random ranking of the catalog)"]
     assert chance == [pytest.approx(10 / n)] * 2
     assert chance_retrieval(40, [10])["mrr"] == pytest.approx(sum(1 / r for r in range(1, 41)) / 40)
+
+
+def test_an_eval_set_without_tokenizer_hash_is_refused(world, tmp_path):
+    path = write_eval_set(tmp_path / "eval" / "books.parquet", world["rows"])
+    with pytest.raises(UserError, match=r"books.parquet: no tokenizer_hash in the Parquet metadata"):
+        evaluate(config(world, tmp_path / "out", eval_dir=str(path.parent)))
+
+
+def test_a_domain_the_model_was_trained_on_is_refused_or_labelled(world, tmp_path):
+    seen = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", tmp_path / "seen_model", train_domains=["books"],
+                       tokenizer={"hash": "tok-abc", "train_domains": ["movies"]})
+    cfg = config(world, tmp_path / "out", models={"zero_shot": str(seen)}, retrieval=False)
+    with pytest.raises(UserError, match=r"domain 'books' is not zero-shot: model 'zero_shot' was pretrained on it "
+                                        r"\(.*seen_model/recbase.json\).*allow_seen_domains=true"):
+        evaluate(cfg)
+    cfg.allow_seen_domains = True
+    results = evaluate(cfg)
+    assert results["domains"]["books"]["zero_shot"] is False
+    assert results["model_train_domains"] == {"zero_shot": ["books"]}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**books is not zero-shot**: model 'zero_shot' was pretrained on it" in report
+    tuned = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", tmp_path / "tuned_model", train_domains=["books"],
+                        train_config={"checkpoint": {"init_from": str(seen)}})
+    results = evaluate(config(world, tmp_path / "out2", models={"tuned": str(tuned)}, retrieval=False))
+    assert results["domains"]["books"]["zero_shot"] and results["domains"]["books"]["fine_tuned_on_it"] == ["tuned"]
+
+
+def test_a_domain_the_tokenizer_was_trained_on_is_refused(world, tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(world["eval_dir"] / "books.parquet")
+    meta = {**table.schema.metadata, b"tokenizer_train_domains": b'["books", "movies"]'}
+    path = tmp_path / "eval" / "books.parquet"
+    path.parent.mkdir()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    with pytest.raises(UserError, match=r"'books' is not zero-shot: the tokenizer was trained on it"):
+        evaluate(config(world, tmp_path / "out", eval_dir=str(path.parent)))

@@ -22,17 +22,13 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from recbase.data.fetch import REGISTRY, ChecksumError, fetch
+    from recbase.data.fetch import REGISTRY, fetch
 
     if args.action == "list":
         for name, entry in sorted(REGISTRY.items()):
             print(f"{name:40s} {entry.describe()}")
         return 0
-    try:
-        folder = fetch(args.name, args.dest)
-    except (KeyError, ChecksumError) as e:
-        print(f"error: {e.args[0]}")
-        return 2
+    folder = fetch(args.name, args.dest)
     print(f"{args.name}: verified and unpacked in {folder}")
     if args.no_ingest:
         return 0

@@ -15,15 +15,10 @@ def add_filter_arguments(parser) -> None:
 
 
 def ingest_and_report(fmt: str, path, out, **kwargs) -> int:
-    """Ingest and print the summary; a bad input is printed and gives exit status 2."""
+    """Ingest and print the summary."""
     from recbase.data.ingest import ingest
-    from recbase.data.readers import InputError
 
-    try:
-        tables = ingest(fmt, path, out, **kwargs)
-    except InputError as e:
-        print(f"error: {e}")
-        return 2
+    tables = ingest(fmt, path, out, **kwargs)
     print(tables.summary.format())
     print(f"wrote {out}/{tables.domain}/")
     return 0

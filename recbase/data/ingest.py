@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from recbase.data.readers import default_domain, get_reader
-from recbase.data.tables import DomainTables, finalize, write_domain
+from recbase.data.tables import DomainTables, check_domain_name, finalize, write_domain
 from recbase.io import atomic_write_text
 
 SUMMARY_FILE = "ingest_summary.json"
@@ -23,7 +23,7 @@ def read_domain(fmt: str, path: str | Path, domain: str | None = None,
                 **options) -> DomainTables:
     """Read ``path`` in format ``fmt`` and apply the filters; nothing is written."""
     start = time.perf_counter()
-    tables = get_reader(fmt)(Path(path), domain or default_domain(path), **options)
+    tables = get_reader(fmt)(Path(path), check_domain_name(domain or default_domain(path)), **options)
     tables = finalize(tables, min_user_interactions=min_user_interactions, max_history=max_history)
     tables.summary.seconds = time.perf_counter() - start
     return tables

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recbase.io import atomic_path
+from recbase.io import atomic_path, plain_name
 
 ITEM_COLUMNS = ("domain", "item_id", "text")
 INTERACTION_SCHEMA = pa.schema([
@@ -174,9 +174,14 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
     return DomainTables(tables.domain, items, inter, s, extra)
 
 
+def check_domain_name(name: str) -> str:
+    """A domain name is a folder name under the data folder, so it must be a plain name."""
+    return plain_name(name, "domain name", "<out>/<domain>/")
+
+
 def write_domain(tables: DomainTables, out_dir: str | Path) -> Path:
     """Write ``<out_dir>/<domain>/{items,interactions}.parquet`` (and any extra tables) atomically."""
-    d = Path(out_dir) / tables.domain
+    d = Path(out_dir) / check_domain_name(tables.domain)
     d.mkdir(parents=True, exist_ok=True)
     outputs = [(ITEMS_FILE, tables.items), (INTERACTIONS_FILE, tables.interactions)]
     outputs += [(f"{name}.parquet", table) for name, table in tables.extra.items()]

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from recbase.errors import UserError
+
 LIST_SEPARATOR = " | "
 
 
@@ -72,7 +74,7 @@ def template(kind: str) -> Template:
     try:
         return TEMPLATES[kind]
     except KeyError:
-        raise ValueError(f"unknown template kind {kind!r}; known: {', '.join(TEMPLATES)}") from None
+        raise UserError(f"unknown template kind {kind!r}; known: {', '.join(TEMPLATES)}") from None
 
 
 def clean_fields(kind: str, fields: Mapping[str, Any]) -> dict[str, str]:

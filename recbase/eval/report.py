@@ -154,6 +154,10 @@ def render_markdown(results: dict) -> str:
         f"Overall = unweighted mean over domains.",
         "",
         ranking_table(results),
+        *[f"\n**{d} is not zero-shot**: {'; '.join(s['not_zero_shot_because'])}."
+          for d, s in results["domains"].items() if s.get("not_zero_shot_because")],
+        *[f"\n{d}: {', '.join(f'`{m}`' for m in s['fine_tuned_on_it'])} fine-tuned on this domain."
+          for d, s in results["domains"].items() if s.get("fine_tuned_on_it")],
         "",
         "### Baselines, GAUC",
         "",

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from recbase.config import ConfigError
 from recbase.data.tables import ITEMS_FILE, list_domains, read_items
+from recbase.errors import UserError
 from recbase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ def check_texts(table, path: Path) -> tuple[list[str], list[str]]:
     texts = table.column("text").to_pylist()
     for row, (item_id, text) in enumerate(zip(ids, texts)):
         if text is None or not str(text).strip():
-            raise ValueError(f"{path}: row {row} (item_id {item_id!r}): field 'text' is empty")
+            raise UserError(f"{path}: row {row} (item_id {item_id!r}): field 'text' is empty")
     return ids, texts
 
 
@@ -117,7 +119,8 @@ def embed_items(domain: str, ids: list[str], texts: list[str], out_dir: Path, em
     meta = {"model": embedder.name, "dim": embedder.dim, "n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids),
             "texts_sha256": item_ids_sha256(texts)}
     npy, js = out_dir / f"{domain}.npy", out_dir / f"{domain}.json"
-    if js.exists() and npy.exists() and json.loads(js.read_text()) == meta:
+    if (js.exists() and npy.exists() and json.loads(js.read_text()) == meta
+            and np.load(npy, mmap_mode="r").shape == (meta["n_items"], meta["dim"])):
         return {**meta, "domain": domain, "embedded": 0, "skipped": True}
 
     parts = out_dir / PARTS_DIR / domain
@@ -156,6 +159,9 @@ def embed_items(domain: str, ids: list[str], texts: list[str], out_dir: Path, em
 def embed_folder(data_dir: str | Path, out_dir: str | Path, model: str = DEFAULT_MODEL, batch_size: int = 64,
                  chunk_size: int = 2048, domains: list[str] | None = None, progress: bool = True) -> list[dict]:
     """Embed every domain under ``data_dir`` (or only ``domains``) into ``out_dir``; one summary per domain."""
+    for key, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
+        if value < 1:
+            raise ConfigError(f"{key}={value} is outside the allowed range >= 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     domain_dirs = select_domains(data_dir, domains)
@@ -172,26 +178,31 @@ def select_domains(data_dir: str | Path, domains: list[str] | None = None) -> li
     found = {p.name: p for p in list_domains(data_dir)}
     if domains is None:
         if not found:
-            raise FileNotFoundError(f"{data_dir}: no domain folders with {ITEMS_FILE} and interactions.parquet")
+            raise UserError(f"{data_dir}: no domain folders with {ITEMS_FILE} and interactions.parquet")
         return list(found.values())
     missing = [d for d in domains if d not in found]
     if missing:
-        raise FileNotFoundError(f"{data_dir}: no domain(s) {', '.join(missing)}; found: {', '.join(found) or '-'}")
+        raise UserError(f"{data_dir}: no domain(s) {', '.join(missing)}; found: {', '.join(found) or '-'}")
     return [found[d] for d in domains]
 
 
-def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None = None) -> tuple[np.ndarray, dict]:
-    """Embeddings [N, D] (float16 as stored) and metadata of one domain, checked against ``item_ids`` if given."""
+def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None = None,
+                    texts: list[str] | None = None) -> tuple[np.ndarray, dict]:
+    """Embeddings [N, D] (float16 as stored) and metadata of one domain, checked against the current ``item_ids``
+    and ``texts`` of its ``items.parquet`` when given."""
     emb_dir = Path(emb_dir)
     npy, js = emb_dir / f"{domain}.npy", emb_dir / f"{domain}.json"
     for p in (js, npy):
         if not p.exists():
-            raise FileNotFoundError(f"{p}: missing; run `recbase embed` for domain {domain!r} first")
+            raise UserError(f"{p}: missing; run `recbase embed` for domain {domain!r} first")
     meta = json.loads(js.read_text())
     array = np.load(npy, mmap_mode="r")
     if array.shape != (meta["n_items"], meta["dim"]):
-        raise ValueError(f"{npy}: shape {array.shape} does not match {js.name} ({meta['n_items']} x {meta['dim']})")
+        raise UserError(f"{npy}: shape {array.shape} does not match {js.name} ({meta['n_items']} x {meta['dim']})")
     if item_ids is not None and item_ids_sha256(item_ids) != meta["item_ids_sha256"]:
-        raise ValueError(f"{js}: item_ids_sha256 does not match the current items.parquet of {domain!r} "
-                         f"({len(item_ids)} items now, {meta['n_items']} embedded); rerun `recbase embed`")
+        raise UserError(f"{js}: item_ids_sha256 does not match the current items.parquet of {domain!r} "
+                        f"({len(item_ids)} items now, {meta['n_items']} embedded); rerun `recbase embed`")
+    if texts is not None and item_ids_sha256(texts) != meta.get("texts_sha256"):
+        raise UserError(f"{js}: texts_sha256 does not match the current item texts of {domain!r} (the texts changed "
+                        f"since they were embedded); rerun `recbase embed`")
     return np.asarray(array), meta

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from recbase.data.readers.common import InputError
+from recbase.errors import UserError
 
 # format name -> (module, function, what it reads)
 FORMATS: dict[str, tuple[str, str, str]] = {
@@ -33,7 +34,7 @@ def get_reader(fmt: str) -> Callable:
     try:
         module, function, _ = FORMATS[fmt]
     except KeyError:
-        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}") from None
+        raise UserError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}") from None
     return getattr(importlib.import_module(f"recbase.data.readers.{module}"), function)
 
 
