@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from recbase.errors import UserError
 from recbase.eval.model_io import EvalModel, check_tokenizer_hash, load_eval_model
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import CandidateScorer
@@ -45,7 +46,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recbase"
 
 
-class UnknownItems(ValueError):
+class UnknownItems(UserError):
     """Item ids that are not in the catalog; ``field`` names the request field that held them."""
 
     def __init__(self, field: str, items: list[str], catalog: str):
@@ -106,24 +107,24 @@ def read_catalog_table(source: str | Path, fmt: str | None = None, domain: str |
     else:
         path = source / ITEMS_FILE if source.is_dir() else source
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no items table (give an items.parquet, a domain folder holding one, "
+            raise UserError(f"{path}: no items table (give an items.parquet, a domain folder holding one, "
                                     f"or a raw dataset with its format)")
         table = pq.read_table(path)
         missing = [c for c in ("item_id", "text") if c not in table.column_names]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (columns: "
+            raise UserError(f"{path}: missing column(s) {', '.join(missing)} (columns: "
                              f"{', '.join(table.column_names)})")
         name = domain or _table_domain(table, path)
     ids, texts = check_texts(table, path)
     first: dict[str, int] = {}
     for row, item_id in enumerate(ids):
         if item_id is None:
-            raise ValueError(f"{path}: row {row}: field 'item_id' is empty")
+            raise UserError(f"{path}: row {row}: field 'item_id' is empty")
         if item_id in first:
-            raise ValueError(f"{path}: row {row}: field 'item_id' {item_id!r} repeats row {first[item_id]}")
+            raise UserError(f"{path}: row {row}: field 'item_id' {item_id!r} repeats row {first[item_id]}")
         first[item_id] = row
     if not ids:
-        raise ValueError(f"{path}: the catalog has no items")
+        raise UserError(f"{path}: the catalog has no items")
     return name, [str(i) for i in ids], [str(t) for t in texts]
 
 
@@ -162,7 +163,7 @@ class Recommender:
     def __init__(self, model: EvalModel, tokenizer: Tokenizer, cache_dir: str | Path | None = None,
                  beam_width: int = 20, batch_tokens: int = 8192):
         if model.vocab.levels != tokenizer.code_width or model.vocab.codebook_size != tokenizer.codebook_size:
-            raise ValueError(f"model {model.path} has {model.vocab.levels} levels of {model.vocab.codebook_size} "
+            raise UserError(f"model {model.path} has {model.vocab.levels} levels of {model.vocab.codebook_size} "
                              f"codes, the tokenizer {tokenizer.code_width} of {tokenizer.codebook_size}")
         self.model = model
         self.tokenizer = tokenizer
@@ -248,10 +249,10 @@ class Recommender:
         if name is None:
             if len(self.catalogs) == 1:
                 return next(iter(self.catalogs.values()))
-            raise ValueError("no catalog loaded yet (load_catalog)" if not self.catalogs else
+            raise UserError("no catalog loaded yet (load_catalog)" if not self.catalogs else
                              f"{len(self.catalogs)} catalogs loaded ({', '.join(self.catalogs)}): name one")
         if name not in self.catalogs:
-            raise ValueError(f"catalog {name!r} is not loaded; loaded: {', '.join(self.catalogs) or '-'}")
+            raise UserError(f"catalog {name!r} is not loaded; loaded: {', '.join(self.catalogs) or '-'}")
         return self.catalogs[name]
 
     def history_tokens(self, history: list[str], catalog: str | Catalog | None = None) -> np.ndarray:
@@ -268,7 +269,7 @@ class Recommender:
         still leaves ``k`` items (fewer only when the catalog is smaller).
         """
         if k < 1:
-            raise ValueError("k must be at least 1")
+            raise UserError(f"k={k}: must be at least 1")
         cat = self.catalog(catalog)
         tokens = self.history_tokens(history, cat)
         seen = set(history) if exclude_history else set()
@@ -284,7 +285,7 @@ class Recommender:
         """``candidates`` (items of ``catalog``) ranked by their score after ``history``, best first (ties keep
         the given order)."""
         if not candidates:
-            raise ValueError("candidates: the list is empty")
+            raise UserError("candidates: the list is empty")
         cat = self.catalog(catalog)
         rows = cat.rows_of(list(candidates), "candidates")
         logp = self.scorer.score_user(self.history_tokens(history, cat), cat.tokens[rows]).sum(axis=1)

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from recbase.errors import UserError
 from recbase.recommend import Catalog, Recommender, UnknownItems
 
 log = logging.getLogger("recbase.serve")
@@ -71,6 +72,10 @@ def create_app(rec: Recommender, catalog: Catalog) -> FastAPI:
     @app.exception_handler(UnknownItems)
     async def unknown_items(request: Request, exc: UnknownItems):
         return JSONResponse(status_code=422, content={"error": str(exc), "field": exc.field, "unknown": exc.items})
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError):
+        return JSONResponse(status_code=422, content={"error": " ".join(str(exc).split())})
 
     @app.get("/health")
     def health() -> dict:

@@ -149,18 +149,19 @@ def test_a_model_of_another_tokenizer_is_refused(recommend_world, tmp_path):
         Recommender.from_pretrained(other, recommend_world["tokenizer"])
 
 
-def _cli(capsys, *args) -> tuple[int, str]:
+def _cli(capsys, *args) -> tuple[int, str, str]:
     from recbase.cli import main
 
     status = main(["recommend", *map(str, args)])
-    return status, capsys.readouterr().out
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
 
 
 def test_cli_prints_k_catalog_items_and_one_line_errors(recommend_world, capsys):
     w = recommend_world
     common = ["--model", w["model"], "--tokenizer", w["tokenizer"], "--catalog", w["catalog"],
               "--cache-dir", w["root"] / "cache"]
-    status, out = _cli(capsys, *common, "--history", *w["cycle"][:2], "-k", 4)
+    status, out, _ = _cli(capsys, *common, "--history", *w["cycle"][:2], "-k", 4)
     assert status == 0, out
     lines = out.strip().splitlines()
     assert lines[0].startswith("top 4 of 60 news items after a history of 2")
@@ -169,13 +170,14 @@ def test_cli_prints_k_catalog_items_and_one_line_errors(recommend_world, capsys)
     assert all(r[2] in w["ids"] for r in rows)
 
     user = pq.read_table(w["catalog"] / "interactions.parquet").column("user_id")[0].as_py()
-    status, out = _cli(capsys, *common, "--user", user, "-k", 3, "--json")
+    status, out, _ = _cli(capsys, *common, "--user", user, "-k", 3, "--json")
     assert status == 0, out
     assert len(json.loads(out)["items"]) == 3
 
-    status, out = _cli(capsys, *common, "--history", "missing-item")
-    assert status == 2
-    assert out.strip() == "error: history: 1 item id(s) not in catalog 'news': 'missing-item'"
+    status, out, err = _cli(capsys, *common, "--history", "missing-item")
+    assert status == 2 and out == ""
+    # the last line: the model loader's progress bar comes first
+    assert err.splitlines()[-1] == "error: history: 1 item id(s) not in catalog 'news': 'missing-item'"
 
 
 def test_python_m_recbase_is_the_recbase_command():

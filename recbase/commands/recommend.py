@@ -48,17 +48,12 @@ def load(args: argparse.Namespace):
 
         options["spec"] = load_spec(args.catalog, args.spec, args.overrides)
     elif args.spec or args.overrides:
-        raise ValueError("--spec and --set apply to --format generic only")
+        from recbase.errors import UserError
+
+        raise UserError("--spec and --set apply to --format generic only")
     rec = Recommender.from_pretrained(args.model, args.tokenizer, device=args.device, cache_dir=args.cache_dir,
                                       beam_width=args.beam_width)
     return rec, rec.load_catalog(args.catalog, args.fmt, args.domain, **options)
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean bad input (files, ids, options), printed as one line with exit status 2."""
-    from recbase.tokenizer.artifact import ArtifactError
-
-    return ValueError, FileNotFoundError, ArtifactError   # ValueError covers InputError, UnknownItems
 
 
 def user_history(catalog_source: str, user: str) -> list[str]:
@@ -66,16 +61,17 @@ def user_history(catalog_source: str, user: str) -> list[str]:
     from pathlib import Path
 
     from recbase.data.tables import INTERACTIONS_FILE
+    from recbase.errors import UserError
     from recbase.eval.inputs import user_sequences
 
     source = Path(catalog_source)
     path = (source if source.is_dir() else source.parent) / INTERACTIONS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no interactions table to take user {user!r}'s history from; "
+        raise UserError(f"{path}: no interactions table to take user {user!r}'s history from; "
                                 f"give --history instead")
     sequences = user_sequences(path)
     if user not in sequences:
-        raise ValueError(f"{path}: no user {user!r} ({len(sequences):,} users there)")
+        raise UserError(f"{path}: no user {user!r} ({len(sequences):,} users there)")
     return sequences[user]
 
 
@@ -88,18 +84,14 @@ def run(args: argparse.Namespace) -> int:
     import json
     import time
 
-    try:
-        rec, catalog = load(args)
-        history = user_history(args.catalog, args.user) if args.user else args.history
-        start = time.perf_counter()
-        if args.candidates:
-            found = rec.score(history, args.candidates, catalog)
-        else:
-            found = rec.recommend(history, args.k, not args.include_history, catalog)
-        seconds = time.perf_counter() - start
-    except user_errors() as e:
-        print(f"error: {e}")
-        return 2
+    rec, catalog = load(args)     # bad input raises UserError: one line on stderr, exit status 2 (recbase.cli)
+    history = user_history(args.catalog, args.user) if args.user else args.history
+    start = time.perf_counter()
+    if args.candidates:
+        found = rec.score(history, args.candidates, catalog)
+    else:
+        found = rec.recommend(history, args.k, not args.include_history, catalog)
+    seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({"domain": catalog.domain, "history": history, "items": [r.to_dict() for r in found]},
                          indent=2))

@@ -17,15 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from recbase.commands.recommend import load, user_errors
+    from recbase.commands.recommend import load
+    from recbase.serve import create_app, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        rec, catalog = load(args)
-    except user_errors() as e:
-        print(f"error: {e}")
-        return 2
-    from recbase.serve import create_app, serve
+    rec, catalog = load(args)     # bad input raises UserError: one line on stderr, exit status 2 (recbase.cli)
 
     print(f"loaded {rec.model.path} and {len(catalog):,} {catalog.domain} items from {args.catalog}", flush=True)
     serve(create_app(rec, catalog), args.host, args.port)
