@@ -68,7 +68,7 @@ def user_history(catalog_source: str, user: str) -> list[str]:
     path = (source if source.is_dir() else source.parent) / INTERACTIONS_FILE
     if not path.is_file():
         raise UserError(f"{path}: no interactions table to take user {user!r}'s history from; "
-                                f"give --history instead")
+                        f"give --history instead")
     sequences = user_sequences(path)
     if user not in sequences:
         raise UserError(f"{path}: no user {user!r} ({len(sequences):,} users there)")
