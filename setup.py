@@ -13,6 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["recbase", "recbase.*", "kernels", "kernels.*"]),
+    package_data={"recbase.data.presets": ["*.json"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.19",            # tested with 0.19.8 (ZeRO-3 on CPU/gloo)

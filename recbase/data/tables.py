@@ -107,10 +107,13 @@ def make_interactions_table(domain: str, user_ids, item_ids, timestamps) -> pa.T
     }, schema=INTERACTION_SCHEMA)
 
 
-def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history: int = 2500) -> DomainTables:
+def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history: int = 2500,
+             interacted_items_only: bool = False) -> DomainTables:
     """Deduplicate, drop dangling interactions, apply the paper's user filters, sort by (user, time).
 
     ``max_history=0`` keeps whole histories; ``min_user_interactions=0`` keeps every user.
+    ``interacted_items_only`` keeps only the items that a kept interaction uses: a catalog far larger than what
+    its users touched costs embedding time for items no sequence can contain.
     """
     s = tables.summary
     items = tables.items
@@ -161,6 +164,11 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
 
     inter = inter.take(pa.array(rows, pa.int64())).cast(INTERACTION_SCHEMA)
     kept_users = pc.unique(inter.column("user_id"))
+    if interacted_items_only:
+        used = pc.is_in(items.column("item_id"), value_set=pc.unique(inter.column("item_id")))
+        s.drop("items no kept interaction uses", items.num_rows - pc.sum(used).as_py() if items.num_rows else 0)
+        items = items.filter(used)
+        known_items = items.column("item_id").combine_chunks()
     extra = {}
     for name, table in tables.extra.items():
         mask = pc.and_(pc.is_in(table.column("user_id"), value_set=kept_users),

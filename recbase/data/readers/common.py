@@ -210,12 +210,11 @@ def int_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) -
 
 def id_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) -> pd.Series:
     """An id column as text, kept exactly as the source writes it; an empty id is an error naming its line."""
-    values = df[column].astype(str)
-    empty = (df[column].isna() | (values == "")).to_numpy()
+    empty = empty_ids(df, column)
     if empty.any():
         row = int(np.flatnonzero(empty)[0])
         raise InputError(path, "empty id", line=row + first_line, field=column)
-    return values
+    return df[column].astype(str)
 
 
 def parse_time(value, fmt: str, path: Path, lineno: int, field: str) -> int:
@@ -236,21 +235,31 @@ def parse_time(value, fmt: str, path: Path, lineno: int, field: str) -> int:
     return int(t.timestamp())
 
 
-def time_column(series: pd.Series, fmt: str, path: Path, first_line: int = 2) -> np.ndarray:
-    """Vectorised :func:`parse_time` for a whole column."""
+def parse_times(series: pd.Series, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`parse_time` for a whole column: (seconds, mask of values that are not a time)."""
     if fmt in ("unix", "unix_ms"):
         values = pd.to_numeric(series, errors="coerce")
         bad = values.isna().to_numpy()
-        if not bad.any():
-            out = values.to_numpy().astype(np.int64)
-            return out // 1000 if fmt == "unix_ms" else out
-    else:
-        parsed = pd.to_datetime(series, format=None if fmt == "iso" else fmt, errors="coerce", utc=True)
-        bad = parsed.isna().to_numpy()
-        if not bad.any():
-            return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
+        out = values.fillna(0).to_numpy().astype(np.int64)
+        return (out // 1000 if fmt == "unix_ms" else out), bad
+    parsed = pd.to_datetime(series, format=None if fmt == "iso" else fmt, errors="coerce", utc=True)
+    bad = parsed.isna().to_numpy()
+    seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return seconds.fillna(0).to_numpy().astype(np.int64), bad
+
+
+def time_column(series: pd.Series, fmt: str, path: Path, first_line: int = 2) -> np.ndarray:
+    """:func:`parse_times`; the first value that is not a time is an error naming its line."""
+    values, bad = parse_times(series, fmt)
+    if not bad.any():
+        return values
     row = int(np.flatnonzero(bad)[0])
     raise InputError(path, f"not a time ({fmt}): {series.iloc[row]!r}", line=row + first_line, field=series.name)
+
+
+def empty_ids(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Mask of rows whose id in ``column`` is missing or empty."""
+    return (df[column].isna() | (df[column].astype(str) == "")).to_numpy()
 
 
 def build_items(domain: str, kind: str, item_ids: list, fields: dict[str, list], summary: IngestSummary):
