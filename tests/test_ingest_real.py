@@ -106,13 +106,13 @@ def _preset(name: str):
 # (preset, domain, users, items, interactions, first and last day, and SOURCE.md's sample: an item and user 100's
 # first items with their timestamps)
 SRB_FOLDERS = [
-    ("amazon-books-2014", "books", 38_234, 38_519, 517_167, ("1997-03-25", "2014-07-22"),
+    ("amazon-books-2014", "amazon-books", 38_234, 38_519, 517_167, ("1997-03-25", "2014-07-22"),
      ("100", 'Describe a book:\n{"title": "The Prophet"}'), ["24686", "30219", "29863"],
      [1376870400, 1376870400, 1378252800]),
-    ("amazon-health-2014", "health", 38_329, 18_427, 343_831, ("2000-12-09", "2014-07-23"),
+    ("amazon-health-2014", "amazon-health", 38_329, 18_427, 343_831, ("2000-12-09", "2014-07-23"),
      ("101", 'Describe a product:\n{"title": "Mighty Bright Rigid Page Magnifier"}'), ["10811", "10812", "14420"],
      [1369699200, 1369699200, 1370390400]),
-    ("amazon-electronics-2014", "electronics", 28_566, 15_743, 241_198, ("1999-07-05", "2014-07-23"),
+    ("amazon-electronics-2014", "amazon-electronics", 28_566, 15_743, 241_198, ("1999-07-05", "2014-07-23"),
      ("102", 'Describe a product:\n{"title": "Barnes &amp; Noble Nook eReader - no 3G"}'), ["12887", "1309", "5000"],
      [1373068800, 1374278400, 1377302400]),
     ("food-com-recipes", "recipes", 17_813, 41_240, 555_618, ("2000-09-12", "2018-12-18"),
