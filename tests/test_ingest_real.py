@@ -137,3 +137,10 @@ def test_preset_counts_match_source(name, domain, users, items, interactions, da
     assert user["item_id"].tolist()[:3] == first and user["timestamp"].tolist()[:3] == times
     day = pd.to_datetime(df["timestamp"], unit="s").dt.strftime("%Y-%m-%d")
     assert (day.min(), day.max()) == days
+
+
+def test_beauty_preset_counts_match_source():
+    # SOURCE.md: 22,363 users, 12,101 items (15 untitled, kept with a placeholder), 198,502 interactions.
+    t = _preset("amazon-beauty-p5")
+    assert (t.domain, t.summary.users, t.summary.items, t.summary.interactions) == ("amazon-beauty", 22363, 12101,
+                                                                                    198502)
