@@ -35,7 +35,8 @@ def domain_summary(data_dir: Path, codes_path: Path, shard_dir: Path, pretrain: 
         item_codes = codes.by_domain[name][1]
         first = level_usage(item_codes[:, :1], k)[0]
         row = {"role": "pretrain" if name in pretrain else "held-out",
-               "users": int(pc.count_distinct(users).as_py()), "items": pq.ParquetFile(folder / ITEMS_FILE).metadata.num_rows,
+               "users": int(pc.count_distinct(users).as_py()),
+               "items": pq.ParquetFile(folder / ITEMS_FILE).metadata.num_rows,
                "interactions": len(users), "codebook_size": k,
                "level1_used": first["used"], "level1_perplexity": round(first["perplexity"], 1),
                "collision_rate": round(collision_rate(item_codes[:, :levels]), 5)}

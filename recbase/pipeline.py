@@ -256,9 +256,9 @@ def _ingest_dataset(d: DatasetConfig, data: Path) -> None:
         from recbase.data.readers.generic import GenericSpec
 
         options["spec"] = from_dict(GenericSpec, d.spec, f"dataset {d.domain}.spec")
-    tables = ingest(fmt, d.path, data, domain=d.domain, min_user_interactions=d.min_user_interactions,
-                    max_history=d.max_history, interacted_items_only=d.interacted_items_only, **options)
-    print(tables.summary.format(), flush=True)
+    summary = ingest(fmt, d.path, data, domain=d.domain, min_user_interactions=d.min_user_interactions,
+                     max_history=d.max_history, interacted_items_only=d.interacted_items_only, **options)
+    print(summary.format(), flush=True)
 
 
 def _tables(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, data: Path) -> dict[str, str]:
@@ -287,6 +287,26 @@ def _tables(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, data: 
     return fps
 
 
+def _embeddings(cfg: PipelineConfig, stages: Stages, table_fps: dict[str, str], data: Path,
+                emb: Path) -> dict[str, str]:
+    """Stage 2: one stage per domain, so adding a domain to a run embeds only that domain."""
+    from recbase.tokenizer.embed import PARTS_DIR, embed_domain, make_embedder
+
+    embedder = None
+    fps = {}
+    for name in cfg.pretrain_domains + cfg.heldout_domains:
+        def work(name=name):
+            nonlocal embedder
+            embedder = embedder or make_embedder(cfg.embedder, cfg.embed_batch_size)
+            s = embed_domain(data / name, emb, embedder)
+            state = "up to date" if s["skipped"] else f"embedded {s['embedded']:,} items"
+            print(f"[{name}] {s['n_items']:,} x {s['dim']} ({s['model']}): {state}", flush=True)
+
+        outputs = [emb / f"{name}.npy", emb / f"{name}.json", emb / PARTS_DIR / name]
+        fps[name] = stages.run(f"embed-{name}", fingerprint(cfg.embedder, table_fps[name]), outputs, work)
+    return fps
+
+
 def _train_tokenizer(tcfg, data: Path, emb: Path, tok_dir: Path, domains: list[str]) -> None:
     """Train into a side folder and rename it, so ``tok_dir`` is either a whole artifact or absent."""
     from recbase.tokenizer.train import train_from_folders
@@ -304,7 +324,6 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     from recbase.config import load_config, save_config
     from recbase.data.shards import EvalSetConfig, ShardConfig, build_shards
     from recbase.tokenizer.artifact import load_tokenizer
-    from recbase.tokenizer.embed import embed_folder
     from recbase.tokenizer.encode import write_codes
     from recbase.tokenizer.train import TokenizerConfig
     from recbase.train.config import CONFIG_DIR
@@ -327,23 +346,18 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     _done(t0, f"tables in {data}")
 
     t0 = _stage(2, "text embeddings")
-
-    def embed():
-        for s in embed_folder(data, emb, cfg.embedder, batch_size=cfg.embed_batch_size, domains=domains):
-            state = "up to date" if s["skipped"] else f"embedded {s['embedded']:,} items"
-            print(f"[{s['domain']}] {s['n_items']:,} x {s['dim']} ({s['model']}): {state}", flush=True)
-
-    emb_fp = stages.run("embed", fingerprint(cfg.embedder, table_fps), [emb], embed)
+    emb_fps = _embeddings(cfg, stages, table_fps, data, emb)
     _done(t0, f"embeddings in {emb}")
 
     t0 = _stage(3, f"item tokenizer (trained on {', '.join(cfg.pretrain_domains)})")
     tcfg = load_config(TokenizerConfig, cfg.tokenizer_config,
                        [f"codebook_size={cfg.codebook_size}", f"seed={cfg.seed}", *cfg.tokenizer_overrides],
                        [CONFIG_DIR])
-    tok_fp = stages.run("tokenizer", fingerprint(to_dict(tcfg), sorted(cfg.pretrain_domains), emb_fp), [tok_dir],
+    tok_fp = stages.run("tokenizer", fingerprint(to_dict(tcfg), {d: emb_fps[d] for d in cfg.pretrain_domains}),
+                        [tok_dir],
                         lambda: _train_tokenizer(tcfg, data, emb, tok_dir, cfg.pretrain_domains))
     tok = load_tokenizer(tok_dir)
-    codes_fp = stages.run("codes", fingerprint(tok_fp, emb_fp, domains), [codes],
+    codes_fp = stages.run("codes", fingerprint(tok_fp, emb_fps), [codes],
                           lambda: write_codes(tok, data, emb, codes, domains))
     _done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size}), codes in {codes}")
 

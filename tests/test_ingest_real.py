@@ -88,8 +88,8 @@ def test_paper_filter_drop_is_counted_and_printed(tmp_path, capsys):
 
 
 def test_max_history_keeps_the_most_recent(tmp_path):
-    tables = ingest("movielens", MOVIELENS, tmp_path, domain="ml", min_user_interactions=0, max_history=20)
-    df = tables.interactions.to_pandas()
+    ingest("movielens", MOVIELENS, tmp_path, domain="ml", min_user_interactions=0, max_history=20)
+    df = pq.read_table(tmp_path / "ml" / "interactions.parquet").to_pandas()
     assert df.groupby("user_id").size().max() == 20
     full = read_domain("movielens", MOVIELENS, "ml", 0, 0).interactions.to_pandas()
     last = full.groupby("user_id").tail(20).reset_index(drop=True)

@@ -41,8 +41,9 @@ def _config(tmp_path: Path, **changes) -> PipelineConfig:
 
 def _outputs(out: Path) -> dict[str, bytes]:
     """The bytes of every file the later stages read (stamps and timings aside)."""
-    files = [out / "codes.parquet", *sorted((out / "shards").rglob("*.tar")), *sorted((out / "shards").rglob("*.parquet")),
-             *sorted((out / "embeddings").glob("*.npy")), *sorted((out / "data").rglob("*.parquet"))]
+    files = [out / "codes.parquet", *sorted((out / "shards").rglob("*.tar")),
+             *sorted((out / "shards").rglob("*.parquet")), *sorted((out / "embeddings").glob("*.npy")),
+             *sorted((out / "data").rglob("*.parquet"))]
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
 
 
@@ -121,9 +122,9 @@ def test_changed_option_reruns_only_the_stages_after_it(tmp_path, capsys):
     printed = capsys.readouterr().out
     after = {p.name: p.read_text() for p in stamps.glob("*.json")}
     unchanged = {n for n in before if before[n] == after[n]}
-    assert unchanged >= {"tables-movies.json", "tables-shop.json", "tables-news.json", "embed.json"}
+    assert unchanged >= {f"{stage}-{d}.json" for stage in ("tables", "embed") for d in ("movies", "shop", "news")}
     assert {"tokenizer.json", "codes.json", "shards.json"}.isdisjoint(unchanged)
-    assert "[embed] up to date" in printed
+    assert "[embed-shop] up to date" in printed
     assert json.loads((tmp_path / "out" / "summary" / "summary.json").read_text())["domains"]["movies"][
         "codebook_size"] == 8
 

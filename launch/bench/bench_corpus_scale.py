@@ -115,8 +115,8 @@ def main(argv=None) -> int:
         base = base or r
         per_stage = {s: sum(v for k, v in r["stages"].items() if k == s or k.startswith(s + "-")) for s in stage_names}
         print(f"{scale:5d} {r['interactions']:13,d} {r['train_tokens']:13,d} {r['peak_rss_mb']:11,.0f} "
-              f"{r['peak_rss_mb'] / base['peak_rss_mb']:5.2f} {r['seconds']:8.1f} {r['seconds'] / base['seconds']:6.2f} "
-              + " ".join(f"{per_stage[s]:9.1f}" for s in stage_names), flush=True)
+              f"{r['peak_rss_mb'] / base['peak_rss_mb']:5.2f} {r['seconds']:8.1f} "
+              f"{r['seconds'] / base['seconds']:6.2f} " + " ".join(f"{per_stage[s]:9.1f}" for s in stage_names), flush=True)
     return 0
 
 

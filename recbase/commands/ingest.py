@@ -25,12 +25,12 @@ def ingest_and_report(fmt: str, path, out, **kwargs) -> int:
     from recbase.data.readers import InputError
 
     try:
-        tables = ingest(fmt, path, out, **kwargs)
+        summary = ingest(fmt, path, out, **kwargs)
     except InputError as e:
         print(f"error: {e}")
         return 2
-    print(tables.summary.format())
-    print(f"wrote {out}/{tables.domain}/")
+    print(summary.format())
+    print(f"wrote {out}/{summary.domain}/")
     return 0
 
 

@@ -238,6 +238,11 @@ def parse_time(value, fmt: str, path: Path, lineno: int, field: str) -> int:
 def parse_times(series: pd.Series, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised :func:`parse_time` for a whole column: (seconds, mask of values that are not a time)."""
     if fmt in ("unix", "unix_ms"):
+        try:   # fast path: Arrow's cast of clean integer text
+            out = pc.cast(pa.array(series), pa.int64()).to_numpy()
+            return (out // 1000 if fmt == "unix_ms" else out), np.zeros(len(out), bool)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
         values = pd.to_numeric(series, errors="coerce")
         bad = values.isna().to_numpy()
         out = values.fillna(0).to_numpy().astype(np.int64)
