@@ -209,11 +209,16 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def fresh_start(out: Path) -> list[Path]:
-    """Delete what earlier runs of the runner wrote under ``out`` (nothing else); returns what was deleted."""
+def fresh_start(cfg: PipelineConfig) -> list[Path]:
+    """Delete what earlier runs of the runner wrote under ``cfg.out`` (nothing else); returns what was deleted:
+    every output its stamps name, and the paths only the runner writes (for runs older than the stamps)."""
+    out = Path(cfg.out)
     stages = Stages(out)
-    fixed = [out / n for n in ("embeddings", "tokenizer", "tokenizer.partial", "codes.parquet", "shards", "run",
-                               "eval", "summary", "summary.json", CONFIG_FILE)]
+    run_dir = out / "run"
+    fixed = [out / n for n in ("embeddings", "tokenizer", "tokenizer.partial", "codes.parquet", "eval", "summary",
+                               "summary.json", CONFIG_FILE)]
+    fixed += [out / "shards" / cfg.shards_name, *(out / "shards" / f"finetune-{d}" for d in cfg.heldout_domains[:1]),
+              *(run_dir / n for n in ("checkpoints", "hf", "logs", "finetune"))]
     gone = [p for p in dict.fromkeys(stages.owned_outputs() + fixed) if p.exists()]
     for p in gone:
         remove(p)
@@ -331,7 +336,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     out = Path(cfg.out)
     sources = check_config(cfg)
     if fresh and out.exists():
-        for p in fresh_start(out):
+        for p in fresh_start(cfg):
             print(f"removed {p}")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG_FILE)
