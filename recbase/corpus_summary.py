@@ -90,6 +90,7 @@ def plot(summary: dict[str, dict], path: Path) -> None:
                 bar.set_hatch("//")
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
+        ax.locator_params(axis="x", nbins=3)
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
     fig.suptitle("per domain: pretraining (blue) and held-out (orange, hatched)", fontsize=9)
