@@ -4,8 +4,8 @@ from __future__ import annotations
 HELP = "run the pipeline from one config: datasets → tables → embeddings → tokenizer → shards (→ model → eval)"
 
 
-def add_arguments(parser, default_config: str | None = None) -> None:
-    parser.add_argument("--config", default=default_config,
+def add_arguments(parser) -> None:
+    parser.add_argument("--config",
                         help="pipeline config JSON (PipelineConfig fields; bare names also looked up in "
                              "launch/configs, e.g. corpus_shared.json)")
     parser.add_argument("--out", help="output folder (overrides the config's out)")
