@@ -57,7 +57,8 @@ def run(args) -> int:
 
     options = {}
     fmt, domain = args.format, args.domain
-    if fmt in preset_names():
+    from_preset = fmt in preset_names()
+    if from_preset:
         if args.spec or args.overrides:
             raise SystemExit(f"--spec and --set apply to the generic format only, not to the preset {fmt}")
         preset = load_preset(fmt)
@@ -72,7 +73,7 @@ def run(args) -> int:
         options["spec"] = load_spec(args.path, args.spec, args.overrides)
     elif args.spec or args.overrides:
         raise SystemExit(f"--spec and --set apply to the generic format only, not {args.format}")
-    if args.kind and not options:
+    if args.kind and not from_preset:   # a preset took --kind above
         if args.format not in ("recbole", "generic"):
             raise SystemExit(f"--kind applies to recbole and generic only; {args.format} has a fixed kind")
         options["kind"] = args.kind
