@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["recbase", "recbase.*", "kernels", "kernels.*"]) + ["recbase.configs"],
     # the presets live in launch/configs (where users edit them) and ship inside the package (recbase.presets)
     package_dir={"recbase.configs": "launch/configs"},
-    package_data={"recbase.configs": ["*.json"]},
+    package_data={"recbase.configs": ["*.json"], "recbase.data.presets": ["*.json"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.19",            # tested with 0.19.8 (ZeRO-3 on CPU/gloo)

@@ -241,12 +241,11 @@ def seconds_column(series: pd.Series, path: Path, first_line: int = 2, per_secon
 
 def id_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) -> pd.Series:
     """An id column as text, kept exactly as the source writes it; an empty id is an error naming its line."""
-    values = df[column].astype(str)
-    empty = (df[column].isna() | (values == "")).to_numpy()
+    empty = empty_ids(df, column)
     if empty.any():
         row = int(np.flatnonzero(empty)[0])
         raise InputError(path, "empty id", line=row + first_line, field=column)
-    return values
+    return df[column].astype(str)
 
 
 def _fraction_of_a_second(path: Path, value, line: int, field: str) -> InputError:
@@ -275,21 +274,43 @@ def parse_time(value, fmt: str, path: Path, lineno: int, field: str) -> int:
     return int(t.timestamp())
 
 
-def time_column(series: pd.Series, fmt: str, path: Path, first_line: int = 2) -> np.ndarray:
-    """Vectorised :func:`parse_time` for a whole column."""
+def parse_times(series: pd.Series, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`parse_time` for a whole column: (whole seconds, mask of the values that are not an exact
+    time: not a number or date, a fraction of a second, outside years 1..9999). Masked values read as 0."""
     if fmt in ("unix", "unix_ms"):
-        return seconds_column(series, path, first_line, 1000 if fmt == "unix_ms" else 1)
-    parsed = pd.to_datetime(series, format="ISO8601" if fmt == "iso" else fmt, errors="coerce", utc=True)
-    bad = parsed.isna().to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise InputError(path, f"not a time ({fmt}): {series.iloc[row]!r}", line=row + first_line, field=series.name)
-    since = (parsed - pd.Timestamp(0, tz="UTC")).to_numpy().astype("timedelta64[ns]").astype(np.int64)
-    fraction = since % 1_000_000_000 != 0
-    if fraction.any():
-        row = int(np.flatnonzero(fraction)[0])
-        raise _fraction_of_a_second(path, series.iloc[row], row + first_line, series.name)
-    return since // 1_000_000_000
+        per_second = 1000 if fmt == "unix_ms" else 1
+        try:   # fast path: Arrow's cast of clean integer text (it refuses fractions and overflow)
+            units, bad = pc.cast(pa.array(series), pa.int64()).to_numpy(), np.zeros(len(series), bool)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            text = series.astype(str).str.strip()
+            digits = text.str.replace(r"\.0*$", "", regex=True)
+            bad = ~text.str.fullmatch(r"[+-]?\d+(\.0*)?").to_numpy(bool)
+            bad |= pd.to_numeric(digits.where(~bad), errors="coerce").abs().to_numpy() >= 2.0 ** 63
+            units = digits.where(~bad, "0").astype(np.int64).to_numpy()
+        seconds = units // per_second
+    else:
+        parsed = pd.to_datetime(series, format="ISO8601" if fmt == "iso" else fmt, errors="coerce", utc=True)
+        bad = parsed.isna().to_numpy()
+        since = (parsed - pd.Timestamp(0, tz="UTC")).to_numpy().astype("timedelta64[ns]").astype(np.int64)
+        bad |= since % 1_000_000_000 != 0
+        seconds = since // 1_000_000_000
+    bad |= (seconds < SECONDS_RANGE[0]) | (seconds > SECONDS_RANGE[1])
+    return np.where(bad, 0, seconds), bad
+
+
+def time_column(series: pd.Series, fmt: str, path: Path, first_line: int = 2) -> np.ndarray:
+    """:func:`parse_times`; the first value that is not an exact time is an error naming its line and why."""
+    values, bad = parse_times(series, fmt)
+    if not bad.any():
+        return values
+    row = int(np.flatnonzero(bad)[0])
+    parse_time(series.iloc[row], fmt, path, row + first_line, series.name)   # raises with the reason
+    raise InputError(path, f"not a time ({fmt}): {series.iloc[row]!r}", line=row + first_line, field=series.name)
+
+
+def empty_ids(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Mask of rows whose id in ``column`` is missing or empty."""
+    return (df[column].isna() | (df[column].astype(str) == "")).to_numpy()
 
 
 def build_items(domain: str, kind: str, item_ids: list, fields: dict[str, list], summary: IngestSummary):
