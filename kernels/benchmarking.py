@@ -35,6 +35,20 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def cdist_codes(z: torch.Tensor, codebooks: torch.Tensor, row_chunk: int = 65536) -> torch.Tensor:
+    """Baseline of ``rq_search``: greedy residual search with ``torch.cdist`` and argmin, level by level
+    (``row_chunk`` rows at a time, so the [rows, K] distance matrix stays bounded)."""
+    out = []
+    for start in range(0, z.shape[0], row_chunk):
+        codes, r = [], z[start:start + row_chunk]
+        for cb in codebooks:
+            idx = torch.cdist(r, cb).argmin(1)
+            codes.append(idx)
+            r = r - cb[idx]
+        out.append(torch.stack(codes, 1))
+    return torch.cat(out) if out else torch.zeros(0, codebooks.shape[0], dtype=torch.long, device=z.device)
+
+
 def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 1, reps: int = 3) -> float:
     """Median wall seconds of ``fn()`` (synchronising the GPU around each call when on CUDA)."""
     for _ in range(warmup):

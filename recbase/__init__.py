@@ -6,3 +6,7 @@ The pipeline (one sub-package per stage): ``recbase.data`` (ingest, demo world, 
 """
 
 __version__ = "0.1.0"
+
+from recbase import chatter as _chatter  # noqa: E402
+
+_chatter.install()

@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 import recbase.commands
+from recbase.errors import UserError
 
 
 def _command_modules() -> dict[str, str]:
@@ -35,8 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; a :class:`~recbase.errors.UserError` is printed as one line and gives exit status 2."""
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

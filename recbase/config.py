@@ -12,10 +12,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from recbase.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that does not fit its dataclass."""
 
 
@@ -86,6 +88,42 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(types))}")
     kwargs = {k: _coerce(v, types[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric config field: ``lo``..``hi`` (None = unbounded), each end open or closed."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        above = self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)
+        below = self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo}"
+        left = "(" if self.lo_open else "["
+        right = ")" if self.hi_open else "]"
+        return f"{left}{self.lo if self.lo is not None else '-inf'}, {self.hi}{right}"
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, lo_open=True)
+
+
+def check_ranges(obj, ranges: dict[str, Range]) -> None:
+    """Refuse a numeric field outside its range, naming the dotted key, the value and the allowed range
+    (``None`` values mean "use the default rule" and are not checked)."""
+    for key, allowed in ranges.items():
+        value = obj
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key}={value} is outside the allowed range {allowed}")
 
 
 def to_dict(obj) -> dict:

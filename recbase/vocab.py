@@ -67,6 +67,13 @@ class Vocab:
         lo = self.n_special + level * self.codebook_size
         return lo, lo + self.codebook_size
 
+    def layout(self) -> str:
+        """The id layout in words, for readers of an exported model that have no recbase at hand."""
+        specials = ", ".join(f"{i} = {name}" for i, name in enumerate(self.specials))
+        return (f"token id = {self.n_special} + level * {self.codebook_size} + code, for level 0..{self.levels - 1} "
+                f"and code 0..{self.codebook_size - 1}; ids below {self.n_special} are specials ({specials}); an "
+                f"item is its {self.levels} ids in level order; a history is bos, its items in time order, then eos")
+
     def to_dict(self) -> dict:
         return {"levels": self.levels, "codebook_size": self.codebook_size, "n_special": self.n_special,
                 "specials": list(self.specials), "pad_multiple": self.pad_multiple,

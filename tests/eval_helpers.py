@@ -1,4 +1,8 @@
-"""Builders for the evaluation tests: a tiny random Qwen2 export and a one-domain world of eval inputs."""
+"""Builders for the evaluation tests: a tiny random Qwen2 export and a one-domain world of eval inputs.
+
+pyarrow is imported by the builders that write Parquet only: the GPU suite runs the scoring tests on machines
+without it.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -35,13 +37,21 @@ def tiny_model(vocab: Vocab, seed: int = 0, max_positions: int = 512, hidden: in
     return model
 
 
-def save_export(model, vocab: Vocab, tokenizer_hash: str, path: Path) -> Path:
+def save_export(model, vocab: Vocab, tokenizer_hash: str, path: Path, **meta) -> Path:
+    """A Hugging Face folder with the ``recbase.json`` an export writes (weight hashes included)."""
+    from recbase.io import sha256_file
+
     model.save_pretrained(path)
-    (path / "recbase.json").write_text(json.dumps({"tokenizer_hash": tokenizer_hash, "vocab": vocab.to_dict()}))
+    weights = {p.name: sha256_file(p) for p in path.glob("*.safetensors")}
+    (path / "recbase.json").write_text(json.dumps({"tokenizer_hash": tokenizer_hash, "vocab": vocab.to_dict(),
+                                                   "weights_sha256": weights, **meta}))
     return path
 
 
 def write_eval_set(path: Path, rows: list[dict], tokenizer_hash: str | None = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = pa.schema([("user_id", pa.string()), ("history", pa.list_(pa.int32())),
                         ("candidates", pa.list_(pa.string())), ("candidate_tokens", pa.list_(pa.list_(pa.int32()))),
                         ("labels", pa.list_(pa.int8())), ("target", pa.string())])
@@ -60,6 +70,9 @@ def build_world(root: Path, vocab: Vocab, tokenizer_hash: str = "tok-abc", domai
     Each user's last interaction is the target; the history is every earlier item; negatives are catalog items
     the user never interacted with.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rng = np.random.default_rng(seed)
     items = [f"i{j:03d}" for j in range(n_items)]
     codes = rng.integers(0, vocab.codebook_size, size=(n_items, vocab.levels))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, make_items_table, write_domain
+from recbase.errors import UserError
 from recbase.tokenizer.embed import (HashingEmbedder, chunk_owner, embed_domain, embed_folder, item_ids_sha256,
                                      load_embeddings, make_embedder, merge_folder)
 
@@ -89,7 +90,7 @@ def test_changed_catalog_is_detected_on_load(tmp_path):
     embed_folder(tmp_path / "data", tmp_path / "emb", model="hashing", progress=False)
     with pytest.raises(ValueError, match="item_ids_sha256 does not match"):
         load_embeddings(tmp_path / "emb", "books", [f"books-{i}" for i in range(11)])
-    with pytest.raises(FileNotFoundError, match="games.json: missing"):
+    with pytest.raises(UserError, match="games.json: missing"):
         load_embeddings(tmp_path / "emb", "games")
     meta = json.loads((tmp_path / "emb" / "books.json").read_text())
     meta["n_items"] = 12
@@ -108,7 +109,7 @@ def test_empty_text_names_file_row_and_field(tmp_path):
 
 def test_unknown_domain_is_named(tmp_path):
     write_items(tmp_path / "data", "books", texts(5, "book"))
-    with pytest.raises(FileNotFoundError, match="no domain\\(s\\) games; found: books"):
+    with pytest.raises(UserError, match="no domain\\(s\\) games; found: books"):
         embed_folder(tmp_path / "data", tmp_path / "emb", model="hashing", domains=["games"], progress=False)
 
 
@@ -121,6 +122,40 @@ def test_packaged_minilm_embeds_offline():
                          "Describe a product: PORTER-CABLE 80 grit adhesive sanding roll"])
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_nonpositive_chunk_size_is_refused_and_writes_nothing(tmp_path, capsys):
+    from recbase.cli import main
+
+    write_items(tmp_path / "data", "books", texts(5, "book"))
+    args = ["embed", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "emb"), "--model", "hashing"]
+    assert main([*args, "--chunk-size", "-1"]) == 2
+    assert "chunk_size=-1 is outside the allowed range >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "emb" / "books.json").exists()
+    assert main([*args, "--chunk-size", "2"]) == 0
+    assert np.load(tmp_path / "emb" / "books.npy").shape == (5, 384)
+
+
+def test_a_wrong_shape_on_disk_is_not_up_to_date(tmp_path):
+    write_items(tmp_path / "data", "books", texts(5, "book"))
+    embed_folder(tmp_path / "data", tmp_path / "emb", model="hashing", progress=False)
+    np.save(tmp_path / "emb" / "books.npy", np.zeros((0, 384), np.float16))
+    assert embed_folder(tmp_path / "data", tmp_path / "emb", model="hashing", progress=False)[0]["embedded"] == 5
+
+
+def test_changed_texts_are_detected_by_encode(tmp_path):
+    from recbase.errors import UserError
+    from recbase.tokenizer.encode import write_codes
+    from recbase.tokenizer.train import TokenizerConfig, train_from_folders
+
+    data, emb = tmp_path / "data", tmp_path / "emb"
+    write_items(data, "books", texts(40, "book"))
+    embed_folder(data, emb, model="hashing", progress=False)
+    tok = train_from_folders(TokenizerConfig(kind="rqkmeans", levels=2, codebook_size=4), data, emb,
+                             tmp_path / "tok", progress=False)
+    write_items(data, "books", texts(40, "poem"))            # same ids, new texts
+    with pytest.raises(UserError, match=r"books.json: texts_sha256 does not match the current item texts"):
+        write_codes(tok, data, emb, tmp_path / "codes.parquet")
 
 
 class SettingsEmbedder(HashingEmbedder):
@@ -151,7 +186,7 @@ def test_two_array_tasks_and_a_merge_equal_one_run(tmp_path):
     owned = {d: [c for c in range(n) if chunk_owner(d, c, 2) == 0] for d, n in (("books", 5), ("games", 1))}
     assert [s["embedded"] for s in t0] == [sum(min(16, 70 - 16 * c) for c in owned["books"]), 9 * len(owned["games"])]
     assert len(list((split / ".parts" / "books").glob("*/chunk_*"))) == len(owned["books"]) in (2, 3)
-    with pytest.raises(FileNotFoundError, match=r"chunks missing; task\(s\) 1 of 2 have not finished"):
+    with pytest.raises(UserError, match=r"chunks missing; task\(s\) 1 of 2 have not finished"):
         merge_folder(data, split, num_tasks=2)
 
     t1 = embed_folder(data, split, model="hashing", chunk_size=16, progress=False, task_index=1, num_tasks=2)
@@ -163,18 +198,18 @@ def test_two_array_tasks_and_a_merge_equal_one_run(tmp_path):
         assert (split / f"{domain}.json").read_text() == (tmp_path / "one" / f"{domain}.json").read_text()
     assert not (split / ".parts").exists() and [s["n_items"] for s in one] == [70, 9]
     assert all(s["skipped"] for s in merge_folder(data, split, num_tasks=2))
-    with pytest.raises(ValueError, match="task_index 2 is outside 0..1"):
+    with pytest.raises(UserError, match=r"task_index=2 is outside the allowed range 0..1 \(num_tasks=2\)"):
         embed_folder(data, split, model="hashing", task_index=2, num_tasks=2)
 
 
 def test_merge_before_any_task_names_the_folder(tmp_path):
     write_items(tmp_path / "data", "books", texts(5, "book"))
-    with pytest.raises(FileNotFoundError, match="no chunks of the current 'books' catalog"):
+    with pytest.raises(UserError, match="no chunks of the current 'books' catalog"):
         merge_folder(tmp_path / "data", tmp_path / "emb", num_tasks=4)
 
 
 def test_unknown_precision_is_named():
-    with pytest.raises(ValueError, match="precision 'int4': expected one of auto, float32, bfloat16, float16"):
+    with pytest.raises(UserError, match="precision='int4' is not one of auto, float32, bfloat16, float16"):
         make_embedder(precision="int4")
 
 

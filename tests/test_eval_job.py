@@ -10,6 +10,7 @@ from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from eval_helpers import build_world, save_export, tiny_model, write_eval_set
 from recbase.cli import main
 from recbase.config import load_config
+from recbase.errors import UserError
 from recbase.eval.inputs import read_eval_set
 from recbase.eval.job import EvalConfig, evaluate
 from recbase.eval.metrics import auc
@@ -168,3 +169,67 @@ def test_history_items_match_the_eval_set_builder(world, tmp_path):
     books = results["domains"]["books"]
     assert books["users"] == 12 and books["pairs"] == 12 * 8
     assert books["history_items_unverified"] == 0
+
+
+def test_terminal_table_is_compact_and_charts_mark_bar_and_chance(world, tmp_path, capsys):
+    from recbase.eval.report import chance_retrieval, reference_lines
+
+    rc = main(["evaluate", "--model", f"zero_shot={world['model']}", "--model", f"finetuned={world['model2']}",
+               f"eval_dir={world['eval_dir']}", f"data_dir={world['data_dir']}", f"codes={world['codes']}",
+               f"embeddings_dir={world['embeddings_dir']}", f"out_dir={tmp_path}", "beam_width=8"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    table = out[out.index("domain  "):].splitlines()
+    assert table[0].split() == ["domain", "model", "AUC", "bar", "model", "−", "bar"]
+    assert max(len(line) for line in table[:5]) <= 80
+    books = metrics["domains"]["books"]
+    bar = books["baselines"]["text_centred"]["auc"]
+    row = table[1].split()
+    assert row[:2] == ["books", "zero_shot"] and float(row[3]) == pytest.approx(bar, abs=1e-4)
+    assert float(row[4]) == pytest.approx(books["models"]["zero_shot"]["auc"] - bar, abs=1e-4)
+    assert [r.split()[:2] for r in table[3:5]] == [["Overall", "zero_shot"], ["Overall", "finetuned"]]
+
+    lines = reference_lines(metrics, "auc")
+    assert lines == {"bar to clear: text sim (centred)": [bar, bar], "chance": [0.5, 0.5]}
+    n = books["models"]["zero_shot"]["retrieval"]["catalog_items"]
+    chance = reference_lines(metrics, "recall@10")["chance (random ranking of the catalog)"]
+    assert chance == [pytest.approx(10 / n)] * 2
+    assert chance_retrieval(40, [10])["mrr"] == pytest.approx(sum(1 / r for r in range(1, 41)) / 40)
+
+
+def test_an_eval_set_without_tokenizer_hash_is_refused(world, tmp_path):
+    path = write_eval_set(tmp_path / "eval" / "books.parquet", world["rows"])
+    with pytest.raises(UserError, match=r"books.parquet: no tokenizer_hash in the Parquet metadata"):
+        evaluate(config(world, tmp_path / "out", eval_dir=str(path.parent)))
+
+
+def test_a_domain_the_model_was_trained_on_is_refused_or_labelled(world, tmp_path):
+    seen = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", tmp_path / "seen_model", train_domains=["books"],
+                       tokenizer={"hash": "tok-abc", "train_domains": ["movies"]})
+    cfg = config(world, tmp_path / "out", models={"zero_shot": str(seen)}, retrieval=False)
+    with pytest.raises(UserError, match=r"domain 'books' is not zero-shot: model 'zero_shot' was pretrained on it "
+                                        r"\(.*seen_model/recbase.json\).*allow_seen_domains=true"):
+        evaluate(cfg)
+    cfg.allow_seen_domains = True
+    results = evaluate(cfg)
+    assert results["domains"]["books"]["zero_shot"] is False
+    assert results["model_train_domains"] == {"zero_shot": ["books"]}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**books is not zero-shot**: model 'zero_shot' was pretrained on it" in report
+    tuned = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", tmp_path / "tuned_model", train_domains=["books"],
+                        train_config={"checkpoint": {"init_from": str(seen)}})
+    results = evaluate(config(world, tmp_path / "out2", models={"tuned": str(tuned)}, retrieval=False))
+    assert results["domains"]["books"]["zero_shot"] and results["domains"]["books"]["fine_tuned_on_it"] == ["tuned"]
+
+
+def test_a_domain_the_tokenizer_was_trained_on_is_refused(world, tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(world["eval_dir"] / "books.parquet")
+    meta = {**table.schema.metadata, b"tokenizer_train_domains": b'["books", "movies"]'}
+    path = tmp_path / "eval" / "books.parquet"
+    path.parent.mkdir()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    with pytest.raises(UserError, match=r"'books' is not zero-shot: the tokenizer was trained on it"):
+        evaluate(config(world, tmp_path / "out", eval_dir=str(path.parent)))

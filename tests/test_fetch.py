@@ -94,7 +94,7 @@ def test_wrong_checksum_is_refused_and_nothing_left(tmp_path, server, monkeypatc
     dest = tmp_path / "dl"
     dest.mkdir()
     assert main(["data", "fetch", "tiny", "--dest", str(dest), "--out", str(tmp_path / "tables")]) == 2
-    assert "does not match the recorded " + "0" * 64 in capsys.readouterr().out
+    assert "does not match the recorded " + "0" * 64 in capsys.readouterr().err
     assert list(dest.rglob("*")) == []
     assert not (tmp_path / "tables").exists()
 
@@ -129,6 +129,6 @@ def test_partial_download_is_resumed(tmp_path, server, monkeypatch):
 
 def test_unknown_name_lists_known(tmp_path, capsys):
     assert main(["data", "fetch", "nope", "--dest", str(tmp_path)]) == 2
-    assert "ml-latest-small" in capsys.readouterr().out
+    assert "ml-latest-small" in capsys.readouterr().err
     assert main(["data", "list"]) == 0
     assert "ml-1m" in capsys.readouterr().out

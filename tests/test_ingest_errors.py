@@ -125,7 +125,7 @@ def test_unknown_items_and_duplicates_are_skipped_and_counted(tmp_path):
 def test_command_prints_the_error_and_fails(tmp_path, capsys):
     _movielens(tmp_path, ratings=RATINGS + "2,1,3.0,yesterday\n")
     assert main(["ingest", "movielens", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
-    assert "line 4, field 'timestamp'" in capsys.readouterr().out
+    assert "line 4, field 'timestamp'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -144,3 +144,46 @@ def test_short_csv_row_names_line(tmp_path):
 def test_long_first_row_names_line(tmp_path):
     e = _error("movielens", _movielens(tmp_path, movies="movieId,title,genres\n1,Toy Story (1995),Animation,x\n"))
     assert (e.path.name, e.line) == ("movies.csv", 2) and "malformed row" in str(e)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("99999999999999999999", "out of the int64 range"),
+    ("1700000000000", "outside the years 1..9999"),            # milliseconds read as seconds
+    ("964982703.5", "not a whole number"),
+    ("964982703.0", None),                                      # an integer written as a float is exact
+])
+def test_oversized_and_fractional_timestamps_are_located_errors(tmp_path, value, message):
+    path = _movielens(tmp_path, ratings=RATINGS + f"2,1,3.0,{value}\n")
+    if message is None:
+        assert _read("movielens", path).interactions["timestamp"].to_pylist()[-1] == 964982703
+        return
+    e = _error("movielens", path)
+    assert (e.path.name, e.line, e.field) == ("ratings.csv", 4, "timestamp") and message in str(e)
+
+
+def test_time_formats_convert_exactly_or_refuse(tmp_path):
+    """unix_ms is floored to the second (documented); a fraction of a second in a date string is refused."""
+    import pandas as pd
+
+    from recbase.data.readers.common import parse_time, time_column
+
+    ms = pd.Series(["1700000000999", "-1"], name="t")
+    assert time_column(ms, "unix_ms", tmp_path / "f.csv").tolist() == [1700000000, -1]
+    assert parse_time("1700000000999", "unix_ms", tmp_path / "f.csv", 3, "t") == 1700000000
+    iso = pd.Series(["2020-01-01T00:00:00Z", "2020-01-01T00:00:00.250Z"], name="t")
+    with pytest.raises(InputError, match=r"line 3, field 't': '2020-01-01T00:00:00.250Z' has a fraction of a second"):
+        time_column(iso, "iso", tmp_path / "f.csv")
+    with pytest.raises(InputError, match=r"line 7, field 't': .* has a fraction of a second"):
+        parse_time("2020-01-01T00:00:00.250Z", "iso", tmp_path / "f.csv", 7, "t")
+    assert time_column(iso[:1], "iso", tmp_path / "f.csv").tolist() == [1577836800]
+    with pytest.raises(InputError, match="line 2, field 't': out of the int64 range: '1e30'"):
+        parse_time("1e30", "unix", tmp_path / "f.csv", 2, "t")
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", "a/b", "..", ".hidden"])
+def test_domain_names_are_plain_names(tmp_path, capsys, name):
+    out = tmp_path / "nested" / "out"
+    path = _movielens(tmp_path)
+    assert main(["ingest", "movielens", str(path), "--out", str(out), "--domain", name]) == 2
+    assert f"domain name {name!r} is not a plain name" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not out.exists()

@@ -8,6 +8,7 @@ import pytest
 
 from recbase.cli import main
 from recbase.data.ingest import ingest, read_domain
+from recbase.data.readers import InputError
 from recbase.data.readers.generic import load_spec
 
 
@@ -246,3 +247,83 @@ def test_generic_parquet_typed_columns(tmp_path):
     assert _texts(t) == {"7": 'Describe a book:\n{"title": "Dune", "genres": "sci-fi | classic", "year": "1965"}'}
     assert t.summary.dropped == {"item rows with no text fields": 1}
     assert _rows(t) == [("x", "7", 1_600_000_000)]
+
+
+def _generic_files(tmp_path, items: str, log: str):
+    _write(tmp_path / "items.csv", items)
+    _write(tmp_path / "log.csv", log)
+    return ["items=items.csv", "interactions=log.csv", "item_id=id", "user_id=user"]
+
+
+def test_generic_skips_and_counts_bad_rows(tmp_path):
+    base = _generic_files(tmp_path, "id,app_name\n1,Portal\n,Nameless\n2,Braid\n",
+                          "user,id,t\nx,1,100\n,2,101\nx,2,soon\ny,,102\ny,2,103\n")
+    spec = ["time=t", "text_fields=app_name", "kind=app"]
+    with pytest.raises(InputError, match=r"items.csv, line 3, field 'id': empty id"):
+        _read("generic", tmp_path, spec=load_spec(tmp_path, overrides=base + spec))
+    t = _read("generic", tmp_path, spec=load_spec(tmp_path, overrides=base + spec + ["bad_rows=skip"]))
+    assert t.summary.dropped == {"item rows with an empty id (items.csv)": 1,
+                                 "interaction rows with an empty user (log.csv)": 1,
+                                 "interaction rows with an empty id (log.csv)": 1,
+                                 "interaction rows whose t is not a time (log.csv)": 1}
+    assert _rows(t) == [("x", "1", 100), ("y", "2", 103)]
+    assert _texts(t) == {"1": 'Describe an app:\n{"app_name": "Portal"}', "2": 'Describe an app:\n{"app_name": "Braid"}'}
+
+
+def test_generic_field_map_and_name_count_lists(tmp_path):
+    _jsonl(tmp_path / "items.jsonl", [{"id": "g1", "app_name": "Portal", "dev": "Valve",
+                                       "tags": [["Puzzle", 120], ["Co-op", 40]]}])
+    _write(tmp_path / "log.csv", "user,id\nx,g1\n")
+    spec = load_spec(tmp_path, overrides=["items=items.jsonl", "interactions=log.csv", "item_id=id", "user_id=user",
+                                          "text_fields=tags,dev,app_name", "kind=app",
+                                          'field_map={"app_name": "title", "dev": "developer"}'])
+    t = _read("generic", tmp_path, spec=spec)
+    # Template order (title, developer, genres, tags), whatever the source's; the tag counts are left out.
+    assert _texts(t)["g1"] == 'Describe an app:\n{"title": "Portal", "developer": "Valve", "tags": "Puzzle | Co-op"}'
+    assert t.items.column("title").to_pylist() == ["Portal"]
+    bad = load_spec(tmp_path, overrides=["items=items.jsonl", "interactions=log.csv", "item_id=id", "user_id=user",
+                                         "text_fields=app_name", 'field_map={"name": "title"}'])
+    with pytest.raises(InputError, match="field 'field_map': field_map names name, which are not in text_fields"):
+        _read("generic", tmp_path, spec=bad)
+
+
+@pytest.mark.parametrize("kind, prompt", [("music", "Describe a music track"), ("fashion", "Describe a fashion product"),
+                                          ("video", "Describe a video"), ("recipe", "Describe a recipe"),
+                                          ("poi", "Describe a place")])
+def test_generic_more_kinds(tmp_path, kind, prompt):
+    base = _generic_files(tmp_path, "id,title,name\n1,A,B\n", "user,id\nx,1\n")
+    t = _read("generic", tmp_path, spec=load_spec(tmp_path, overrides=base + ["text_fields=title", f"kind={kind}"]))
+    assert _texts(t)["1"] == prompt + ':\n{"title": "A"}'
+
+
+def test_generic_unknown_kind_is_one_clear_line(tmp_path, capsys):
+    base = _generic_files(tmp_path, "id,title\n1,A\n", "user,id\nx,1\n")
+    code = main(["ingest", "generic", str(tmp_path), "--out", str(tmp_path / "out"), "--set", *base,
+                 "text_fields=title", "kind=podcast"])
+    out = capsys.readouterr().out.strip()
+    assert code == 2 and len(out.splitlines()) == 1
+    assert out.startswith(f"error: {tmp_path}, field 'kind': unknown template kind 'podcast'; known: movie, product")
+    assert not (tmp_path / "out").exists()
+
+
+def test_interacted_items_only_restricts_the_catalog(tmp_path):
+    base = _generic_files(tmp_path, "id,title\n1,A\n2,B\n3,C\n", "user,id\nx,1\nx,3\ny,2\n")
+    spec = load_spec(tmp_path, overrides=base + ["text_fields=title"])
+    # y (one interaction) falls under the 2-interaction filter, and with y goes the only use of item 2.
+    t = read_domain("generic", tmp_path, "d", min_user_interactions=2, max_history=0, spec=spec,
+                    interacted_items_only=True)
+    assert sorted(t.items.column("item_id").to_pylist()) == ["1", "3"]
+    assert t.summary.dropped["items no kept interaction uses"] == 1
+    full = read_domain("generic", tmp_path, "d", min_user_interactions=2, max_history=0, spec=spec)
+    assert full.items.num_rows == 3
+
+
+def test_ingest_takes_a_preset_name(tmp_path, capsys):
+    _write(tmp_path / "items.csv", "item_id,title\n100,best lemonade\n101,chicken breasts lombardi\n")
+    _write(tmp_path / "interactions.csv", "user_id,item_id,timestamp\n100,101,1020643200\n100,100,1020297600\n")
+    assert main(["ingest", "food-com-recipes", str(tmp_path), "--out", str(tmp_path / "out"),
+                 "--min-user-interactions", "0"]) == 0
+    items = pq.read_table(tmp_path / "out" / "recipes" / "items.parquet").to_pydict()
+    assert items["text"][0] == 'Describe a recipe:\n{"title": "best lemonade"}'
+    inter = pq.read_table(tmp_path / "out" / "recipes" / "interactions.parquet").to_pydict()
+    assert inter["item_id"] == ["100", "101"]

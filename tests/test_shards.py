@@ -15,6 +15,7 @@ from shards_world import LEVELS, TOKENIZER_HASH, expected_sequences, make_world 
 from recbase.data import shards as shards_mod  # noqa: E402
 from recbase.data.loader import read_shard  # noqa: E402
 from recbase.data.shards import ShardConfig, ShardError, build_shards, merge_manifests, read_manifest  # noqa: E402
+from recbase.errors import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_two_task_slices_equal_one_full_build(world, tmp_path):
 
 def test_changed_config_or_inputs_in_the_same_folder_are_refused(world, tmp_path):
     build_shards(config(world, tmp_path))
-    with pytest.raises(ValueError, match="another build.*config"):
+    with pytest.raises(UserError, match="another build .*config key tokens_per_block: 700 then, 300 now"):
         build_shards(config(world, tmp_path, tokens_per_block=300))
     codes = tmp_path / "codes.parquet"
     codes.write_bytes((world / "codes.parquet").read_bytes())
@@ -133,6 +134,30 @@ def test_truncated_and_corrupt_shards_are_reported_by_name(world, tmp_path):
     path.write_bytes(data[:1024] + bytes(range(256)) * ((len(data) - 1024) // 256) + b"\0" * ((len(data) - 1024) % 256))
     with pytest.raises(ShardError, match=path.name):
         list(read_shard(root, shard))
+
+
+def test_a_flipped_byte_is_caught_by_the_manifest_hash(world, tmp_path):
+    """Same size, the tar still parses: only the payload hash tells, and the error names the shard."""
+    root = build_shards(config(world, tmp_path))
+    shard = read_manifest(root)["shards"][0]
+    path = root / shard["path"]
+    data = bytearray(path.read_bytes())
+    data[600] ^= 0x01                                   # inside the first block's token payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=rf"{path.name}: SHA-256 does not match the manifest"):
+        list(read_shard(root, shard))
+
+
+def test_a_rerun_rebuilds_a_truncated_shard_instead_of_keeping_it(world, tmp_path):
+    root = build_shards(config(world, tmp_path))
+    before = read_manifest(root)["shards"]
+    path = root / before[1]["path"]
+    intact = path.read_bytes()
+    path.write_bytes(intact[:len(intact) // 2])
+    build_shards(config(world, tmp_path))
+    assert path.read_bytes() == intact
+    assert read_manifest(root)["shards"] == before
+    list(read_shard(root, before[1]))
 
 
 def test_manifest_counts_match_the_shards(world, tmp_path):
@@ -191,5 +216,34 @@ def test_command_line_with_overrides_and_task_arguments(world, tmp_path, capsys)
     manifest = read_manifest(tmp_path / "cli")
     assert manifest["num_tasks"] == 2 and manifest["eval_sets"]["news"]["pairs"] <= 40
     assert main(["shards", "--config", str(cfg), "name=cli", "num_tasks=2", "--merge"]) == 0
-    with pytest.raises(Exception, match="unknown key"):
-        main(["shards", "--config", str(cfg), "tokens_per_shrad=5"])
+    assert main(["shards", "--config", str(cfg), "tokens_per_shrad=5"]) == 2
+    assert "unknown key(s) tokens_per_shrad" in capsys.readouterr().err
+
+
+def test_eval_sets_record_the_tokenizer_and_the_training_domains(world, tmp_path):
+    """What evaluation checks: the tokenizer hash, the tokenizer's training domains, the shards' domains."""
+    import pyarrow.parquet as pq
+
+    root = build_shards(config(world, tmp_path))
+    meta = pq.read_schema(root / "eval" / "news.parquet").metadata
+    assert meta[b"tokenizer_hash"].decode() == TOKENIZER_HASH
+    assert json.loads(meta[b"shard_domains"]) == ["books", "movies"]
+    assert json.loads(meta[b"tokenizer_train_domains"]) is None      # shards_world's codes do not record them
+
+
+@pytest.mark.parametrize("key,value,allowed", [("tokens_per_block", 0, ">= 1"), ("eval.positives", 11, r"\[1, 10\]"),
+                                               ("task_index", 2, r"\[0, 0\]")])
+def test_config_out_of_range_names_the_key_and_the_range(world, tmp_path, key, value, allowed):
+    cfg = config(world, tmp_path)
+    if "." in key:
+        setattr(cfg.eval, key.split(".")[1], value)
+    else:
+        setattr(cfg, key, value)
+    with pytest.raises(UserError, match=rf"^{key}={value} is outside the allowed range {allowed}$"):
+        build_shards(cfg)
+
+
+def test_a_shard_set_name_is_a_plain_name(world, tmp_path):
+    with pytest.raises(UserError, match=r"shard set name '\.\./x' is not a plain name"):
+        build_shards(config(world, tmp_path / "out", name="../x"))
+    assert not (tmp_path / "x").exists()

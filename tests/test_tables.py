@@ -17,7 +17,7 @@ def test_drops_are_counted_by_reason():
     rows = [("u1", "a", 3), ("u1", "a", 3), ("u1", "zz", 4), ("u1", "b", 1), ("u2", "c", 5)]
     t = finalize(_tables(rows, items=("a", "b", "c", "a")), min_user_interactions=2, max_history=0)
     s = t.summary
-    assert s.dropped == {"duplicate item rows": 1, "duplicate interaction rows": 1,
+    assert s.dropped_reasons() == {"duplicate item rows": 1, "duplicate interaction rows": 1,
                          "interaction whose item has no metadata": 1,
                          "users with < 2 interactions (1 users)": 1}
     assert (s.items, s.users, s.interactions, s.read_items, s.read_interactions) == (3, 1, 2, 4, 5)

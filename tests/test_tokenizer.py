@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -257,6 +258,8 @@ def test_commands_train_encode_report(tmp_path, capsys):
     assert main(["tokenizer", "encode", "--artifact", str(art), *args, "--out", str(out)]) == 0
     table = pq.read_table(out)
     assert table.schema.metadata[b"tokenizer_hash"].decode() == tok.hash
+    assert json.loads(table.schema.metadata[b"train_domains"]) == ["books", "games"]
+    assert table.schema.metadata[b"tokenizer_kind"] == b"rqkmeans"
     assert table.column_names == ["domain", "item_id", "codes"]
     assert table.num_rows == 650
     for domain in ("books", "games", "garden"):
@@ -279,18 +282,16 @@ def test_commands_train_encode_report(tmp_path, capsys):
     cfg["embedder"] = "other"
     (art / "config.json").write_text(json.dumps(cfg))
     assert main(["tokenizer", "encode", "--artifact", str(art), *args, "--out", str(out)]) == 2
-    assert "content hash mismatch" in capsys.readouterr().out
+    assert "content hash mismatch" in capsys.readouterr().err
 
 
-def test_unknown_config_key_is_rejected(tmp_path):
+def test_unknown_config_key_is_rejected(tmp_path, capsys):
     data = tmp_path / "data"
     write_data(data, {"books": 20})
     embed_folder(data, tmp_path / "emb", model="hashing", progress=False)
-    from recbase.config import ConfigError
-
-    with pytest.raises(ConfigError, match="config.clvae: unknown key.*epoch"):
-        main(["tokenizer", "train", "--data", str(data), "--emb", str(tmp_path / "emb"), "--out",
-              str(tmp_path / "t"), "clvae.epoch=3"])
+    assert main(["tokenizer", "train", "--data", str(data), "--emb", str(tmp_path / "emb"), "--out",
+                 str(tmp_path / "t"), "clvae.epoch=3"]) == 2
+    assert re.search("config.clvae: unknown key.*epoch", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("q,group", [(2, 5), (3, 2), (4, 4), (5, 3)])
@@ -322,3 +323,27 @@ def test_report_separates_unseen_domains_and_pooled_normalisation(domains, train
     pooled = tokenizer_report(tok, embeddings, normalize_new=False)
     assert pooled["domains"]["movies"] == own["domains"]["movies"]
     assert pooled["domains"]["shifted-movies"]["levels"] != own["domains"]["shifted-movies"]["levels"]
+
+
+def test_codebook_larger_than_the_catalog_is_refused():
+    from recbase.config import ConfigError
+
+    emb = {"books": np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)}
+    with pytest.raises(ConfigError, match=r"codebook_size=64 is larger than the 30 training items \(books\)"):
+        train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=2, codebook_size=64), emb, progress=False)
+    with pytest.raises(ConfigError, match=r"^levels=0 is outside the allowed range >= 1$"):
+        train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=0, codebook_size=4), emb, progress=False)
+
+
+def test_train_does_not_replace_an_artifact_without_overwrite(tmp_path, capsys):
+    data, emb, art = tmp_path / "data", tmp_path / "emb", tmp_path / "tok"
+    write_data(data, {"books": 40})
+    embed_folder(data, emb, model="hashing", progress=False)
+    args = ["tokenizer", "train", "--data", str(data), "--emb", str(emb), "--out", str(art), "kind=rqkmeans",
+            "levels=2", "codebook_size=4", "rqkmeans.iters=2"]
+    assert main(args) == 0
+    first = load_tokenizer(art).hash
+    assert main([*args, "seed=1"]) == 2
+    assert "already holds a tokenizer artifact" in capsys.readouterr().err and load_tokenizer(art).hash == first
+    assert main([*args, "seed=1", "--overwrite"]) == 0
+    assert load_tokenizer(art).hash != first

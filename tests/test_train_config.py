@@ -94,3 +94,22 @@ def test_mfu_uses_device_table_and_is_na_on_cpu():
     assert peak_flops(None) is None and mfu(1e9, 1e4, 1, None) is None
     assert peak_flops(None, configured_tflops=2.0) == 2e12
     assert mfu(6e9, 1e5, 8, 989e12) == pytest.approx(6e9 * 1e5 / (8 * 989e12))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=0", r"optim.lr=0.0 is outside the allowed range > 0"),
+    ("optim.beta2=1.0", r"optim.beta2=1.0 is outside the allowed range \[0, 1\)"),
+    ("optim.warmup_steps=-1", r"optim.warmup_steps=-1 is outside the allowed range >= 0"),
+    ("data.num_workers=-2", r"data.num_workers=-2 is outside the allowed range >= 0"),
+    ("optim.min_lr_ratio=1.5", r"optim.min_lr_ratio=1.5 is outside the allowed range \[0, 1\]"),
+])
+def test_numeric_fields_out_of_range_name_key_and_range(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config("tiny.json", [override])
+
+
+def test_seq_len_shorter_than_one_item_is_refused():
+    cfg = load_train_config("tiny.json", ["data.seq_len=4"])
+    with pytest.raises(ConfigError, match=r"data.seq_len=4 is shorter than one item: .* 4 tokens, .* >= 5"):
+        cfg.check_seq_len(4)
+    cfg.check_seq_len(3)

@@ -46,7 +46,9 @@ def _free_port() -> int:
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"), MASTER_PORT=str(_free_port()))
+    # this checkout first: the code under test, not whatever recbase the environment has installed
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
+               MASTER_PORT=str(_free_port()))
     return env
 
 
@@ -164,6 +166,10 @@ def test_export_reloads_with_same_logits(runs, tmp_path):
         torch.testing.assert_close(model(input_ids=PROBE).logits, expected, rtol=1e-5, atol=1e-5)
     assert meta["tokenizer_hash"] == "train-test-tokenizer" and meta["step"] == STEPS
     assert meta["vocab"]["model_vocab_size"] == model.config.vocab_size
+    assert meta["train_domains"] == ["books", "games", "movies"]
+    assert meta["tokenizer"] == {"hash": "train-test-tokenizer", "kind": "random", "embedder": "none",
+                                 "train_domains": ["books", "movies"]}
+    assert meta["token_layout"].startswith("token id = 8 + level * 64 + code, for level 0..3")
     # the DeepSpeed checkpoint folder loads to the same model (ZeRO-3 shards consolidated)
     from_ckpt, _ = load_model(runs / "a" / "ckpt")
     with torch.no_grad():
@@ -228,5 +234,32 @@ def test_finetune_refuses_shards_of_another_tokenizer(runs):
                                      out_dir=str(world / "shards"), name="other"))
     cfg = load_train_config("finetune.json", [f"data.shards={other}", f"checkpoint.init_from={runs / 'a' / 'hf'}"])
     with pytest.raises(ValueError, match=rf"{other}/manifest.json.*{TOKENIZER_HASH}.*train-test-tokenizer"):
+        Trainer(cfg)
+    assert not torch.distributed.is_initialized()
+
+
+def test_a_plain_run_prints_no_deepspeed_chatter(runs):
+    log = (runs / "h.log").read_text()
+    for chatter in ("Setting accelerator to CPU", "built successfully", "is deprecated"):
+        assert chatter not in log, chatter
+    assert "[train step" in log
+
+
+def test_resume_refuses_shards_of_another_tokenizer(runs):
+    """The checkpoint's tokenizer is compared with the shards' before any process group, model or weight."""
+    from shards_world import TOKENIZER_HASH, make_world
+
+    from recbase.data.shards import ShardConfig, build_shards
+    from recbase.errors import UserError
+    from recbase.train.config import load_train_config
+    from recbase.train.loop import Trainer
+
+    world = make_world(runs / "resume-other-tokenizer", n_users=10, n_items=20)
+    other = build_shards(ShardConfig(data_dir=str(world / "data"), codes_path=str(world / "codes.parquet"),
+                                     out_dir=str(world / "shards"), name="other"))
+    cfg = load_train_config("tiny.json", [f"data.shards={other}", f"checkpoint.dir={runs / 'a' / 'ckpt'}"])
+    with pytest.raises(UserError, match=rf"global_step{STEPS}/recbase.json: the checkpoint was trained on shards of "
+                                        rf"tokenizer train-test-tokenizer, but data.shards holds tokenizer "
+                                        rf"{TOKENIZER_HASH}"):
         Trainer(cfg)
     assert not torch.distributed.is_initialized()

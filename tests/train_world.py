@@ -6,6 +6,7 @@ ids, so no tokenizer needs to be trained); shards are built by the real shard bu
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ def write_random_codes(data_dir: Path, out: Path, seed: int = 0) -> Path:
         rows["codes"] += rng.integers(0, K, size=(len(items), LEVELS)).tolist()
     table = pa.table({"domain": pa.array(rows["domain"], pa.string()), "item_id": pa.array(rows["item_id"]),
                       "codes": pa.array(rows["codes"], pa.list_(pa.int32()))})
-    pq.write_table(table.replace_schema_metadata({"tokenizer_hash": TOKENIZER_HASH, "codebook_size": str(K)}), out)
+    meta = {"tokenizer_hash": TOKENIZER_HASH, "codebook_size": str(K), "tokenizer_kind": "random",
+            "embedder": "none", "train_domains": json.dumps(["books", "movies"])}
+    pq.write_table(table.replace_schema_metadata(meta), out)
     return out
 
 

@@ -17,7 +17,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,23 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     from recbase.train.config import load_train_config
     from recbase.train.loop import Trainer
+    from recbase.train.throughput import measure_steps
 
-    trainer = Trainer(load_train_config(config, overrides))
-    data = iter(trainer.loader)
-    gas = trainer.gas
-    positions = gas * trainer.cfg.optim.micro_batch_size * trainer.cfg.data.seq_len * trainer.runtime.dp_world
-    labels, losses, elapsed = 0.0, [], 0.0
-    for step in range(warmup + steps):
-        batches = [next(data) for _ in range(gas)]
-        start = time.perf_counter()
-        out = trainer.train_step(batches)
-        if step >= warmup:
-            elapsed += time.perf_counter() - start
-            labels += out["label_tokens"]
-        losses.append(out["loss"])
-    return {"tokens_per_s": positions * steps / elapsed, "label_tokens_per_s": labels / elapsed,
-            "fill": labels / (positions * steps), "s_per_step": elapsed / steps, "first_loss": losses[0],
-            "last_loss": losses[-1]}
+    return measure_steps(Trainer(load_train_config(config, overrides)), steps, warmup)
 
 
 def main() -> int:

@@ -10,7 +10,9 @@ run:
 * build throughput (tokens/s, and per process) with 1 and 2 worker processes; baseline: WebDataset's TarWriter
   with one user per tar entry;
 * bytes per token on disk; baselines: one user per tar entry, and Parquet ``list<int16>`` (zstd);
-* loader throughput (real tokens/s) packed with 0, 1 and 2 workers; baseline: unpacked (one user per padded row).
+* loader throughput (real tokens/s) packed with 0, 1 and 2 workers; baseline: unpacked (one user per padded row);
+* the cost of the loader's per-shard SHA-256 check: hashing every shard alone, against the in-process loader
+  (which includes it) over the same shards.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from recbase.data.ingest import read_domain
 from recbase.data.loader import PackedLoader, read_shard
 from recbase.data.shards import ShardConfig, build_shards, read_manifest
 from recbase.data.tables import DomainTables, make_interactions_table, write_domain
+from recbase.io import sha256_file
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LEVELS, K = 4, 2048
@@ -110,6 +113,16 @@ def bench_loader(root: Path, num_workers: int, packed: bool, seq_len: int, batch
     return {"tok_s": real / dt, "fill": real / slots, "tokens": real, "seconds": dt}
 
 
+def bench_payload_check(root: Path) -> dict:
+    """Time to hash every shard once, as the loader does before decoding one (page cache warm, as in training)."""
+    shards = read_manifest(root)["shards"]
+    t = time.perf_counter()
+    for s in shards:
+        sha256_file(root / s["path"])
+    dt = time.perf_counter() - t
+    return {"tok_s": sum(s["tokens"] for s in shards) / dt, "seconds": dt}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=5_000_000, help="replicate users until at least this many tokens")
@@ -138,6 +151,7 @@ def main() -> int:
     for workers in (0, 1, 2):
         results[f"loader_packed_w{workers}"] = bench_loader(root, workers, True, args.seq_len, args.batch, args.tokens)
     results["loader_unpacked_w2"] = bench_loader(root, 2, False, args.seq_len, args.batch, args.tokens)
+    results["payload_check"] = bench_payload_check(root)
 
     b1, b2, base = results["build_w1"], results["build_w2"], results["baselines"]
     print(f"\ncorpus: {b1['tokens']:,} tokens in {b1['shards']} shards (build includes reading the tables)")
@@ -150,6 +164,9 @@ def main() -> int:
                        ("loader_packed_w2", "packed, 2 workers"), ("loader_unpacked_w2", "unpacked (baseline), 2 workers")):
         r = results[key]
         print(f"loader {label:<31}: {r['tok_s']:>12,.0f} real tokens/s, rows {100 * r['fill']:.1f}% full")
+    check, w0 = results["payload_check"], results["loader_packed_w0"]
+    print(f"payload SHA-256 check alone: {check['tok_s']:>12,.0f} tokens/s, "
+          f"{w0['tok_s'] / check['tok_s']:.1%} of the in-process loader's time per token")
     print("\n" + json.dumps(results, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kernels.benchmarking import cdist_codes
 from recbase.config import apply_overrides, from_dict
 from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, read_items, write_domain
 from recbase.tokenizer.embed import SentenceTransformerEmbedder, embed_folder, select_domains
@@ -36,16 +37,6 @@ def timed(fn, repeat: int = 1):
         out = fn()
         best = min(best, time.perf_counter() - start)
     return out, best
-
-
-def cdist_codes(z: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
-    """Baseline: greedy residual search with torch.cdist and argmin, level by level."""
-    codes, r = [], z
-    for cb in codebooks:
-        idx = torch.cdist(r, cb).argmin(1)
-        codes.append(idx)
-        r = r - cb[idx]
-    return torch.stack(codes, 1)
 
 
 def bench_embed(data: Path, n_items: int, batch_size: int) -> None:

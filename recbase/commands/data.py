@@ -22,17 +22,13 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from recbase.data.fetch import REGISTRY, ChecksumError, fetch
+    from recbase.data.fetch import REGISTRY, fetch
 
     if args.action == "list":
         for name, entry in sorted(REGISTRY.items()):
             print(f"{name:40s} {entry.describe()}")
         return 0
-    try:
-        folder = fetch(args.name, args.dest)
-    except (KeyError, ChecksumError) as e:
-        print(f"error: {e.args[0]}")
-        return 2
+    folder = fetch(args.name, args.dest)
     print(f"{args.name}: verified and unpacked in {folder}")
     if args.no_ingest:
         return 0
@@ -40,4 +36,5 @@ def run(args) -> int:
 
     out = args.out or str(Path(args.dest) / "tables")
     return ingest_and_report(REGISTRY[args.name].format, folder, out, domain=args.domain or args.name,
-                             min_user_interactions=args.min_user_interactions, max_history=args.max_history)
+                             min_user_interactions=args.min_user_interactions, max_history=args.max_history,
+                             interacted_items_only=args.interacted_items_only)

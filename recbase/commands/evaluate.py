@@ -29,10 +29,13 @@ def run(args: argparse.Namespace) -> int:
 
     from recbase.config import load_config
     from recbase.eval.job import EvalConfig, evaluate
+    from recbase.eval.report import compact_table
+    from recbase.presets import preset_dir
 
-    configs = Path(__file__).resolve().parents[2] / "launch" / "configs"
-    cfg = load_config(EvalConfig, args.config, args.overrides, search_dirs=[configs])
+    cfg = load_config(EvalConfig, args.config, args.overrides, search_dirs=[preset_dir()])
     cfg.models.update(parse_models(args.model))
-    evaluate(cfg)
-    print(f"wrote {Path(cfg.out_dir) / 'metrics.json'}, report.md and charts")
+    results = evaluate(cfg)
+    print()
+    print(compact_table(results))
+    print(f"\nwrote {Path(cfg.out_dir) / 'metrics.json'}, report.md (every metric and baseline) and charts")
     return 0

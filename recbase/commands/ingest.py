@@ -1,4 +1,7 @@
-"""``recbase ingest FORMAT PATH --out DIR``: a public dataset -> items.parquet + interactions.parquet."""
+"""``recbase ingest FORMAT PATH --out DIR``: a public dataset -> items.parquet + interactions.parquet.
+
+FORMAT is a reader format or a preset name (``recbase.data.presets``: a known folder layout, e.g.
+``amazon-books-2014``)."""
 from __future__ import annotations
 
 HELP = "read a public dataset (movielens, amazon, mind, ...) into items.parquet + interactions.parquet"
@@ -12,28 +15,27 @@ def add_filter_arguments(parser) -> None:
                         help="drop users with fewer interactions (paper: 15; 0 keeps all)")
     parser.add_argument("--max-history", type=int, default=MAX_HISTORY,
                         help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
+    parser.add_argument("--interacted-items-only", action="store_true",
+                        help="keep only catalog items that a kept interaction uses")
 
 
 def ingest_and_report(fmt: str, path, out, **kwargs) -> int:
-    """Ingest and print the summary; a bad input is printed and gives exit status 2."""
+    """Ingest and print the summary."""
     from recbase.data.ingest import ingest
-    from recbase.data.readers import InputError
 
-    try:
-        tables = ingest(fmt, path, out, **kwargs)
-    except InputError as e:
-        print(f"error: {e}")
-        return 2
-    print(tables.summary.format())
-    print(f"wrote {out}/{tables.domain}/")
+    summary = ingest(fmt, path, out, **kwargs)
+    print(summary.format())
+    print(f"wrote {out}/{summary.domain}/")
     return 0
 
 
 def add_arguments(parser) -> None:
+    from recbase.data.presets import preset_names
     from recbase.data.readers import FORMATS
 
-    parser.add_argument("format", choices=sorted(FORMATS), metavar="FORMAT",
-                        help="; ".join(f"{name}: {what}" for name, (_, _, what) in FORMATS.items()))
+    parser.add_argument("format", choices=sorted(FORMATS) + preset_names(), metavar="FORMAT",
+                        help="; ".join(f"{name}: {what}" for name, (_, _, what) in FORMATS.items())
+                        + "; or a preset: " + ", ".join(preset_names()))
     parser.add_argument("path", help="the unpacked dataset folder (or file); for generic, the folder the spec's "
                                      "file names are relative to, or the spec file itself")
     parser.add_argument("--out", required=True, help="output folder; tables go to OUT/<domain>/")
@@ -46,16 +48,30 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from recbase.data.presets import load_preset, preset_names, reader_options
+
     options = {}
-    if args.format == "generic":
+    fmt, domain = args.format, args.domain
+    from_preset = fmt in preset_names()
+    if from_preset:
+        if args.spec or args.overrides:
+            raise SystemExit(f"--spec and --set apply to the generic format only, not to the preset {fmt}")
+        preset = load_preset(fmt)
+        try:
+            fmt, options = reader_options(preset, args.kind)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        domain = domain or preset.domain or None
+    elif args.format == "generic":
         from recbase.data.readers.generic import load_spec
 
         options["spec"] = load_spec(args.path, args.spec, args.overrides)
     elif args.spec or args.overrides:
         raise SystemExit(f"--spec and --set apply to the generic format only, not {args.format}")
-    if args.kind:
+    if args.kind and not from_preset:   # a preset took --kind above
         if args.format not in ("recbole", "generic"):
             raise SystemExit(f"--kind applies to recbole and generic only; {args.format} has a fixed kind")
         options["kind"] = args.kind
-    return ingest_and_report(args.format, args.path, args.out, domain=args.domain,
-                             min_user_interactions=args.min_user_interactions, max_history=args.max_history, **options)
+    return ingest_and_report(fmt, args.path, args.out, domain=domain,
+                             min_user_interactions=args.min_user_interactions, max_history=args.max_history,
+                             interacted_items_only=args.interacted_items_only, **options)

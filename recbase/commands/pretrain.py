@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training config JSON (a bare name is also looked up in launch/configs/)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved config, world layout, parameters, FLOPs and memory; do not train")
+                        help="print the world layout, vocabulary, parameters, FLOPs and memory; do not train")
+    parser.add_argument("--verbose", action="store_true", help="--dry-run: also print the resolved config")
     parser.add_argument("--world-size", type=int, default=None, help="--dry-run: plan for this many ranks")
     # the deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment is what is used
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from recbase.train.plan import describe
 
-        print(describe(cfg, args.world_size))
+        print(describe(cfg, args.world_size, verbose=args.verbose))
         return 0
     from recbase.train.loop import pretrain
 

@@ -24,6 +24,7 @@ def run(args) -> int:
 
     from recbase.config import load_config
     from recbase.data.shards import MANIFEST, ShardConfig, build_shards, merge_manifests
+    from recbase.presets import preset_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(args.overrides)
@@ -33,7 +34,7 @@ def run(args) -> int:
         overrides.append(f"task_index={int(task)}")
     if tasks is not None:
         overrides.append(f"num_tasks={int(tasks)}")
-    cfg = load_config(ShardConfig, args.config, overrides, search_dirs=[Path(__file__).resolve().parents[2] / "launch" / "configs"])
+    cfg = load_config(ShardConfig, args.config, overrides, search_dirs=[preset_dir()])
     root = Path(cfg.out_dir) / cfg.name
     if args.merge:
         path = merge_manifests(root, cfg.num_tasks)

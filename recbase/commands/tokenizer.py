@@ -1,11 +1,7 @@
 """``recbase tokenizer {train,encode,report}``: train the item tokenizer, write codes.parquet, report on it."""
 from __future__ import annotations
 
-from pathlib import Path
-
 HELP = "item tokenizer: train (clvae | rqkmeans | fsq), encode items to codes.parquet, report code usage"
-
-CONFIG_DIRS = [Path(__file__).resolve().parents[2] / "launch" / "configs"]
 
 
 def _domains(text: str | None) -> list[str] | None:
@@ -30,6 +26,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--data", required=True, help="data folder with <domain>/items.parquet")
     p.add_argument("--emb", required=True, help="embeddings folder written by `recbase embed`")
     p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an artifact already in --out")
     p.add_argument("--domains", help="comma-separated training domains (default: all in --data)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. kind=rqkmeans")
 
@@ -48,20 +45,18 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.action == "train":
         from recbase.config import load_config
+        from recbase.presets import preset_dir
         from recbase.tokenizer.train import TokenizerConfig, train_from_folders
 
-        cfg = load_config(TokenizerConfig, args.config, args.overrides, CONFIG_DIRS)
-        tok = train_from_folders(cfg, args.data, args.emb, args.out, _domains(args.domains))
+        cfg = load_config(TokenizerConfig, args.config, args.overrides, [preset_dir()])
+        tok = train_from_folders(cfg, args.data, args.emb, args.out, _domains(args.domains),
+                                 overwrite=args.overwrite)
         print(f"tokenizer {tok.hash} ({tok.kind}, {tok.levels} x {tok.codebook_size}) → {args.out}")
         return 0
 
-    from recbase.tokenizer.artifact import ArtifactError, load_tokenizer
+    from recbase.tokenizer.artifact import load_tokenizer
 
-    try:
-        tok = load_tokenizer(args.artifact)
-    except ArtifactError as e:
-        print(f"error: {e}")
-        return 2
+    tok = load_tokenizer(args.artifact)
     if args.action == "encode":
         from recbase.tokenizer.encode import write_codes
 

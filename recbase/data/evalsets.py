@@ -12,6 +12,7 @@ random order until the domain's pair budget is spent, so the set is a fixed, unb
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -77,8 +78,11 @@ def sample_uniform_negatives(rng: np.random.Generator, n_items: int, exclude: np
 
 
 def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, cfg: EvalSetConfig,
-                   seed: int) -> dict:
-    """Write the eval set of one held-out domain to ``out_path`` (skipped when it exists); returns its counts."""
+                   seed: int, pretrain_domains: list[str] = ()) -> dict:
+    """Write the eval set of one held-out domain to ``out_path`` (skipped when it exists); returns its counts.
+
+    Its metadata records the tokenizer hash and the domains the tokenizer (from ``codes``) and the shards built
+    beside it (``pretrain_domains``) were made from; evaluation checks the hash and the tokenizer's domains."""
     domain_dir, out_path = Path(domain_dir), Path(out_path)
     if not 1 <= cfg.positives <= MAX_POSITIVES:
         raise ValueError(f"eval.positives must be in 1..{MAX_POSITIVES}, got {cfg.positives}")
@@ -130,7 +134,10 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
                       "candidates": rows["candidates"], "candidate_tokens": rows["candidate_tokens"],
                       "labels": rows["labels"], "target": rows["target"]},
                      schema=SCHEMA.with_metadata({"negatives": "uniform" if impressions is None else "impressions",
-                                                  "seed": str(seed)}))
+                                                  "seed": str(seed), "tokenizer_hash": codes.tokenizer_hash,
+                                                  "tokenizer_train_domains":
+                                                      json.dumps(codes.tokenizer.get("train_domains")),
+                                                  "shard_domains": json.dumps(sorted(pretrain_domains))}))
     with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)
     stats = _stats(table, out_path, skipped)

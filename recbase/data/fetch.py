@@ -21,13 +21,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from recbase.errors import UserError
 from recbase.io import atomic_write_text
 
 LOCK_FILE = "recbase-fetch.lock.json"
 CHUNK = 1 << 20
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(UserError):
     """A downloaded file whose SHA-256 is not the recorded one."""
 
 
@@ -161,7 +162,7 @@ def fetch(name: str, dest: str | Path, registry: dict[str, Dataset] | None = Non
     reader should read."""
     registry = REGISTRY if registry is None else registry
     if name not in registry:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(registry))}")
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(registry))}")
     entry = registry[name]
     dest = Path(dest)
     folder = dest / name

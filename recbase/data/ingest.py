@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from recbase.data.readers import default_domain, get_reader
-from recbase.data.tables import DomainTables, finalize, write_domain
+from recbase.data.tables import DomainTables, IngestSummary, check_domain_name, finalize, write_domain
 from recbase.io import atomic_write_text
 
 SUMMARY_FILE = "ingest_summary.json"
@@ -20,23 +20,35 @@ MAX_HISTORY = 2500           # the paper's cut: only the last 2,500 interactions
 
 def read_domain(fmt: str, path: str | Path, domain: str | None = None,
                 min_user_interactions: int = MIN_USER_INTERACTIONS, max_history: int = MAX_HISTORY,
-                **options) -> DomainTables:
+                interacted_items_only: bool = False, **options) -> DomainTables:
     """Read ``path`` in format ``fmt`` and apply the filters; nothing is written."""
     start = time.perf_counter()
-    tables = get_reader(fmt)(Path(path), domain or default_domain(path), **options)
-    tables = finalize(tables, min_user_interactions=min_user_interactions, max_history=max_history)
+    tables = get_reader(fmt)(Path(path), check_domain_name(domain or default_domain(path)), **options)
+    tables = finalize(tables, min_user_interactions=min_user_interactions, max_history=max_history,
+                      interacted_items_only=interacted_items_only)
     tables.summary.seconds = time.perf_counter() - start
     return tables
 
 
 def ingest(fmt: str, path: str | Path, out_dir: str | Path, domain: str | None = None,
            min_user_interactions: int = MIN_USER_INTERACTIONS, max_history: int = MAX_HISTORY,
-           **options) -> DomainTables:
-    """Read, filter and write one domain under ``out_dir/<domain>/``; returns the finalized tables."""
-    tables = read_domain(fmt, path, domain, min_user_interactions, max_history, **options)
+           interacted_items_only: bool = False, **options) -> IngestSummary:
+    """Read, filter and write one domain under ``out_dir/<domain>/``; returns its summary.
+
+    The generic format reads its interactions in chunks and finalizes them in user buckets
+    (:mod:`recbase.data.ingest_stream`), so a log larger than memory ingests; the other readers read whole files.
+    """
+    if fmt == "generic":
+        from recbase.data.ingest_stream import ingest_stream
+
+        return ingest_stream(path, out_dir, check_domain_name(domain or default_domain(path)),
+                             min_user_interactions=min_user_interactions, max_history=max_history,
+                             interacted_items_only=interacted_items_only, **options)
+    tables = read_domain(fmt, path, domain, min_user_interactions, max_history, interacted_items_only, **options)
     folder = write_domain(tables, out_dir)
     record = {"format": fmt, "source": str(Path(path).resolve()),
               "min_user_interactions": min_user_interactions, "max_history": max_history,
+              "interacted_items_only": interacted_items_only,
               **tables.summary.to_dict()}
     atomic_write_text(folder / SUMMARY_FILE, json.dumps(record, indent=2) + "\n")
-    return tables
+    return tables.summary

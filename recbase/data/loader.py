@@ -39,6 +39,8 @@ import webdataset as wds
 from webdataset import tariterators
 
 from recbase.data.shards import ShardError, decode_block, read_manifest
+from recbase.errors import UserError
+from recbase.io import sha256_file
 from recbase.vocab import Vocab
 
 Segment = tuple[np.ndarray, int]   # chunk tokens, index of its first labelled token
@@ -56,16 +58,16 @@ class PackedLoader:
                  expected_tokenizer_hash: str | None = None, packed: bool = True, shuffle: bool | None = None,
                  shuffle_buffer: int = 10_000, num_epochs: int | None = None, prefetch_factor: int = 4):
         if seq_len < 2 or micro_batch_size < 1:
-            raise ValueError(f"seq_len must be >= 2 and micro_batch_size >= 1, got {seq_len}, {micro_batch_size}")
+            raise UserError(f"seq_len must be >= 2 and micro_batch_size >= 1, got {seq_len}, {micro_batch_size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+            raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
         self.shard_dir = Path(shard_dir)
         self.manifest = read_manifest(self.shard_dir, expected_tokenizer_hash)
         self.vocab = Vocab.from_dict(self.manifest["vocab"])
         self.shards = sorted((s for s in self.manifest["shards"] if s["split"] == split), key=lambda s: s["path"])
         if not self.shards:
-            raise ValueError(f"{self.shard_dir}: no '{split}' shards (splits: "
-                             f"{', '.join(self.manifest['split']['splits'])})")
+            raise UserError(f"{self.shard_dir}: no '{split}' shards (splits: "
+                            f"{', '.join(self.manifest['split']['splits'])})")
         self.split, self.seq_len, self.micro_batch_size = split, seq_len, micro_batch_size
         self.rank, self.world_size, self.num_workers, self.seed = rank, world_size, num_workers, seed
         self.packed = packed
@@ -103,8 +105,8 @@ class PackedLoader:
         for key in ("num_workers", "rank", "world_size", "seed", "seq_len", "micro_batch_size", "packed", "split",
                     "shuffle", "shuffle_buffer"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"loader state was saved with {key}={state[key]!r} but this loader has "
-                                 f"{getattr(self, key)!r}; the data order would differ, so it cannot resume")
+                raise UserError(f"loader state was saved with {key}={state[key]!r} but this loader has "
+                                f"{getattr(self, key)!r}; the data order would differ, so it cannot resume")
         self._epoch = int(state["epoch"])
         self._consumed = [int(c) for c in state["consumed"]]
         self._done = [bool(d) for d in state["done"]]
@@ -250,7 +252,13 @@ def read_shard(shard_dir: Path, shard: dict, keep: set | None = None) -> Iterato
         raise ShardError(f"{path}: cannot open shard ({e})") from None
     if size != shard["bytes"]:
         raise ShardError(f"{path}: {size} bytes but the manifest says {shard['bytes']} (truncated or overwritten "
-                         f"shard; rebuild it by deleting it and rerunning build_shards)")
+                         f"shard; rerun build_shards, which rebuilds it)")
+    if "sha256" not in shard:
+        raise ShardError(f"{shard_dir / 'manifest.json'}: no sha256 for {shard['path']}; the shards were built by an "
+                         f"older recbase — rebuild them")
+    if sha256_file(path) != shard["sha256"]:
+        raise ShardError(f"{path}: SHA-256 does not match the manifest (damaged shard; rerun build_shards, which "
+                         f"rebuilds it)")
     n = 0
     try:
         for sample in tariterators.tarfile_samples([{"url": str(path)}]):

@@ -14,6 +14,10 @@ members carry fixed mtimes, owners and modes. A task of a multi-machine build (`
 takes the users whose unseeded stable hash falls in its slice and names its shards ``<split>-t<task>-<n>.tar``,
 so tasks never clash. Shards are written under a temporary name and renamed, so a rerun skips the shards that
 exist and rebuilds only the missing ones.
+
+Only the builder reads Parquet: pyarrow and the tables module are imported where the inputs are read, so the
+trainer's read side (``decode_block``, ``read_manifest``) and :func:`write_sequence_shards` run on a machine
+without them (a bare GPU machine, see docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -28,17 +32,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recbase.config import to_dict
-from recbase.data.tables import INTERACTIONS_FILE, list_domains, read_interactions
-from recbase.io import atomic_path, atomic_write_text
+from recbase.config import AT_LEAST_0, AT_LEAST_1, Range, check_ranges, to_dict
+from recbase.errors import UserError
+from recbase.io import atomic_path, atomic_write_text, plain_name, sha256_file
 from recbase.vocab import Vocab
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,11 @@ class EvalSetConfig:
     positives: int = 1                 # last items of each user held out as positives (1..10)
     negatives_per_positive: int = 1    # negatives sampled per positive
     max_pairs: int = 20_000            # (user, candidate) pairs per domain at most
+
+
+SHARD_RANGES = {"codebook_size": AT_LEAST_0, "tokens_per_shard": AT_LEAST_1, "tokens_per_block": AT_LEAST_1,
+                "holdout": AT_LEAST_0, "workers": AT_LEAST_1, "num_tasks": AT_LEAST_1, "seed": AT_LEAST_0,
+                "eval.positives": Range(1, 10), "eval.negatives_per_positive": AT_LEAST_1, "eval.max_pairs": AT_LEAST_1}
 
 
 @dataclass
@@ -81,7 +91,7 @@ class ShardConfig:
     eval: EvalSetConfig = field(default_factory=EvalSetConfig)
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError):
     """A shard file that cannot be read as what the manifest says it is."""
 
 
@@ -95,14 +105,23 @@ class Codes:
     tokenizer_hash: str
     vocab: Vocab
     by_domain: dict[str, tuple[pa.Array, np.ndarray]]   # domain -> (item ids, codes [n, L])
+    tokenizer: dict = field(default_factory=dict)        # hash, kind, embedder, train_domains (None: not recorded)
 
 
 def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     """Read ``codes.parquet``; the vocabulary's K comes from ``codebook_size`` or the file's metadata."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: codes file not found (run `recbase tokenizer encode` first)")
-    table = pq.read_table(path)
+        raise UserError(f"{path}: codes file not found (run `recbase tokenizer encode` first)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase tokenizer encode`"
+                        ) from None
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     if "tokenizer_hash" not in meta:
         raise ValueError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")
@@ -129,7 +148,9 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     for d in sorted(set(domains.tolist())):
         rows = np.flatnonzero(domains == d)
         by_domain[d] = (table["item_id"].take(pa.array(rows)).combine_chunks(), codes[rows])
-    return Codes(meta["tokenizer_hash"], vocab, by_domain)
+    tokenizer = {"hash": meta["tokenizer_hash"], "kind": meta.get("tokenizer_kind"), "embedder": meta.get("embedder"),
+                 "train_domains": json.loads(meta["train_domains"]) if "train_domains" in meta else None}
+    return Codes(meta["tokenizer_hash"], vocab, by_domain, tokenizer)
 
 
 def token_dtype(vocab: Vocab) -> np.dtype:
@@ -155,6 +176,11 @@ class DomainSequences:
 
 def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
     """Map a domain's interactions to item tokens; interactions of items without codes are skipped and counted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from recbase.data.tables import read_interactions
+
     domain = domain_dir.name
     if domain not in codes.by_domain:
         raise ValueError(f"{domain_dir}: domain '{domain}' has no rows in the codes file")
@@ -330,12 +356,25 @@ def decode_block(sample: dict, where: str) -> tuple[np.ndarray, np.ndarray, dict
 
 
 def write_shard(path: Path, blocks: list[tuple[str, dict[str, bytes]]]) -> None:
-    """Write ``blocks`` (key, files) as one deterministic tar, atomically."""
+    """Write ``blocks`` (key, files) as one deterministic tar, atomically, then its SHA-256 beside it
+    (``<shard>.sha256``), which a rerun checks before it keeps the shard."""
     with atomic_path(path) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for key, files in blocks:
                 for ext in sorted(files):
                     _add_member(tar, f"{key}.{ext}", files[ext])
+        digest = sha256_file(tmp)
+    atomic_write_text(_digest_path(path), digest + "\n")
+
+
+def _digest_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".sha256")
+
+
+def shard_is_intact(path: Path) -> bool:
+    """True when ``path`` exists and matches the SHA-256 recorded when it was written."""
+    digest = _digest_path(path)
+    return path.exists() and digest.exists() and digest.read_text().strip() == sha256_file(path)
 
 
 # --------------------------------------------------------------------------------------------------- build
@@ -389,26 +428,20 @@ def _config_fingerprint(cfg: ShardConfig) -> dict:
     return d
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: list[Path]) -> None:
     """Refuse to mix shards of different configs, tokenizers or input tables in one folder: a rerun that skips
     finished shards is only correct when it resumes the very same build."""
     stamp = {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg),
-             "inputs": {p.as_posix(): _file_sha256(p) for p in inputs}}
+             "inputs": {p.as_posix(): sha256_file(p) for p in inputs}}
     path = root / BUILD_STAMP
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old != stamp:
-            changed = sorted(k for k in stamp if old.get(k) != stamp[k])
-            raise ValueError(f"{root} holds shards of another build ({', '.join(changed)} differ from its "
-                             f"{BUILD_STAMP}); pick another name or delete the folder")
+            changed = [k for k in stamp if k != "config" and old.get(k) != stamp[k]]
+            changed += [f"config key {k}: {old['config'].get(k)!r} then, {v!r} now"
+                        for k, v in stamp["config"].items() if old.get("config", {}).get(k) != v]
+            raise UserError(f"{root} holds shards of another build ({'; '.join(changed)} differ from its "
+                            f"{BUILD_STAMP}); rerun with the same settings, or pick another name")
     else:
         atomic_write_text(path, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
 
@@ -423,7 +456,8 @@ def _split_stats(su: SplitUsers, seqs: list[DomainSequences], root: Path, task_i
         shards.append({"path": path.as_posix(), "split": su.split, "users": users.stop - users.start,
                        "items": int(items[users].sum()), "tokens": int(su.lengths[users].sum()),
                        "blocks": int(np.count_nonzero(su.shard == s)),
-                       "bytes": (root / path).stat().st_size})
+                       "bytes": (root / path).stat().st_size,
+                       "sha256": _digest_path(root / path).read_text().strip()})
     domains = {}
     for d, s in enumerate(seqs):
         m = su.domain == d
@@ -453,32 +487,54 @@ def build_shards(cfg: ShardConfig) -> Path:
 
     Returns the shard folder ``<out_dir>/<name>``.
     """
-    global _WORK
-    if not 0 <= cfg.task_index < cfg.num_tasks:
-        raise ValueError(f"task_index {cfg.task_index} is outside 0..{cfg.num_tasks - 1}")
-    if cfg.holdout < 0:
-        raise ValueError(f"holdout must be >= 0, got {cfg.holdout}")
-    t0 = time.perf_counter()
+    from recbase.data.tables import INTERACTIONS_FILE
+
+    check_ranges(cfg, {**SHARD_RANGES, "task_index": Range(0, cfg.num_tasks - 1)})
     codes = read_codes(cfg.codes_path, cfg.codebook_size)
     pretrain_dirs, heldout_dirs = select_domains(cfg)
-    root = Path(cfg.out_dir) / cfg.name
+    root = Path(cfg.out_dir) / plain_name(cfg.name, "shard set name", "<out_dir>/<name>/")
     root.mkdir(parents=True, exist_ok=True)
     _check_stamp(root, cfg, codes.tokenizer_hash, [Path(cfg.codes_path)] + [
         d / name for d in pretrain_dirs + heldout_dirs for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE)
         if (d / name).exists()])
-
     seqs = [load_domain(d, codes) for d in tqdm(pretrain_dirs, desc="read domains", unit="domain")]
+
+    def eval_sets() -> dict:
+        from recbase.data.evalsets import build_eval_set
+
+        seen = sorted({d.name for d in heldout_dirs} & set(codes.tokenizer.get("train_domains") or []))
+        if seen:
+            log.warning("held-out domain(s) %s were among the tokenizer's training domains: their eval sets are not "
+                        "zero-shot, and evaluation refuses them unless allow_seen_domains=true", ", ".join(seen))
+        return {d.name: build_eval_set(d, codes, root / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed,
+                                       [p.name for p in pretrain_dirs])
+                for d in heldout_dirs}
+
+    return write_sequence_shards(cfg, codes.vocab, codes.tokenizer_hash, seqs, eval_sets, codes.tokenizer)
+
+
+def write_sequence_shards(cfg: ShardConfig, vocab: Vocab, tokenizer_hash: str, seqs: list[DomainSequences],
+                          eval_sets=dict, tokenizer: dict | None = None) -> Path:
+    """Lay out, write and describe the shards of ``seqs`` under ``<out_dir>/<name>``: everything the builder
+    does after reading its inputs. ``eval_sets()`` (task 0 only) builds the held-out domains' eval sets once the
+    shards are written and returns their manifest entries. ``tokenizer`` is the artifact's metadata (kind, embedder,
+    training domains) recorded in the manifest."""
+    global _WORK
+    t0 = time.perf_counter()
+    root = Path(cfg.out_dir) / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
     skipped: Counter = Counter()
     for s in seqs:
         skipped.update({f"{s.domain}: {k}": v for k, v in s.skipped.items()})
     hashes = user_hashes(seqs, cfg.seed)
-    splits = {sp: layout_split(sp, seqs, hashes, cfg, codes.vocab.levels, skipped)
+    splits = {sp: layout_split(sp, seqs, hashes, cfg, vocab.levels, skipped)
               for sp in (SPLITS if cfg.holdout else SPLITS[:1])}
-    item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, codes.vocab.levels), token_dtype(codes.vocab))
-    _WORK = _Work(cfg, codes.vocab, item_tokens, [s.domain for s in seqs], splits, root)
+    item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, vocab.levels), token_dtype(vocab))
+    _WORK = _Work(cfg, vocab, item_tokens, [s.domain for s in seqs], splits, root)
 
     jobs = [(sp, s) for sp, su in splits.items() for s in range(int(su.shard.max()) + 1 if len(su.shard) else 0)]
-    todo = [j for j in jobs if not (root / j[0] / shard_name(j[0], cfg.task_index, j[1])).exists()]
+    # a shard is kept only when it matches the hash written with it: truncated or damaged ones are rebuilt
+    todo = [j for j in jobs if not shard_is_intact(root / j[0] / shard_name(j[0], cfg.task_index, j[1]))]
     for sp in splits:
         (root / sp).mkdir(exist_ok=True)
     log.info("task %d/%d: %d shards, %d to build (%d already complete)", cfg.task_index, cfg.num_tasks, len(jobs),
@@ -488,42 +544,37 @@ def build_shards(cfg: ShardConfig) -> Path:
     finally:
         _WORK = None
 
-    eval_sets = {}
-    if cfg.task_index == 0:
-        from recbase.data.evalsets import build_eval_set
-
-        for d in heldout_dirs:
-            eval_sets[d.name] = build_eval_set(d, codes, root / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed)
-
     shards, domains = [], {}
     for sp, su in splits.items():
         sh, dm = _split_stats(su, seqs, root, cfg.task_index)
         shards += sh
         for name, stats in dm.items():
             domains.setdefault(name, {})[sp] = stats
-    elapsed = time.perf_counter() - t0
-    task = {"task_index": cfg.task_index, "num_tasks": cfg.num_tasks, "tokenizer_hash": codes.tokenizer_hash,
-            "vocab": codes.vocab.to_dict(), "token_dtype": token_dtype(codes.vocab).name, "shards": shards,
-            "domains": domains, "eval_sets": eval_sets, "skipped": dict(sorted(skipped.items())),
-            "config": to_dict(cfg)}
+    task = {"task_index": cfg.task_index, "num_tasks": cfg.num_tasks, "tokenizer_hash": tokenizer_hash,
+            "tokenizer": tokenizer or {}, "vocab": vocab.to_dict(), "token_dtype": token_dtype(vocab).name,
+            "shards": shards, "domains": domains, "eval_sets": eval_sets() if cfg.task_index == 0 else {},
+            "skipped": dict(sorted(skipped.items())), "config": to_dict(cfg)}
     atomic_write_text(root / TASK_DIR / f"task-{cfg.task_index:03d}.json", json.dumps(task, indent=2) + "\n")
-    log.info("task %d: wrote %s tokens in %.1fs (%.0f tokens/s including reading)", cfg.task_index,
-             f"{n_tokens:,}", elapsed, n_tokens / max(elapsed, 1e-9))
+    elapsed = time.perf_counter() - t0
+    log.info("task %d: wrote %s tokens in %.1fs (%.0f tokens/s)", cfg.task_index, f"{n_tokens:,}", elapsed,
+             n_tokens / max(elapsed, 1e-9))
     merge_manifests(root, cfg.num_tasks, missing_ok=True)
     return root
 
 
 def select_domains(cfg: ShardConfig) -> tuple[list[Path], list[Path]]:
     """The pretraining and held-out domain folders named by the config (all non-held-out ones by default)."""
+    from recbase.data.tables import list_domains
+
     found = {p.name: p for p in list_domains(cfg.data_dir)} if Path(cfg.data_dir).is_dir() else {}
     if not found:
-        raise FileNotFoundError(f"{cfg.data_dir}: no domain folders with items.parquet and interactions.parquet")
+        raise UserError(f"{cfg.data_dir}: no domain folders with items.parquet and interactions.parquet")
     both = sorted(set(cfg.domains) & set(cfg.heldout_domains))
     if both:
-        raise ValueError(f"domains {', '.join(both)} are both pretraining and held-out domains")
+        raise UserError(f"domains {', '.join(both)} are both pretraining and held-out domains")
     for name in list(cfg.domains) + list(cfg.heldout_domains):
         if name not in found:
-            raise ValueError(f"domain '{name}' not found in {cfg.data_dir} (have {', '.join(sorted(found))})")
+            raise UserError(f"domain '{name}' not found in {cfg.data_dir} (have {', '.join(sorted(found))})")
     pretrain = list(cfg.domains) or [n for n in found if n not in cfg.heldout_domains]
     return [found[n] for n in sorted(pretrain)], [found[n] for n in sorted(cfg.heldout_domains)]
 
@@ -564,7 +615,8 @@ def merge_manifests(root: str | Path, num_tasks: int, missing_ok: bool = False) 
     config = dict(first["config"])
     config.pop("task_index")
     manifest = {
-        "format": FORMAT, "tokenizer_hash": first["tokenizer_hash"], "vocab": first["vocab"],
+        "format": FORMAT, "tokenizer_hash": first["tokenizer_hash"], "tokenizer": first.get("tokenizer", {}),
+        "vocab": first["vocab"],
         "token_dtype": first["token_dtype"],
         "split": {"holdout": config["holdout"], "splits": sorted(totals),
                   "rule": "train = items[:-2h] (+eos when h=0), valid = items[:-h] labelled from label_from, "
@@ -583,12 +635,15 @@ def read_manifest(root: str | Path, expected_tokenizer_hash: str | None = None) 
     """Load ``manifest.json``; refuse it when its tokenizer hash differs from the expected one."""
     path = Path(root) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest (the build has not finished, or merge the task manifests with "
-                                f"`recbase shards --merge`)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise UserError(f"{path}: no manifest (the build has not finished, or merge the task manifests with "
+                        f"`recbase shards --merge`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable manifest ({e}); rerun the shard build") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a shard manifest of format {FORMAT!r}; rerun the shard build")
     if expected_tokenizer_hash is not None and manifest["tokenizer_hash"] != expected_tokenizer_hash:
-        raise ValueError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
-                         f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")
+        raise UserError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
+                        f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")
     return manifest

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recbase.errors import UserError
 from recbase.data import tables, templates
 
 # label, nouns, adjectives — real words so that a sentence encoder groups items by topic.
@@ -230,7 +231,7 @@ def generate_domain(name: str, cfg: WorldConfig) -> tables.DomainTables:
     try:
         spec = DOMAINS[name]
     except KeyError:
-        raise ValueError(f"unknown demo domain {name!r}; known: {', '.join(DOMAINS)}") from None
+        raise UserError(f"unknown demo domain {name!r}; known: {', '.join(DOMAINS)}") from None
     rng = _domain_rng(cfg.seed, name)
     ids, texts, primary, raw = _catalog(spec, cfg, rng)
     histories = _histories(cfg, rng, primary, topic_transitions(cfg.seed))

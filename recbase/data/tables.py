@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recbase.io import atomic_path
+from recbase.io import atomic_path, plain_name
 
 ITEM_COLUMNS = ("domain", "item_id", "text")
 INTERACTION_SCHEMA = pa.schema([
@@ -45,14 +45,29 @@ class IngestSummary:
     users: int = 0
     interactions: int = 0
     dropped: Counter = field(default_factory=Counter)
+    dropped_users: Counter = field(default_factory=Counter)   # reason -> users behind its dropped rows, if any
     read_items: int = 0          # item rows the reader produced, before deduplication
     read_interactions: int = 0   # interaction rows the reader produced, before any filter
     extra: dict = field(default_factory=dict)   # rows kept per extra table
     seconds: float = 0.0         # wall time of read + finalize
 
-    def drop(self, reason: str, n: int = 1) -> None:
+    def drop(self, reason: str, n: int = 1, users: int = 0) -> None:
         if n:
             self.dropped[reason] += n
+        if users:
+            self.dropped_users[reason] += users
+
+    def dropped_reasons(self) -> dict[str, int]:
+        """Rows dropped per reason, the reason naming its users where it drops whole users."""
+        return {reason + (f" ({self.dropped_users[reason]:,} users)" if self.dropped_users[reason] else ""): n
+                for reason, n in sorted(self.dropped.items())}
+
+    def add(self, other: "IngestSummary") -> None:
+        """Add the counts of ``other``, a summary of a disjoint set of users of the same domain."""
+        self.dropped.update(other.dropped)
+        self.dropped_users.update(other.dropped_users)
+        for name in ("users", "interactions", "read_interactions"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def format(self) -> str:
         lines = [f"[{self.domain}] items={self.items:,} users={self.users:,} interactions={self.interactions:,}"]
@@ -60,7 +75,7 @@ class IngestSummary:
             lines.append(f"  read {self.read_items:,} item rows and {self.read_interactions:,} interaction rows")
         for name, n in sorted(self.extra.items()):
             lines.append(f"  {name}={n:,}")
-        for reason, n in sorted(self.dropped.items()):
+        for reason, n in self.dropped_reasons().items():
             lines.append(f"  dropped {n:,}: {reason}")
         if self.seconds:
             rate = self.read_interactions / self.seconds
@@ -69,7 +84,7 @@ class IngestSummary:
 
     def to_dict(self) -> dict:
         return {"domain": self.domain, "items": self.items, "users": self.users,
-                "interactions": self.interactions, "dropped": dict(self.dropped),
+                "interactions": self.interactions, "dropped": self.dropped_reasons(),
                 "read_items": self.read_items, "read_interactions": self.read_interactions,
                 "extra": dict(self.extra), "seconds": round(self.seconds, 3)}
 
@@ -107,10 +122,13 @@ def make_interactions_table(domain: str, user_ids, item_ids, timestamps) -> pa.T
     }, schema=INTERACTION_SCHEMA)
 
 
-def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history: int = 2500) -> DomainTables:
+def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history: int = 2500,
+             interacted_items_only: bool = False) -> DomainTables:
     """Deduplicate, drop dangling interactions, apply the paper's user filters, sort by (user, time).
 
     ``max_history=0`` keeps whole histories; ``min_user_interactions=0`` keeps every user.
+    ``interacted_items_only`` keeps only the items that a kept interaction uses: a catalog far larger than what
+    its users touched costs embedding time for items no sequence can contain.
     """
     s = tables.summary
     items = tables.items
@@ -147,8 +165,8 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
 
     short = np.bincount(users)[users] < min_user_interactions if len(users) else np.zeros(0, bool)
     if short.any():
-        n_users = len(np.unique(users[short]))
-        s.drop(f"users with < {min_user_interactions} interactions ({n_users:,} users)", int(short.sum()))
+        s.drop(f"users with < {min_user_interactions} interactions", int(short.sum()),
+               users=len(np.unique(users[short])))
         users, rows = users[~short], rows[~short]
 
     if max_history and len(users):
@@ -161,6 +179,11 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
 
     inter = inter.take(pa.array(rows, pa.int64())).cast(INTERACTION_SCHEMA)
     kept_users = pc.unique(inter.column("user_id"))
+    if interacted_items_only:
+        used = pc.is_in(items.column("item_id"), value_set=pc.unique(inter.column("item_id")))
+        s.drop("items no kept interaction uses", items.num_rows - pc.sum(used).as_py() if items.num_rows else 0)
+        items = items.filter(used)
+        known_items = items.column("item_id").combine_chunks()
     extra = {}
     for name, table in tables.extra.items():
         mask = pc.and_(pc.is_in(table.column("user_id"), value_set=kept_users),
@@ -174,9 +197,14 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
     return DomainTables(tables.domain, items, inter, s, extra)
 
 
+def check_domain_name(name: str) -> str:
+    """A domain name is a folder name under the data folder, so it must be a plain name."""
+    return plain_name(name, "domain name", "<out>/<domain>/")
+
+
 def write_domain(tables: DomainTables, out_dir: str | Path) -> Path:
     """Write ``<out_dir>/<domain>/{items,interactions}.parquet`` (and any extra tables) atomically."""
-    d = Path(out_dir) / tables.domain
+    d = Path(out_dir) / check_domain_name(tables.domain)
     d.mkdir(parents=True, exist_ok=True)
     outputs = [(ITEMS_FILE, tables.items), (INTERACTIONS_FILE, tables.interactions)]
     outputs += [(f"{name}.parquet", table) for name, table in tables.extra.items()]

@@ -8,6 +8,8 @@ Every item becomes one prompt line naming its domain kind, then a JSON object of
 One template per kind fixes the field order, so items of one kind always read alike whatever order a source
 stores them in; empty fields are left out rather than rendered as ``""`` or ``null``, and lists are joined with
 ``" | "``. Fields a template does not know (from the generic reader) follow the known ones in the order given.
+A list of ``[name, count]`` pairs (tag and shelf counts) renders as its names only: the counts are popularity,
+not a description of the item.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
+
+from recbase.errors import UserError
 
 LIST_SEPARATOR = " | "
 
@@ -37,6 +41,14 @@ TEMPLATES: dict[str, Template] = {
     "business": Template("Describe a business", ("name", "categories", "city", "state")),
     "article": Template("Describe a fashion article", ("name", "product_type", "product_group", "colour",
                                                        "appearance", "section", "garment_group", "description")),
+    "music": Template("Describe a music track", ("title", "artist", "album", "genres", "tags", "year",
+                                                 "description")),
+    "fashion": Template("Describe a fashion product", ("title", "brand", "categories", "colour", "material",
+                                                       "description")),
+    "video": Template("Describe a video", ("title", "channel", "categories", "tags", "duration", "description")),
+    "recipe": Template("Describe a recipe", ("title", "tags", "ingredients", "minutes", "description")),
+    "poi": Template("Describe a place", ("name", "categories", "address", "city", "state", "description")),
+    "app": Template("Describe an app", ("title", "developer", "genres", "tags", "description")),
     "item": Template("Describe an item", ("title", "name", "categories", "description", "text")),
 }
 
@@ -54,11 +66,19 @@ def clean_value(value: Any) -> str | None:
             return None
         return str(int(value)) if value.is_integer() else str(value)
     if isinstance(value, (list, tuple)):
+        if value and all(_is_name_count(v) for v in value):
+            value = [v[0] for v in value]
         parts = [p for p in (clean_value(v) for v in value) if p]
         return LIST_SEPARATOR.join(parts) or None
     if isinstance(value, dict):
         return None
     return " ".join(str(value).split()) or None
+
+
+def _is_name_count(value: Any) -> bool:
+    """A ``[name, count]`` pair: a text and a number (not a bool)."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool))
 
 
 def field_order(kind: str, names: Iterable[str]) -> list[str]:
@@ -72,7 +92,7 @@ def template(kind: str) -> Template:
     try:
         return TEMPLATES[kind]
     except KeyError:
-        raise ValueError(f"unknown template kind {kind!r}; known: {', '.join(TEMPLATES)}") from None
+        raise UserError(f"unknown template kind {kind!r}; known: {', '.join(TEMPLATES)}") from None
 
 
 def clean_fields(kind: str, fields: Mapping[str, Any]) -> dict[str, str]:

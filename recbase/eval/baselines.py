@@ -13,6 +13,8 @@ from collections import Counter
 
 import numpy as np
 
+from recbase.errors import UserError
+
 BASELINES = ("random", "text_raw", "text_centred", "popularity")
 LABELS = {"random": "random", "text_raw": "text sim (raw)", "text_centred": "text sim (centred)",
           "popularity": "popularity (not zero-shot)"}
@@ -41,7 +43,7 @@ class TextSimilarity:
     def _rows(self, items: list[str], what: str) -> np.ndarray:
         missing = [i for i in items if i not in self.row]
         if missing:
-            raise KeyError(f"{what} item {missing[0]!r} has no embedding ({len(missing)} missing)")
+            raise UserError(f"{what} item {missing[0]!r} has no embedding ({len(missing)} missing)")
         return np.fromiter((self.row[i] for i in items), dtype=np.int64, count=len(items))
 
     def score(self, history: list[str], candidates: list[str]) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from recbase.errors import UserError
 from recbase.vocab import Vocab
 
 EVAL_COLUMNS = ("user_id", "history", "candidates", "candidate_tokens", "labels", "target")
@@ -49,7 +50,7 @@ class EvalSet:
 def list_eval_domains(eval_dir: str | Path) -> list[str]:
     domains = sorted(p.stem for p in Path(eval_dir).glob("*.parquet") if not p.name.startswith("."))
     if not domains:
-        raise FileNotFoundError(f"no eval sets (<domain>.parquet) in {eval_dir}")
+        raise UserError(f"no eval sets (<domain>.parquet) in {eval_dir}")
     return domains
 
 
@@ -61,7 +62,7 @@ def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet
     table = pq.read_table(path)
     missing = [c for c in EVAL_COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
     if max_users:
         table = table.slice(0, max_users)
     cols = {c: table.column(c).to_pylist() for c in EVAL_COLUMNS}
@@ -101,7 +102,7 @@ def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet
         out.labels.append(labels)
         out.targets.append(str(target))
     if not len(out):
-        raise ValueError(f"{path}: no users")
+        raise UserError(f"{path}: no users")
     return out
 
 
@@ -109,6 +110,16 @@ def parquet_tokenizer_hash(path: Path) -> str | None:
     meta = pq.read_schema(path).metadata or {}
     value = meta.get(b"tokenizer_hash")
     return value.decode() if value else None
+
+
+def eval_set_training_domains(path: Path) -> tuple[list[str] | None, list[str] | None]:
+    """(domains the tokenizer was trained on, pretraining domains of the shards built beside it), as recorded in
+    the eval set's metadata when it was built; ``None`` where the builder did not know."""
+    meta = pq.read_schema(path).metadata or {}
+
+    def listed(key: bytes) -> list[str] | None:
+        return json.loads(meta[key]) if key in meta else None
+    return listed(b"tokenizer_train_domains"), listed(b"shard_domains")
 
 
 def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokenizer_dir: str = "") -> dict[str, str]:
@@ -120,8 +131,10 @@ def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokeniz
     hashes: dict[str, str] = {}
     for p in eval_paths:
         h = parquet_tokenizer_hash(p)
-        if h:
-            hashes[str(p)] = h
+        if not h:
+            raise UserError(f"{p}: no tokenizer_hash in the Parquet metadata, so the model's tokenizer cannot be "
+                            f"checked against it; rebuild the eval set with `recbase shards`")
+        hashes[str(p)] = h
     manifests = {p.parent.parent / "manifest.json" for p in eval_paths}
     for m in sorted(manifests):
         if m.exists():
@@ -136,7 +149,7 @@ def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokeniz
         cfg = Path(tokenizer_dir) / "config.json"
         h = json.loads(cfg.read_text(encoding="utf-8")).get("hash")
         if not h:
-            raise ValueError(f"{cfg}: missing field 'hash'")
+            raise UserError(f"{cfg}: missing field 'hash'")
         hashes[str(cfg)] = str(h)
     return hashes
 
@@ -145,12 +158,12 @@ def read_catalog(codes_path: str | Path, domain: str, levels: int) -> tuple[list
     """The domain's items and their codes ``[N, L]`` from ``codes.parquet``."""
     table = pq.read_table(codes_path, filters=[("domain", "=", domain)], columns=["item_id", "codes"])
     if table.num_rows == 0:
-        raise ValueError(f"{codes_path}: no items of domain {domain!r}")
+        raise UserError(f"{codes_path}: no items of domain {domain!r}")
     codes = table.column("codes").to_pylist()
     for row, c in enumerate(codes):
         if c is None or len(c) != levels:
-            raise ValueError(f"{codes_path}: domain {domain!r} row {row}: field 'codes' has "
-                             f"{0 if c is None else len(c)} entries, the model's vocabulary has {levels} levels")
+            raise UserError(f"{codes_path}: domain {domain!r} row {row}: field 'codes' has "
+                            f"{0 if c is None else len(c)} entries, the model's vocabulary has {levels} levels")
     return table.column("item_id").to_pylist(), np.asarray(codes, dtype=np.int64)
 
 
@@ -182,14 +195,14 @@ def history_items(eval_set: EvalSet, sequences: dict[str, list[str]], levels: in
     for row, (user, target, hist) in enumerate(zip(eval_set.user_ids, eval_set.targets, eval_set.histories)):
         seq = sequences.get(user)
         if seq is None:
-            raise ValueError(f"{eval_set.path}: row {row}: user {user!r} is not in {source}")
+            raise UserError(f"{eval_set.path}: row {row}: user {user!r} is not in {source}")
         if item_tokens is not None:  # the eval-set builder skips interactions of items without codes
             seq = [item for item in seq if item in item_tokens]
         n_hist = (len(hist) - 1) // levels
         positions = [p for p, item in enumerate(seq) if item == target]
         if not positions:
-            raise ValueError(f"{eval_set.path}: row {row}: target {target!r} of user {user!r} is not among the "
-                             f"user's interactions in {source}")
+            raise UserError(f"{eval_set.path}: row {row}: target {target!r} of user {user!r} is not among the "
+                            f"user's interactions in {source}")
         chosen = None
         for p in (p for p in positions if p >= n_hist):
             items = seq[p - n_hist:p]
@@ -234,9 +247,9 @@ def read_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str]) -> np
     emb = np.load(npy)
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if emb.ndim != 2 or emb.shape[0] != len(item_ids):
-        raise ValueError(f"{npy}: shape {emb.shape} does not have one row per item ({len(item_ids)} items)")
+        raise UserError(f"{npy}: shape {emb.shape} does not have one row per item ({len(item_ids)} items)")
     digest = hashlib.sha256("\n".join(item_ids).encode("utf-8")).hexdigest()
     if meta.get("item_ids_sha256") not in (None, digest):
-        raise ValueError(f"{meta_path}: field 'item_ids_sha256' does not match the items table's ids; "
-                         f"the embeddings were computed for another item order")
+        raise UserError(f"{meta_path}: field 'item_ids_sha256' does not match the items table's ids; "
+                        f"the embeddings were computed for another item order")
     return emb.astype(np.float32)

@@ -15,11 +15,13 @@ import numpy as np
 from tqdm import tqdm
 
 from recbase.config import save_config, to_dict
+from recbase.errors import UserError
 from recbase.eval import baselines as bl
-from recbase.eval.inputs import (EvalSet, history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts,
-                                 read_catalog, read_embeddings, read_eval_set, read_item_ids, user_sequences)
+from recbase.eval.inputs import (EvalSet, eval_set_training_domains, history_items, input_tokenizer_hashes,
+                                 list_eval_domains, popularity_counts, read_catalog, read_embeddings, read_eval_set,
+                                 read_item_ids, user_sequences)
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
-from recbase.eval.model_io import DTYPES, EvalModel, check_tokenizer_hash, load_eval_model
+from recbase.eval.model_io import DTYPES, META_FILE, EvalModel, check_tokenizer_hash, load_eval_model
 from recbase.eval.report import write_report
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import MODES, CandidateScorer
@@ -51,26 +53,27 @@ class EvalConfig:
     retrieval_batch_users: int = 16    # users per retrieval forward (1 = one at a time); 8-16 fastest on CPU
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs for Recall@K and NDCG@K
     seed: int = 0                      # for the random baseline
+    allow_seen_domains: bool = False   # evaluate a domain the model or tokenizer was trained on, labelled not zero-shot
 
     def validate(self) -> None:
         if not self.models:
-            raise ValueError("no model to evaluate: set models (name -> path) or pass --model NAME=PATH")
+            raise UserError("no model to evaluate: set models (name -> path) or pass --model NAME=PATH")
         if not self.eval_dir:
-            raise ValueError("eval_dir is not set")
+            raise UserError("eval_dir is not set")
         if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+            raise UserError(f"mode {self.mode!r} is not one of {MODES}")
         if self.retrieval_batch_users < 1:
-            raise ValueError("retrieval_batch_users must be at least 1")
+            raise UserError("retrieval_batch_users must be at least 1")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+            raise UserError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         unknown = sorted(set(self.baselines) - set(bl.BASELINES))
         if unknown:
-            raise ValueError(f"unknown baseline(s) {unknown}; known: {list(bl.BASELINES)}")
+            raise UserError(f"unknown baseline(s) {unknown}; known: {list(bl.BASELINES)}")
         needs_data = {"text_raw", "text_centred", "popularity"} & set(self.baselines)
         if needs_data and not self.data_dir:
-            raise ValueError(f"baselines {sorted(needs_data)} need data_dir (items and interactions)")
+            raise UserError(f"baselines {sorted(needs_data)} need data_dir (items and interactions)")
         if {"text_raw", "text_centred"} & set(self.baselines) and not self.embeddings_dir:
-            raise ValueError("text-similarity baselines need embeddings_dir")
+            raise UserError("text-similarity baselines need embeddings_dir")
 
 
 def ranking_metrics(eval_set: EvalSet, per_user: list[np.ndarray]) -> dict[str, float]:
@@ -165,6 +168,25 @@ def _overall(domains: dict, kind: str) -> dict:
     return result
 
 
+def training_exposure(domain: str, eval_path: Path, models: dict[str, EvalModel]) -> tuple[list[str], list[str]]:
+    """``(reasons, fine_tuned)``: why ``domain`` is not zero-shot (the tokenizer or a pretrained model was trained
+    on it, as the eval set's metadata and the models' ``recbase.json`` record it), and the models fine-tuned on it,
+    which is the point of fine-tuning and is labelled, never refused."""
+    tokenizer_domains = eval_set_training_domains(eval_path)[0]
+    reasons, fine_tuned = [], []
+    if domain in (tokenizer_domains or []):
+        reasons.append(f"the tokenizer was trained on it ({eval_path} metadata)")
+    for name, em in models.items():
+        if domain in (em.tokenizer_train_domains or []) and not tokenizer_domains:
+            reasons.append(f"model {name!r}'s tokenizer was trained on it ({em.path / META_FILE})")
+        if domain in (em.train_domains or []):
+            if em.fine_tuned:
+                fine_tuned.append(name)
+            else:
+                reasons.append(f"model {name!r} was pretrained on it ({em.path / META_FILE})")
+    return reasons, fine_tuned
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the whole evaluation and write the report under ``cfg.out_dir``; returns the results dict."""
     cfg.validate()
@@ -172,7 +194,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     eval_paths = [Path(cfg.eval_dir) / f"{d}.parquet" for d in domains]
     for p in eval_paths:
         if not p.exists():
-            raise FileNotFoundError(f"eval set {p} not found")
+            raise UserError(f"eval set {p} not found")
     expected = input_tokenizer_hashes(eval_paths, cfg.codes, cfg.tokenizer_dir)
     if not expected:
         print("warning: no input states a tokenizer hash (no manifest.json beside eval/, no codes or tokenizer_dir "
@@ -182,13 +204,21 @@ def evaluate(cfg: EvalConfig) -> dict:
         em = load_eval_model(name, path, cfg.device, cfg.dtype)
         check_tokenizer_hash(em, expected)
         models[name] = em
+    seen = {d: training_exposure(d, p, models) for d, p in zip(domains, eval_paths)}
+    for domain, (reasons, _) in seen.items():
+        if reasons and not cfg.allow_seen_domains:
+            raise UserError(f"domain {domain!r} is not zero-shot: {'; '.join(reasons)}. Evaluate a domain left out "
+                            f"of training, or set allow_seen_domains=true to report it labelled not zero-shot")
     vocabs = {em.vocab for em in models.values()}
     if len(vocabs) != 1:
-        raise ValueError(f"models disagree on the vocabulary layout: {[em.vocab for em in models.values()]}")
+        raise UserError(f"models disagree on the vocabulary layout: {[em.vocab for em in models.values()]}")
     vocab = vocabs.pop()
     device = next(next(iter(models.values())).model.parameters()).device
     results: dict = {"config": to_dict(cfg), "models": {n: str(m.path) for n, m in models.items()},
-                     "tokenizer_hashes": expected, "device": str(device), "domains": {}}
+                     "tokenizer_hashes": expected, "device": str(device),
+                     "model_train_domains": {n: m.train_domains for n, m in models.items()},
+                     "tokenizer_train_domains": {n: m.tokenizer_train_domains for n, m in models.items()},
+                     "domains": {}}
     if cfg.retrieval and not cfg.codes:
         print("retrieval skipped: no codes.parquet given (set codes=PATH)")
     for domain, path in zip(domains, eval_paths):
@@ -199,7 +229,9 @@ def evaluate(cfg: EvalConfig) -> dict:
             item_tokens = dict(zip(item_ids, vocab.encode_codes(codes)))
             if cfg.retrieval:
                 trie = CodeTrie.build(codes, item_ids, vocab.codebook_size, device)
-        section = {"users": len(eval_set), "pairs": eval_set.n_pairs,
+        reasons, fine_tuned = seen[domain]
+        section = {"users": len(eval_set), "pairs": eval_set.n_pairs, "zero_shot": not reasons,
+                   "not_zero_shot_because": reasons, "fine_tuned_on_it": fine_tuned,
                    "models": {n: evaluate_model(em, eval_set, cfg, trie) for n, em in models.items()}}
         section["baselines"], section["history_items_unverified"] = evaluate_baselines(
             eval_set, cfg, vocab.levels, item_tokens)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
+from recbase.errors import UserError
 from recbase.vocab import Vocab
 
 META_FILE = "recbase.json"
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(UserError):
     """A model and an eval input were made with different tokenizers."""
 
 
@@ -28,6 +29,9 @@ class EvalModel:
     model: torch.nn.Module
     vocab: Vocab
     tokenizer_hash: str
+    train_domains: list[str] | None = None             # domains the model was trained on (None: not recorded)
+    tokenizer_train_domains: list[str] | None = None   # domains its tokenizer was trained on
+    fine_tuned: bool = False                           # trained from other weights (checkpoint.init_from)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -52,14 +56,16 @@ def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: st
 
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"model {name!r}: {path} is not a folder")
+        raise UserError(f"model {name!r}: {path} is not a folder")
     dev = resolve_device(device)
     model, meta = load_model(path, attention="sdpa")
     for key in ("tokenizer_hash", "vocab"):
         if key not in meta:
-            raise ValueError(f"model {name!r}: {path} has no {key!r} in its {META_FILE}")
+            raise UserError(f"model {name!r}: {path} has no {key!r} in its {META_FILE}")
     model = model.to(dev, resolve_dtype(dtype, dev)).eval()
-    return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]))
+    return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]),
+                     meta.get("train_domains"), meta.get("tokenizer", {}).get("train_domains"),
+                     bool(meta.get("train_config", {}).get("checkpoint", {}).get("init_from")))
 
 
 def check_tokenizer_hash(model: EvalModel, expected: dict[str, str]) -> None:

@@ -11,7 +11,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from recbase.eval.baselines import LABELS
+from recbase.eval.metrics import retrieval_metrics
 from recbase.io import atomic_write_bytes, atomic_write_text
 
 RANKING_METRICS = ("auc", "gauc", "auc_len_norm")
@@ -62,6 +65,30 @@ def ranking_table(results: dict) -> str:
         row += [_fmt(section["baselines"][b]["auc"]) for b in bar_first]
         rows.append(row)
     return _table(header, rows)
+
+
+def compact_table(results: dict) -> str:
+    """The terminal's table: per domain and Overall, each model's AUC beside the bar's and the difference.
+
+    One row per (domain, model), so it stays narrow however many models there are; report.md has the rest.
+    """
+    bar = BAR in results["overall"]["baselines"]
+    header = ["domain", "model", "AUC"] + (["bar", "model − bar"] if bar else [])
+    rows = []
+    for label, section in _rows(results):
+        for m, r in section["models"].items():
+            row = [label.strip("*"), m, _fmt(r["auc"])]
+            if bar:
+                b = section["baselines"][BAR]["auc"]
+                gap = r["auc"] - b
+                row += [_fmt(b), "–" if math.isnan(gap) else f"{gap:+.4f}"]
+            rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+             for line in [header] + rows]
+    note = (f"bar = {LABELS[BAR]} AUC, the zero-shot bar to clear; chance = 0.5" if bar
+            else "no text-similarity bar in this run (add text_centred to the baselines); chance = 0.5")
+    return "\n".join(lines + [note])
 
 
 def baseline_gauc_table(results: dict) -> str:
@@ -127,6 +154,10 @@ def render_markdown(results: dict) -> str:
         f"Overall = unweighted mean over domains.",
         "",
         ranking_table(results),
+        *[f"\n**{d} is not zero-shot**: {'; '.join(s['not_zero_shot_because'])}."
+          for d, s in results["domains"].items() if s.get("not_zero_shot_because")],
+        *[f"\n{d}: {', '.join(f'`{m}`' for m in s['fine_tuned_on_it'])} fine-tuned on this domain."
+          for d, s in results["domains"].items() if s.get("fine_tuned_on_it")],
         "",
         "### Baselines, GAUC",
         "",
@@ -157,12 +188,36 @@ def _series(results: dict, metric: str) -> dict[str, list[float]]:
     return series
 
 
+def chance_retrieval(n_items: int, ks: list[int]) -> dict[str, float]:
+    """Recall@K, NDCG@K and MRR of a uniformly random ranking of ``n_items``: each metric averaged over every rank
+    the target can take."""
+    return retrieval_metrics(np.arange(1, n_items + 1, dtype=np.float64), ks)
+
+
+def reference_lines(results: dict, metric: str) -> dict[str, list[float]]:
+    """Lines a chart draws across each group (domains..., Overall): the bar to clear and chance."""
+    sections = [s for _, s in _rows(results)]
+    lines: dict[str, list[float]] = {}
+    if metric in RANKING_METRICS:
+        if BAR in results["overall"]["baselines"]:
+            key = "gauc" if metric == "gauc" else "auc"
+            lines[f"bar to clear: {LABELS[BAR]}"] = [s["baselines"][BAR][key] for s in sections]
+        lines["chance"] = [0.5] * len(sections)
+    elif metric in RETRIEVAL_CHART_METRICS:
+        ks = results["config"]["ks"]
+        per_domain = []
+        for section in results["domains"].values():
+            sizes = [r["retrieval"]["catalog_items"] for r in section["models"].values() if "retrieval" in r]
+            per_domain.append(chance_retrieval(sizes[0], ks)[metric] if sizes else float("nan"))
+        lines["chance (random ranking of the catalog)"] = per_domain + [float(np.nanmean(per_domain))]
+    return lines
+
+
 def bar_chart(results: dict, metric: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     labels = list(results["domains"]) + ["Overall"]
     series = _series(results, metric)
@@ -173,8 +228,10 @@ def bar_chart(results: dict, metric: str) -> bytes:
         ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(vals), width, label=name)
     ax.set_xticks(x, labels)
     ax.set_ylabel(metric)
-    if metric in RANKING_METRICS:
-        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    for name, vals in reference_lines(results, metric).items():
+        style = {"color": "grey", "lw": 1.0, "ls": "--"} if name.startswith("chance") else {"color": "black", "lw": 2}
+        for i, v in enumerate(vals):   # across each group: the reference differs by domain
+            ax.hlines(v, i - 0.45, i + 0.45, label=name if i == 0 else None, **style)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"{metric} per domain")
     fig.tight_layout()

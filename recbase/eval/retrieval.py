@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recbase.errors import UserError
 from recbase.eval.scoring import _cache_kwarg, additive_mask, branch_logits, encode_history, truncate_history
 from recbase.eval.trie import CodeTrie
 
@@ -175,9 +176,9 @@ class Retriever:
     def __init__(self, model, trie: CodeTrie, n_special: int, bos_id: int, beam_width: int = 20,
                  max_context: int | None = None, batch_users: int = 32, batch_tokens: int = 8192, pad_id: int = 0):
         if beam_width < 1:
-            raise ValueError("beam_width must be at least 1")
+            raise UserError("beam_width must be at least 1")
         if batch_users < 1:
-            raise ValueError("batch_users must be at least 1")
+            raise UserError("batch_users must be at least 1")
         self.model = model
         self.trie = trie
         self.n_special = n_special

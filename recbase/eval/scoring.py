@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recbase.errors import UserError
+
 MODES = ("fast", "naive")
 # A batched row's attention mask grows with the square of its length; longer users take the cached layout,
 # whose mask grows only with history length × candidate batch.
@@ -39,7 +41,7 @@ def truncate_history(history: np.ndarray, levels: int, bos_id: int, max_tokens: 
         return history
     keep_items = (max_tokens - 1) // levels
     if keep_items < 1:
-        raise ValueError(f"context of {max_tokens} tokens cannot hold bos and one item of {levels} tokens")
+        raise UserError(f"context of {max_tokens} tokens cannot hold bos and one item of {levels} tokens")
     return np.concatenate([[bos_id], history[len(history) - keep_items * levels:]])
 
 
@@ -223,7 +225,7 @@ class CandidateScorer:
     def __init__(self, model, levels: int, bos_id: int, mode: str = "fast", batch_size: int = 256,
                  batch_tokens: int = 8192, pad_id: int = 0, max_context: int | None = None):
         if mode not in MODES:
-            raise ValueError(f"scoring mode {mode!r} is not one of {MODES}")
+            raise UserError(f"scoring mode {mode!r} is not one of {MODES}")
         self.model = model
         self.levels = levels
         self.bos_id = bos_id

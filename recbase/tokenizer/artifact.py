@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from recbase.errors import UserError
 from recbase.io import atomic_path, atomic_write_text
 from recbase.tokenizer import normalize
 from recbase.tokenizer.collisions import disambiguation_level
@@ -29,7 +30,7 @@ WEIGHTS_FILE = "weights.safetensors"
 KINDS = ("clvae", "rqkmeans", "fsq")
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserError):
     """A tokenizer folder that is missing, incomplete or does not match its content hash."""
 
 
@@ -59,7 +60,7 @@ class Tokenizer:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown tokenizer kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+            raise UserError(f"unknown tokenizer kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         normalize.check_mode(self.normalization)
         for module in (self.encoder, self.decoder):
             if module is not None:
@@ -89,8 +90,8 @@ class Tokenizer:
         """Normalised float32 embeddings; ``stats=None`` computes them from ``embeddings`` as a whole catalog."""
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.input_dim:
-            raise ValueError(f"embeddings of shape {embeddings.shape} do not fit this tokenizer "
-                             f"(input dim {self.input_dim}, embedder {self.embedder})")
+            raise UserError(f"embeddings of shape {embeddings.shape} do not fit this tokenizer "
+                            f"(input dim {self.input_dim}, embedder {self.embedder})")
         if stats is None and self.normalization != "none":
             stats = self.compute_stats(embeddings)
         return normalize.apply(embeddings, stats, self.normalization)

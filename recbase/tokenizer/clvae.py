@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from recbase.errors import UserError
 from recbase.tokenizer.kmeans import kmeans, squared_distances
 from recbase.tokenizer.modules import MLP, residual_codes
 
@@ -63,11 +64,11 @@ class CLVAEResult:
 
 def check_config(cfg: CLVAEConfig, levels: int) -> None:
     if cfg.curriculum and cfg.epochs <= (levels - 1) * cfg.epochs_per_level:
-        raise ValueError(f"clvae.epochs={cfg.epochs} leaves no epoch with all {levels} levels: the curriculum may "
-                         f"spend up to {(levels - 1) * cfg.epochs_per_level} epochs (epochs_per_level="
-                         f"{cfg.epochs_per_level}) before the last level is added")
+        raise UserError(f"clvae.epochs={cfg.epochs} leaves no epoch with all {levels} levels: the curriculum may "
+                        f"spend up to {(levels - 1) * cfg.epochs_per_level} epochs (epochs_per_level="
+                        f"{cfg.epochs_per_level}) before the last level is added")
     if cfg.min_epochs_per_level > cfg.epochs_per_level:
-        raise ValueError("clvae.min_epochs_per_level must not exceed clvae.epochs_per_level")
+        raise UserError("clvae.min_epochs_per_level must not exceed clvae.epochs_per_level")
 
 
 def quantize(z: torch.Tensor, codebooks: torch.Tensor, active: int, cfg: CLVAEConfig):

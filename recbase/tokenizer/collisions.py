@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recbase.errors import UserError
+
 
 def tuple_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(bucket id per item, bucket sizes) for codes [N, L]; bucket ids are in order of first appearance."""
@@ -41,9 +43,9 @@ def disambiguation_level(codes: np.ndarray, codebook_size: int) -> np.ndarray:
     if len(sizes) and sizes.max() > codebook_size:
         worst = int(np.argmax(sizes))
         example = np.asarray(codes)[np.flatnonzero(bucket == worst)[0]].tolist()
-        raise ValueError(f"{int(sizes.max())} items share the code tuple {example}, more than the codebook size "
-                         f"{codebook_size}: a disambiguation level cannot separate them; train with more levels "
-                         f"or a larger codebook")
+        raise UserError(f"{int(sizes.max())} items share the code tuple {example}, more than the codebook size "
+                        f"{codebook_size}: a disambiguation level cannot separate them; train with more levels "
+                        f"or a larger codebook")
     order = np.argsort(bucket, kind="stable")
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     index = np.empty(len(bucket), dtype=np.int64)

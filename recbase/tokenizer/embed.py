@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from recbase.config import ConfigError
 from recbase.data.tables import ITEMS_FILE, list_domains, read_items
+from recbase.errors import UserError
 from recbase.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def native_bf16_cpu() -> bool:
 def resolve_precision(precision: str, device: str) -> str:
     """``auto``: float16 on CUDA, bfloat16 on a CPU with bf16 units, float32 elsewhere."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
@@ -167,12 +169,17 @@ def make_embedder(model: str = DEFAULT_MODEL, batch_size: int = 64, precision: s
 
 def read_texts(domain_dir: Path) -> tuple[list[str], list[str]]:
     """Item ids and texts of one domain; a missing or empty text is an error naming file, row and field."""
-    table = read_items(domain_dir)
+    return check_texts(read_items(domain_dir), Path(domain_dir) / ITEMS_FILE)
+
+
+def check_texts(table, path: Path) -> tuple[list[str], list[str]]:
+    """Item ids and texts of an items table read from ``path``; a missing or empty text is an error naming the
+    file, row and field."""
     ids = table.column("item_id").to_pylist()
     texts = table.column("text").to_pylist()
     for row, (item_id, text) in enumerate(zip(ids, texts)):
         if text is None or not str(text).strip():
-            raise ValueError(f"{domain_dir / ITEMS_FILE}: row {row} (item_id {item_id!r}): field 'text' is empty")
+            raise UserError(f"{path}: row {row} (item_id {item_id!r}): field 'text' is empty")
     return ids, texts
 
 
@@ -207,7 +214,8 @@ def chunk_path(parts: Path, chunk: int) -> Path:
 
 def is_up_to_date(out_dir: Path, domain: str, meta: dict) -> bool:
     js, npy = out_dir / f"{domain}.json", out_dir / f"{domain}.npy"
-    return js.exists() and npy.exists() and json.loads(js.read_text()) == meta
+    return (js.exists() and npy.exists() and json.loads(js.read_text()) == meta
+            and np.load(npy, mmap_mode="r").shape == (meta["n_items"], meta["dim"]))
 
 
 def embed_domain(domain_dir: Path, out_dir: Path, embedder, chunk_size: int = 2048, progress: bool = True,
@@ -258,7 +266,8 @@ def write_merged(out_dir: Path, domain: str, parts: Path, part_meta: dict) -> No
     array = (np.concatenate([np.load(f) for f in files]) if files
              else np.zeros((0, part_meta["dim"]), dtype=np.float16))
     if array.shape != (part_meta["n_items"], part_meta["dim"]):
-        raise ValueError(f"{parts}: chunks hold {array.shape}, expected ({part_meta['n_items']}, {part_meta['dim']})")
+        raise UserError(f"{parts}: chunks hold {array.shape}, expected ({part_meta['n_items']}, {part_meta['dim']}); "
+                        f"remove the folder and embed again")
     meta = {k: v for k, v in part_meta.items() if k != "chunk_size"}
     save_npy(out_dir / f"{domain}.npy", array)
     atomic_write_text(out_dir / f"{domain}.json", json.dumps(meta, indent=2) + "\n")
@@ -277,18 +286,17 @@ def merge_domain(domain_dir: Path, out_dir: Path, num_tasks: int) -> dict:
         if js.exists() and (out_dir / f"{domain}.npy").exists() \
                 and all(json.loads(js.read_text()).get(k) == v for k, v in catalog.items()):
             return {**json.loads(js.read_text()), "domain": domain, "skipped": True}
-        raise FileNotFoundError(f"{root}: no chunks of the current {domain!r} catalog; run the embedding tasks first")
+        raise UserError(f"{root}: no chunks of the current {domain!r} catalog; run the embedding tasks first")
     missing = {p: [c for c in range(n_chunks(m)) if not chunk_path(p, c).exists()] for p, m in runs}
     complete = [(p, m) for p, m in runs if not missing[p]]
     if len(complete) > 1:
-        raise ValueError(f"{root}: complete chunk sets of {len(complete)} different settings "
+        raise UserError(f"{root}: complete chunk sets of {len(complete)} different settings "
                          f"({'; '.join(str(m.get('precision', '-')) for _, m in complete)}); remove the unwanted ones")
     if not complete:
         p, m = min(runs, key=lambda run: len(missing[run[0]]))
         tasks = sorted({chunk_owner(domain, c, num_tasks) for c in missing[p]})
-        raise FileNotFoundError(f"{p}: {len(missing[p])} of {n_chunks(m)} chunks missing; task(s) "
-                                f"{', '.join(map(str, tasks))} of {num_tasks} have not finished: rerun them, "
-                                f"then merge")
+        raise UserError(f"{p}: {len(missing[p])} of {n_chunks(m)} chunks missing; task(s) "
+                        f"{', '.join(map(str, tasks))} of {num_tasks} have not finished: rerun them, then merge")
     parts, part_meta = complete[0]
     write_merged(out_dir, domain, parts, part_meta)
     return {**part_meta, "domain": domain, "skipped": False}
@@ -301,8 +309,13 @@ def embed_folder(data_dir: str | Path, out_dir: str | Path, model: str = DEFAULT
     """Embed every domain under ``data_dir`` (or only ``domains``) into ``out_dir``; one summary per domain.
 
     With ``num_tasks`` > 1 this is one array task: it writes only its chunks, and ``merge_folder`` finishes."""
+    for key, value, low in (("chunk_size", chunk_size, 1), ("batch_size", batch_size, 1), ("workers", workers, 0),
+                            ("num_tasks", num_tasks, 1)):
+        if value < low:
+            raise ConfigError(f"{key}={value} is outside the allowed range >= {low}")
     if not 0 <= task_index < num_tasks:
-        raise ValueError(f"task_index {task_index} is outside 0..{num_tasks - 1}")
+        raise ConfigError(f"task_index={task_index} is outside the allowed range 0..{num_tasks - 1} "
+                          f"(num_tasks={num_tasks})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     domain_dirs = select_domains(data_dir, domains)
@@ -329,26 +342,31 @@ def select_domains(data_dir: str | Path, domains: list[str] | None = None) -> li
     found = {p.name: p for p in list_domains(data_dir)}
     if domains is None:
         if not found:
-            raise FileNotFoundError(f"{data_dir}: no domain folders with {ITEMS_FILE} and interactions.parquet")
+            raise UserError(f"{data_dir}: no domain folders with {ITEMS_FILE} and interactions.parquet")
         return list(found.values())
     missing = [d for d in domains if d not in found]
     if missing:
-        raise FileNotFoundError(f"{data_dir}: no domain(s) {', '.join(missing)}; found: {', '.join(found) or '-'}")
+        raise UserError(f"{data_dir}: no domain(s) {', '.join(missing)}; found: {', '.join(found) or '-'}")
     return [found[d] for d in domains]
 
 
-def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None = None) -> tuple[np.ndarray, dict]:
-    """Embeddings [N, D] (float16 as stored) and metadata of one domain, checked against ``item_ids`` if given."""
+def load_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str] | None = None,
+                    texts: list[str] | None = None) -> tuple[np.ndarray, dict]:
+    """Embeddings [N, D] (float16 as stored) and metadata of one domain, checked against the current ``item_ids``
+    and ``texts`` of its ``items.parquet`` when given."""
     emb_dir = Path(emb_dir)
     npy, js = emb_dir / f"{domain}.npy", emb_dir / f"{domain}.json"
     for p in (js, npy):
         if not p.exists():
-            raise FileNotFoundError(f"{p}: missing; run `recbase embed` for domain {domain!r} first")
+            raise UserError(f"{p}: missing; run `recbase embed` for domain {domain!r} first")
     meta = json.loads(js.read_text())
     array = np.load(npy, mmap_mode="r")
     if array.shape != (meta["n_items"], meta["dim"]):
-        raise ValueError(f"{npy}: shape {array.shape} does not match {js.name} ({meta['n_items']} x {meta['dim']})")
+        raise UserError(f"{npy}: shape {array.shape} does not match {js.name} ({meta['n_items']} x {meta['dim']})")
     if item_ids is not None and item_ids_sha256(item_ids) != meta["item_ids_sha256"]:
-        raise ValueError(f"{js}: item_ids_sha256 does not match the current items.parquet of {domain!r} "
-                         f"({len(item_ids)} items now, {meta['n_items']} embedded); rerun `recbase embed`")
+        raise UserError(f"{js}: item_ids_sha256 does not match the current items.parquet of {domain!r} "
+                        f"({len(item_ids)} items now, {meta['n_items']} embedded); rerun `recbase embed`")
+    if texts is not None and item_ids_sha256(texts) != meta.get("texts_sha256"):
+        raise UserError(f"{js}: texts_sha256 does not match the current item texts of {domain!r} (the texts changed "
+                        f"since they were embedded); rerun `recbase embed`")
     return np.asarray(array), meta

@@ -5,6 +5,7 @@ computed from its own catalog, then encoded by the artifact as is.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recbase.data.tables import read_items
+from recbase.errors import UserError
 from recbase.io import atomic_path
 from recbase.tokenizer.artifact import Tokenizer
 from recbase.tokenizer.collisions import collision_rate
-from recbase.tokenizer.embed import load_embeddings, select_domains
+from recbase.tokenizer.embed import load_embeddings, read_texts, select_domains
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,11 @@ def encode_domains(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path,
     """``{domain: (item_ids, codes [N, code_width])}`` for the domains of ``data_dir``."""
     out = {}
     for domain_dir in select_domains(data_dir, domains):
-        ids = read_items(domain_dir).column("item_id").to_pylist()
-        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids)
+        ids, texts = read_texts(domain_dir)
+        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids, texts)
         if meta["model"] != tok.embedder:
-            raise ValueError(f"{emb_dir}/{domain_dir.name}.json: embedded with {meta['model']!r}, but the tokenizer "
-                             f"was trained on {tok.embedder!r} embeddings")
+            raise UserError(f"{emb_dir}/{domain_dir.name}.json: embedded with {meta['model']!r}, but the tokenizer "
+                            f"was trained on {tok.embedder!r} embeddings")
         start = time.perf_counter()
         codes = tok.encode_catalog(emb, tok.stats_for(domain_dir.name, emb))
         seen = "trained on" if domain_dir.name in tok.domain_stats else "unseen"
@@ -52,7 +53,9 @@ def codes_table(tok: Tokenizer, encoded: dict[str, tuple[list[str], np.ndarray]]
     table = pa.table({"domain": domains, "item_id": ids, "codes": codes}, schema=CODES_SCHEMA)
     return table.replace_schema_metadata({"tokenizer_hash": tok.hash, "levels": str(tok.levels),
                                           "codebook_size": str(tok.codebook_size),
-                                          "code_width": str(tok.code_width)})
+                                          "code_width": str(tok.code_width), "tokenizer_kind": tok.kind,
+                                          "embedder": tok.embedder,
+                                          "train_domains": json.dumps(tok.train_domains)})
 
 
 def write_codes(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path, out_path: str | Path,
@@ -69,5 +72,5 @@ def read_codes(path: str | Path) -> tuple[pa.Table, str]:
     table = pq.read_table(path)
     meta = table.schema.metadata or {}
     if b"tokenizer_hash" not in meta:
-        raise ValueError(f"{path}: no tokenizer_hash in the Parquet metadata; not written by `recbase tokenizer encode`")
+        raise UserError(f"{path}: no tokenizer_hash in the Parquet metadata; not written by `recbase tokenizer encode`")
     return table, meta[b"tokenizer_hash"].decode()

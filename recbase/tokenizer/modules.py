@@ -11,6 +11,8 @@ from torch import nn
 
 from kernels.rq_search import rq_search
 
+from recbase.errors import UserError
+
 
 class MLP(nn.Sequential):
     """Linear layers with SiLU between them (none after the last), as in the RQ-VAE encoders of TIGER/RecBase."""
@@ -41,10 +43,10 @@ def residual_vectors(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tens
 def fsq_group_size(codebook_size: int, fsq_levels: int) -> int:
     """Number of latent dims per code level: ``g`` with ``fsq_levels ** g == codebook_size``."""
     if fsq_levels < 2:
-        raise ValueError(f"fsq levels per dimension must be >= 2, got {fsq_levels}")
+        raise UserError(f"fsq levels per dimension must be >= 2, got {fsq_levels}")
     g = round(math.log(codebook_size, fsq_levels))
     if g < 1 or fsq_levels ** g != codebook_size:
-        raise ValueError(f"codebook size {codebook_size} is not a power of fsq levels per dimension {fsq_levels}")
+        raise UserError(f"codebook size {codebook_size} is not a power of fsq levels per dimension {fsq_levels}")
     return g
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recbase.errors import UserError
+
 MODES = ("none", "center", "whiten")
 
 
@@ -27,7 +29,7 @@ class DomainStats:
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"unknown normalisation {mode!r}; expected one of {', '.join(MODES)}")
+        raise UserError(f"unknown normalisation {mode!r}; expected one of {', '.join(MODES)}")
     return mode
 
 
@@ -41,7 +43,7 @@ def compute_stats(embeddings: np.ndarray, mode: str, eps: float = 1e-2) -> Domai
         return None
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"normalisation needs a catalog of at least 2 items, got shape {x.shape}")
+        raise UserError(f"normalisation needs a catalog of at least 2 items, got shape {x.shape}")
     mean = x.mean(axis=0)
     whiten = None
     if mode == "whiten":

@@ -14,19 +14,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recbase.config import to_dict
-from recbase.data.tables import read_items
+from recbase.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, ConfigError, Range, check_ranges, to_dict
+from recbase.errors import UserError
 from recbase.io import atomic_write_text
 from recbase.tokenizer import normalize
-from recbase.tokenizer.artifact import KINDS, Tokenizer
+from recbase.tokenizer.artifact import CONFIG_FILE, KINDS, Tokenizer
 from recbase.tokenizer.clvae import CLVAEConfig, train_clvae
-from recbase.tokenizer.embed import load_embeddings, select_domains
+from recbase.tokenizer.embed import load_embeddings, read_texts, select_domains
 from recbase.tokenizer.fsq import FSQConfig, train_fsq
 from recbase.tokenizer.rqkmeans import RQKmeansConfig, train_rqkmeans
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
+
+
+RANGES = {"levels": AT_LEAST_1, "codebook_size": Range(2), "seed": AT_LEAST_0,
+          "clvae.latent_dim": AT_LEAST_1, "clvae.epochs": AT_LEAST_1, "clvae.batch_size": AT_LEAST_1,
+          "clvae.lr": POSITIVE, "clvae.beta": AT_LEAST_0, "clvae.epochs_per_level": AT_LEAST_1,
+          "clvae.min_epochs_per_level": AT_LEAST_1, "clvae.plateau_tol": AT_LEAST_0, "clvae.kmeans_iters": AT_LEAST_1,
+          "clvae.dead_threshold": AT_LEAST_0, "clvae.entropy_weight": AT_LEAST_0,
+          "clvae.entropy_temperature": POSITIVE, "rqkmeans.iters": AT_LEAST_1, "fsq.fsq_levels": Range(2),
+          "fsq.epochs": AT_LEAST_1, "fsq.batch_size": AT_LEAST_1, "fsq.lr": POSITIVE}
 
 
 @dataclass
@@ -71,12 +80,17 @@ def train_tokenizer(cfg: TokenizerConfig, embeddings: dict[str, np.ndarray], emb
 def _train(cfg: TokenizerConfig, embeddings: dict[str, np.ndarray], embedder: str,
            progress: bool) -> tuple[Tokenizer, list[dict]]:
     if cfg.kind not in KINDS:
-        raise ValueError(f"tokenizer kind {cfg.kind!r} is not one of {', '.join(KINDS)}")
+        raise ConfigError(f"kind: {cfg.kind!r} is not one of {', '.join(KINDS)}")
+    check_ranges(cfg, RANGES)
     if not embeddings:
-        raise ValueError("no training domains")
+        raise UserError("no training domains")
+    n_items = sum(len(e) for e in embeddings.values())
+    if cfg.codebook_size > n_items:
+        raise ConfigError(f"codebook_size={cfg.codebook_size} is larger than the {n_items} training items "
+                          f"({', '.join(embeddings)}): most codes could never be used; set codebook_size <= {n_items}")
     dims = {d: e.shape[1] for d, e in embeddings.items()}
     if len(set(dims.values())) != 1:
-        raise ValueError(f"training domains have different embedding dims: {dims}")
+        raise UserError(f"training domains have different embedding dims: {dims}")
     stats = {d: normalize.compute_stats(e, cfg.normalization) for d, e in embeddings.items()}
     x = torch.from_numpy(np.concatenate([normalize.apply(e, stats[d], cfg.normalization)
                                          for d, e in embeddings.items()]))
@@ -102,18 +116,25 @@ def load_domain_embeddings(data_dir: str | Path, emb_dir: str | Path,
     """Embeddings of the chosen domains, each checked against its ``items.parquet``, and the embedder name."""
     out, models = {}, set()
     for domain_dir in select_domains(data_dir, domains):
-        ids = read_items(domain_dir).column("item_id").to_pylist()
-        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids)
+        ids, texts = read_texts(domain_dir)
+        emb, meta = load_embeddings(emb_dir, domain_dir.name, ids, texts)
         out[domain_dir.name] = emb
         models.add(meta["model"])
     if len(models) > 1:
-        raise ValueError(f"{emb_dir}: domains were embedded with different models: {sorted(models)}")
+        raise UserError(f"{emb_dir}: domains were embedded with different models: {sorted(models)}")
     return out, models.pop()
 
 
 def train_from_folders(cfg: TokenizerConfig, data_dir: str | Path, emb_dir: str | Path, out_dir: str | Path,
-                       domains: list[str] | None = None, progress: bool = True) -> Tokenizer:
-    """``recbase tokenizer train``: train on the domains' embeddings and write the artifact to ``out_dir``."""
+                       domains: list[str] | None = None, progress: bool = True, overwrite: bool = False) -> Tokenizer:
+    """``recbase tokenizer train``: train on the domains' embeddings and write the artifact to ``out_dir``.
+
+    An artifact already in ``out_dir`` is replaced only with ``overwrite``: codes, shards and models made with it
+    name its hash, and would silently stop matching."""
+    existing = Path(out_dir) / CONFIG_FILE
+    if existing.exists() and not overwrite:
+        raise UserError(f"{existing}: {out_dir} already holds a tokenizer artifact, which codes, shards and models "
+                        f"may depend on; choose another --out, or pass --overwrite to replace it")
     embeddings, model = load_domain_embeddings(data_dir, emb_dir, domains)
     tok, history = train_tokenizer(cfg, embeddings, model, progress)
     tok.save(out_dir)

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recbase.config import ConfigError, load_config
+from recbase.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, ConfigError, Range, check_ranges, load_config
+from recbase.presets import preset_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "launch" / "configs"
+CONFIG_DIR = preset_dir()   # kept under this name for the callers that import it
 
 
 @dataclass
@@ -26,7 +27,8 @@ class ModelConfig:
     tie_word_embeddings: bool = True         # share the input embedding and the output projection
     init_std: float = 0.02                   # std of the normal init of every weight matrix
     vocab_size: int | None = None            # None = Vocab.model_vocab_size of the shard manifest
-    attention: str = "auto"                  # auto | sdpa | eager | flash_attention_2 (auto: FA2 on CUDA if importable)
+    attention: str = "auto"                  # auto | sdpa | eager | flex_attention | flash_attention_2 (auto: FA2 on
+                                             # CUDA if importable, else flex_attention on CUDA, sdpa on CPU)
     attention_pattern: str = "causal"        # causal | hybrid (RecGPT: bidirectional inside an item, causal across)
     activation_checkpointing: bool = False   # recompute each layer in backward to save activation memory
     fused_linear_ce: bool = False            # kernels.fused_linear_ce instead of materialising the logits
@@ -97,6 +99,22 @@ class DeepSpeedConfig:
     comm_backend: str = "auto"               # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
 
 
+RANGES = {
+    "seed": AT_LEAST_0, "model.hidden_size": AT_LEAST_1, "model.intermediate_size": AT_LEAST_1,
+    "model.num_layers": AT_LEAST_1, "model.num_heads": AT_LEAST_1, "model.num_kv_heads": AT_LEAST_1,
+    "model.max_position_embeddings": Range(2), "model.rope_theta": POSITIVE, "model.rms_norm_eps": POSITIVE,
+    "model.init_std": POSITIVE, "model.vocab_size": AT_LEAST_1, "data.seq_len": Range(2),
+    "data.num_workers": AT_LEAST_0, "optim.lr": POSITIVE, "optim.min_lr_ratio": Range(0, 1),
+    "optim.warmup_steps": AT_LEAST_0, "optim.max_steps": AT_LEAST_1, "optim.weight_decay": AT_LEAST_0,
+    "optim.beta1": Range(0, 1, hi_open=True), "optim.beta2": Range(0, 1, hi_open=True), "optim.eps": POSITIVE,
+    "optim.grad_clip": AT_LEAST_0, "optim.global_batch_tokens": AT_LEAST_1, "optim.micro_batch_size": AT_LEAST_1,
+    "checkpoint.every_steps": AT_LEAST_0, "logging.every_steps": AT_LEAST_1, "logging.valid_every_steps": AT_LEAST_0,
+    "logging.valid_batches": AT_LEAST_0, "deepspeed.tensor_parallel": AT_LEAST_1,
+    "deepspeed.reduce_bucket_size": AT_LEAST_1, "deepspeed.prefetch_bucket_size": AT_LEAST_1,
+    "deepspeed.param_persistence_threshold": AT_LEAST_0,
+}
+
+
 @dataclass
 class TrainConfig:
     run_name: str = "recbase"                # shown in logs
@@ -112,8 +130,10 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Reject combinations that cannot run, naming the keys."""
         m, d, ds = self.model, self.data, self.deepspeed
-        if m.attention not in ("auto", "sdpa", "eager", "flash_attention_2"):
-            raise ConfigError(f"model.attention: {m.attention!r} is not auto | sdpa | eager | flash_attention_2")
+        check_ranges(self, RANGES)
+        if m.attention not in ("auto", "sdpa", "eager", "flex_attention", "flash_attention_2"):
+            raise ConfigError(f"model.attention: {m.attention!r} is not auto | sdpa | eager | flex_attention | "
+                              "flash_attention_2")
         if m.attention_pattern not in ("causal", "hybrid"):
             raise ConfigError(f"model.attention_pattern: {m.attention_pattern!r} is not causal | hybrid")
         if m.hidden_size % m.num_heads:
@@ -131,12 +151,16 @@ class TrainConfig:
             raise ConfigError(f"deepspeed.optimizer: {ds.optimizer!r} is not auto | torch | fused")
         if self.precision.dtype not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision.dtype: {self.precision.dtype!r} is not auto | bf16 | fp32")
-        if self.optim.max_steps < 1 or self.optim.micro_batch_size < 1 or d.seq_len < 2:
-            raise ConfigError("optim.max_steps, optim.micro_batch_size must be >= 1 and data.seq_len >= 2")
         if d.seq_len > m.max_position_embeddings:
             raise ConfigError(f"data.seq_len {d.seq_len} exceeds model.max_position_embeddings "
                               f"{m.max_position_embeddings}: RoPE is not set up for positions that far")
         return self
+
+    def check_seq_len(self, levels: int) -> None:
+        """A row must hold ``bos`` and one whole item, or no item is ever predicted."""
+        if self.data.seq_len < levels + 1:
+            raise ConfigError(f"data.seq_len={self.data.seq_len} is shorter than one item: the shards' items are "
+                              f"{levels} tokens, so data.seq_len must be >= {levels + 1} (bos + one item)")
 
     def gradient_accumulation_steps(self, dp_world: int) -> int:
         """Micro-batches per rank per optimizer step so that the step sees ``optim.global_batch_tokens`` tokens."""

@@ -1,5 +1,6 @@
-"""Everything DeepSpeed-specific, in one place: process setup, the ZeRO config, the engine, checkpoint I/O and
-consolidation of ZeRO shards.
+"""Everything DeepSpeed-specific, in one place: process setup, the ZeRO config, the engine, and saving and
+restoring the engine's state (the checkpoint folder layout, its manifest and consolidation are in
+:mod:`recbase.train.checkpoint`).
 
 The rest of ``recbase.train`` sees a model, a ``gather`` context for partitioned parameters, and the functions
 below; swapping the parallel backend means rewriting this file only.
@@ -7,8 +8,10 @@ below; swapping the parallel backend means rewriting this file only.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import socket
 import sys
 import warnings
@@ -18,12 +21,10 @@ from typing import Any
 
 import torch
 
-from recbase.io import atomic_path, atomic_write_text
+from recbase.errors import UserError
+from recbase.io import atomic_write_text
+from recbase.train import checkpoint as ckpt
 from recbase.train.config import TrainConfig
-
-RANK_STATE = "trainer_state_rank{rank}.pt"
-META_FILE = "recbase.json"
-TP_CONSOLIDATED = "autotp_consolidated.pt"
 
 
 @dataclass
@@ -71,9 +72,10 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     default_dist_env()
     import deepspeed
 
-    # DeepSpeed's ZeRO-3 calls torch's deprecated reduce_scatter_tensor on every step; one warning per step
-    # would bury the training log.
-    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.* is deprecated", category=FutureWarning)
+    # DeepSpeed's ZeRO-3 calls torch's deprecated reduce_scatter_tensor and all_gather_into_tensor; the user can
+    # do nothing about it, and one warning per step would bury the training log.
+    warnings.filterwarnings("ignore", message=r".*(reduce_scatter_tensor|all_gather_into_tensor).* is deprecated",
+                            category=FutureWarning)
 
     cuda = torch.cuda.is_available()
     backend = cfg.deepspeed.comm_backend if cfg.deepspeed.comm_backend != "auto" else ("nccl" if cuda else "gloo")
@@ -81,11 +83,16 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        # On CPU DeepSpeed prints "DeepSpeed <op> built successfully" for its shared-memory op on every start.
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            deepspeed.init_distributed(dist_backend=backend)
+        for line in printed.getvalue().splitlines():
+            if not re.fullmatch(r"DeepSpeed \S+ built successfully", line):
+                print(line)
     world = torch.distributed.get_world_size()
     tp = cfg.deepspeed.tensor_parallel
     if world % tp:
-        raise ValueError(f"world size {world} is not a multiple of deepspeed.tensor_parallel = {tp}")
+        raise UserError(f"world size {world} is not a multiple of deepspeed.tensor_parallel = {tp}")
     return Runtime(rank=torch.distributed.get_rank(), local_rank=local_rank, world_size=world,
                    device=torch.device("cuda", local_rank) if cuda else torch.device("cpu"), backend=backend,
                    tensor_parallel=tp)
@@ -228,80 +235,50 @@ def exit_launched_process(code: int) -> None:
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 
-def checkpoint_tag(step: int) -> str:
-    return f"global_step{step}"
-
-
 def save_checkpoint(engine, runtime: Runtime, ckpt_dir: str | Path, step: int, rank_state: dict,
                     meta: dict) -> Path:
-    """Save on all ranks: DeepSpeed's model/optimizer/scheduler shards, this rank's loader position and RNG
-    (``trainer_state_rank<r>.pt``), and ``recbase.json`` (config, vocabulary, tokenizer hash).
-
-    DeepSpeed moves the ``latest`` pointer only after every file is written, so an interrupted save leaves the
-    previous checkpoint as the one to resume from.
-    """
-    folder = Path(ckpt_dir) / checkpoint_tag(step)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / RANK_STATE.format(rank=runtime.rank)) as tmp:
-        torch.save(rank_state, tmp)
+    """Save on all ranks into a partial folder: DeepSpeed's model/optimizer/scheduler shards, this rank's loader
+    position and RNG (``trainer_state_rank<r>.pt``) and ``recbase.json``; then rank 0 publishes it
+    (:func:`recbase.train.checkpoint.publish`), so only a complete checkpoint ever becomes visible."""
     if runtime.is_main:
-        atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
+        ckpt.begin(ckpt_dir, step)
     barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=checkpoint_tag(step), client_state={"step": step})
+    partial = Path(ckpt_dir) / ckpt.partial_tag(step)
+    torch.save(rank_state, partial / ckpt.RANK_STATE.format(rank=runtime.rank))
+    if runtime.is_main:
+        atomic_write_text(partial / ckpt.META_FILE, json.dumps(meta, indent=2) + "\n")
+    engine.save_checkpoint(str(ckpt_dir), tag=partial.name, client_state={"step": step}, save_latest=False)
     if runtime.tensor_parallel > 1:
         # zero_to_fp32 cannot merge AutoTP shards: keep the whole weights too, gathered by DeepSpeed (a
         # collective: every rank takes part, rank 0 writes)
         state = engine._consolidated_16bit_state_dict()
         if runtime.is_main:
-            with atomic_path(folder / TP_CONSOLIDATED) as tmp:
-                torch.save(state, tmp)
-        barrier()
+            torch.save(state, partial / ckpt.TP_CONSOLIDATED)
+    barrier()
+    folder = Path(ckpt_dir) / ckpt.checkpoint_tag(step)
+    if runtime.is_main:
+        ckpt.publish(ckpt_dir, step)
+    barrier()
     return folder
 
 
-def resolve_checkpoint(path: str | Path) -> Path | None:
-    """A checkpoint folder (``global_step<N>``), or the newest one named by ``latest`` in a checkpoints folder."""
-    path = Path(path)
-    if (path / META_FILE).exists() and any(path.glob("*model_states.pt")):
-        return path
-    latest = path / "latest"
-    if latest.exists():
-        return path / latest.read_text().strip()
-    return None
-
-
 def load_checkpoint(engine, runtime: Runtime, folder: Path) -> tuple[int, dict]:
-    """Restore engine state (weights, optimizer, scheduler) and this rank's loader position and RNG."""
-    rank_file = folder / RANK_STATE.format(rank=runtime.rank)
+    """Restore engine state (weights, optimizer, scheduler) and this rank's loader position and RNG, after rank 0
+    checked every file against the checkpoint's manifest; all loads are weights-only."""
+    rank_file = folder / ckpt.RANK_STATE.format(rank=runtime.rank)
     if not rank_file.exists():
-        raise FileNotFoundError(f"{rank_file} missing: resume needs the world size the checkpoint was saved with")
-    _, client = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
-                                       load_lr_scheduler_states=True)
+        raise UserError(f"{rank_file} missing: resume needs the world size the checkpoint was saved with")
+    error = ""
+    if runtime.is_main:
+        try:
+            ckpt.verify(folder)
+        except UserError as e:
+            error = str(e)
+    if all_reduce_min(0 if error else 1, runtime.device) == 0:
+        raise UserError(error or f"{folder}: rank 0 refused this checkpoint (see its log)")
+    with ckpt.weights_only_loads():
+        _, client = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
+                                           load_lr_scheduler_states=True)
     if client is None:
-        raise RuntimeError(f"{folder}: DeepSpeed could not load this checkpoint")
-    return int(client["step"]), torch.load(rank_file, map_location="cpu", weights_only=False)
-
-
-def consolidated_state_dict(folder: Path, prefix: str = "lm.") -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a checkpoint folder of any ZeRO stage, in one process without a process group.
-
-    ZeRO-1/2/3 folders are merged from their per-rank shards by DeepSpeed's ``zero_to_fp32``; a stage-0 folder
-    already holds the whole module; an AutoTP folder holds the weights DeepSpeed gathered at save time. Only keys under ``prefix`` (the training wrapper's language model) are kept,
-    without the prefix.
-    """
-    if (folder / TP_CONSOLIDATED).exists():
-        state = torch.load(folder / TP_CONSOLIDATED, map_location="cpu", weights_only=False)
-    elif any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
-    else:
-        states = sorted(folder.glob("mp_rank_*_model_states.pt"))
-        if not states:
-            raise FileNotFoundError(f"{folder}: no DeepSpeed model states (mp_rank_*_model_states.pt)")
-        state = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
-    return {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
-
-
-def read_meta(folder: Path) -> dict:
-    return json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        raise UserError(f"{folder}: DeepSpeed could not load this checkpoint")
+    return int(client["step"]), ckpt.load_tensors(rank_file)

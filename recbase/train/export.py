@@ -13,14 +13,33 @@ from pathlib import Path
 
 import torch
 
-from recbase.io import atomic_write_text
-from recbase.train import engine as ds
+from recbase.errors import UserError
+from recbase.io import atomic_write_text, sha256_file
+from recbase.train import checkpoint as ckpt
 
-META_FILE = ds.META_FILE
+META_FILE = ckpt.META_FILE
 
 
 def is_hf_export(path: Path) -> bool:
     return (path / "config.json").exists() and any(path.glob("*.safetensors"))
+
+
+def read_export_meta(path: Path) -> dict:
+    """``recbase.json`` of an export, after checking every weight file against the SHA-256 it records."""
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path}: missing; this folder was not exported by recbase, so nothing says which "
+                        f"tokenizer its ids belong to — export the checkpoint with `recbase export`")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    recorded = meta.get("weights_sha256")
+    if not recorded:
+        raise UserError(f"{meta_path}: no 'weights_sha256'; the weights cannot be checked — export the checkpoint "
+                        f"again with `recbase export`")
+    unlisted = sorted({p.name for p in path.glob("*.safetensors")} - set(recorded))
+    if unlisted:
+        raise UserError(f"{path / unlisted[0]}: not listed in {meta_path}'s weights_sha256; remove it or export again")
+    ckpt.verify_files(path, recorded, f"{meta_path} (weights_sha256)")
+    return meta
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -29,27 +48,29 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if is_hf_export(path):
         from safetensors.torch import load_file
 
+        meta = read_export_meta(path)
         state = {}
         for f in sorted(path.glob("*.safetensors")):
             state.update({k: v.float() for k, v in load_file(str(f)).items()})
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8")) if (path / META_FILE).exists() else {}
         return state, meta
-    folder = ds.resolve_checkpoint(path)
+    folder = _checkpoint_folder(path)
+    return ckpt.consolidated_state_dict(folder), ckpt.read_meta(folder)
+
+
+def _checkpoint_folder(path: Path) -> Path:
+    folder, why = ckpt.resolve(path)
     if folder is None:
-        raise FileNotFoundError(f"{path}: neither a Hugging Face export (config.json + *.safetensors) nor a "
-                                f"DeepSpeed checkpoint folder (global_step<N>/ with recbase.json, or a 'latest' file)")
-    return ds.consolidated_state_dict(folder), ds.read_meta(folder)
+        raise UserError(f"{path}: neither a Hugging Face export (config.json + *.safetensors) nor a checkpoint "
+                        f"folder (global_step<N>/ with {ckpt.MANIFEST_FILE}) or a folder of them ({why})")
+    return folder
 
 
 def load_meta(path: str | Path) -> dict:
     """Only the ``recbase.json`` of an export or a checkpoint folder (no weights are read)."""
     path = Path(path)
     if is_hf_export(path):
-        return json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    folder = ds.resolve_checkpoint(path)
-    if folder is None:
-        raise FileNotFoundError(f"{path}: neither a Hugging Face export nor a DeepSpeed checkpoint folder")
-    return ds.read_meta(folder)
+        return read_export_meta(path)
+    return ckpt.read_meta(_checkpoint_folder(path))
 
 
 def _model_from(meta: dict, state: dict[str, torch.Tensor], attention: str):
@@ -61,8 +82,8 @@ def _model_from(meta: dict, state: dict[str, torch.Tensor], attention: str):
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise KeyError(f"checkpoint does not fit the model: missing {sorted(set(missing) - tied)[:3]}, "
-                       f"unexpected {sorted(unexpected)[:3]}")
+        raise UserError(f"checkpoint does not fit the model: missing {sorted(set(missing) - tied)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}")
     model.tie_weights()
     return model.eval()
 
@@ -77,9 +98,9 @@ def load_model(path: str | Path, attention: str = "sdpa"):
     if is_hf_export(path):
         from transformers import AutoModelForCausalLM
 
+        meta = read_export_meta(path)
         model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attention,
-                                                     dtype=torch.float32)
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+                                                     dtype=torch.float32, use_safetensors=True)
         return model.eval(), meta
     state, meta = load_state(path)
     return _model_from(meta, state, attention), meta
@@ -93,7 +114,8 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
-    atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+    weights = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
+    atomic_write_text(tmp / META_FILE, json.dumps({**meta, "weights_sha256": weights}, indent=2) + "\n")
     old = out.parent / f".{out.name}.old"
     if out.exists():
         shutil.rmtree(old, ignore_errors=True)

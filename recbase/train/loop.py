@@ -8,6 +8,7 @@ and 1 rank with the same global batch give the same curve.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from tqdm import tqdm
 
 from recbase.config import to_dict
 from recbase.data.shards import read_manifest
+from recbase.errors import UserError
+from recbase.train import checkpoint as ckpt
 from recbase.train import engine as ds
 from recbase.train.config import TrainConfig
 from recbase.train.estimates import mfu, model_size, peak_flops
@@ -38,7 +41,10 @@ class TrainResult:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """All generators' states as tensors and plain values, so the file loads weights-only."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -46,7 +52,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -75,8 +82,8 @@ def expected_tokenizer_hash(cfg: TrainConfig) -> str | None:
 
     trained = load_meta(cfg.checkpoint.init_from).get("tokenizer_hash")
     if configured and trained and configured != trained:
-        raise ValueError(f"data.tokenizer_hash={configured} but {cfg.checkpoint.init_from} was trained with "
-                         f"tokenizer {trained}")
+        raise UserError(f"data.tokenizer_hash={configured} but {cfg.checkpoint.init_from} was trained with "
+                        f"tokenizer {trained}")
     return configured or trained
 
 
@@ -91,20 +98,27 @@ class Trainer:
         """``loader`` replaces the training ``PackedLoader`` (same interface: iteration, ``vocab``, ``manifest``,
         ``state_dict``/``load_state_dict``), e.g. to feed one process what several ranks would read."""
         self.cfg = cfg
-        # refuse shards of another tokenizer before any process group or model exists
-        read_manifest(cfg.data.shards, expected_tokenizer_hash(cfg))
+        # refuse shards of another tokenizer, and a checkpoint of another one, before any process group or
+        # model exists
+        manifest = read_manifest(cfg.data.shards, expected_tokenizer_hash(cfg))
+        cfg.check_seq_len(manifest["vocab"]["levels"])
+        self.resume_from = self._resume_target(manifest["tokenizer_hash"])
         self.runtime = rt = ds.setup_runtime(cfg)
         torch.manual_seed(cfg.seed)
         self.loader = loader if loader is not None else _make_loader(cfg, rt, cfg.data.train_split)
         self.vocab = self.loader.vocab
         self.tokenizer_hash = self.loader.manifest["tokenizer_hash"]
+        self.train_domains = sorted(d for d, splits in self.loader.manifest["domains"].items()
+                                    if cfg.data.train_split in splits)
         vocab_size = cfg.model.vocab_size or self.vocab.model_vocab_size
         if vocab_size < self.vocab.n_tokens:
-            raise ValueError(f"model.vocab_size={vocab_size} is smaller than the {self.vocab.n_tokens} token ids "
-                             f"of the shard vocabulary ({cfg.data.shards}/manifest.json)")
-        attention = resolve_attention(cfg.model.attention, rt.device.type)
+            raise UserError(f"model.vocab_size={vocab_size} is smaller than the {self.vocab.n_tokens} token ids "
+                            f"of the shard vocabulary ({cfg.data.shards}/manifest.json)")
+        attention = resolve_attention(cfg.model.attention, rt.device.type, cfg.model.attention_pattern)
         self.hf_config = qwen2_config(cfg.model, vocab_size, attention, pad_token_id=self.vocab.pad_id)
         self.size = model_size(self.hf_config)
+        if self.resume_from is not None:
+            ckpt.check_model_config(self.resume_from, self.hf_config.to_dict())
         self.ds_config = ds.deepspeed_config(cfg, rt, cfg.model.hidden_size)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         with ds.model_construction(self.ds_config):
@@ -130,27 +144,41 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- state
 
-    def _resume(self) -> None:
+    def _resume_target(self, tokenizer_hash: str) -> Path | None:
+        """The checkpoint to resume from, checked against this run's tokenizer; says which one it picked and
+        why."""
         target = self.cfg.checkpoint.resume
         if target == "none":
-            return
-        folder = ds.resolve_checkpoint(self.cfg.checkpoint.dir if target == "auto" else target)
+            return None
+        folder, why = ckpt.resolve(self.cfg.checkpoint.dir if target == "auto" else target)
         if folder is None:
             if target != "auto":
-                raise FileNotFoundError(f"checkpoint.resume={target}: no checkpoint folder there")
+                raise UserError(f"checkpoint.resume={target}: {why}")
+            return None
+        ckpt.check_tokenizer(folder, tokenizer_hash)
+        if int(os.environ.get("RANK", "0")) == 0:
+            tqdm.write(f"resuming from {folder} ({why})")
+        return folder
+
+    def _resume(self) -> None:
+        if self.resume_from is None:
             return
-        self.step, state = ds.load_checkpoint(self.engine, self.runtime, folder)
+        self.step, state = ds.load_checkpoint(self.engine, self.runtime, self.resume_from)
         self.loader.load_state_dict(state["loader"])
         _set_rng_state(state["rng"])
-        self.last_checkpoint = folder
+        self.last_checkpoint = self.resume_from
         if self.runtime.is_main:
-            tqdm.write(f"resumed from {folder} at step {self.step}")
+            tqdm.write(f"resumed from {self.resume_from} at step {self.step}")
 
     def meta(self) -> dict:
-        """What a checkpoint or export needs to be used without the training config at hand."""
-        return {"step": self.step, "tokenizer_hash": self.tokenizer_hash, "vocab": self.vocab.to_dict(),
-                "model_config": self.hf_config.to_dict(), "attention_pattern": self.cfg.model.attention_pattern,
-                "train_config": to_dict(self.cfg)}
+        """What a checkpoint or export needs to be used without the training config at hand: which tokenizer
+        (kind, embedder, the domains it was trained on) made the ids, how ids map to concept codes, and the
+        domains the model was trained on (an evaluation on any of them is not zero-shot)."""
+        tokenizer = {**self.loader.manifest.get("tokenizer", {}), "hash": self.tokenizer_hash}
+        return {"step": self.step, "tokenizer_hash": self.tokenizer_hash, "tokenizer": tokenizer,
+                "token_layout": self.vocab.layout(), "vocab": self.vocab.to_dict(),
+                "train_domains": self.train_domains, "model_config": self.hf_config.to_dict(),
+                "attention_pattern": self.cfg.model.attention_pattern, "train_config": to_dict(self.cfg)}
 
     def save(self) -> Path:
         rank_state = {"loader": self.loader.state_dict(), "rng": _rng_state()}

@@ -5,10 +5,16 @@ Everything here is single-device code. The DeepSpeed engine (``recbase.train.eng
 partitions parameters at construction (ZeRO-3) and the one that gathers them, so this module never imports
 DeepSpeed.
 
-Packing: one row holds many users. On SDPA and eager attention the mask is an additive float ``[B, 1, S, S]``
-tensor (0 = may attend, dtype minimum = may not), built from the per-user segments of ``cu_seqlens``; a boolean 4D
-mask is not used because eager attention adds it as numbers. On CUDA with FlashAttention-2 the mask is left out
-and ``position_ids`` (restarting at 0 per user) make Hugging Face run varlen attention with the same segments.
+Packing: one row holds many users. Which query may see which key is one predicate, :func:`packed_mask_mod`
+(same user, causal, and with the hybrid pattern the rest of the own item), over the per-user segments of
+``cu_seqlens``. Each attention implementation gets it in its own form:
+
+- SDPA and eager: an additive float ``[B, 1, S, S]`` tensor (0 = may attend, dtype minimum = may not); a boolean
+  4D mask is not used because eager attention adds it as numbers.
+- FlexAttention: a ``BlockMask`` built from the same predicate; 128 x 128 tiles no query of which may see any key
+  are skipped by the kernel, so attention costs what the users' own triangles cost, not the whole row's square.
+- FlashAttention-2: no mask; ``position_ids`` (restarting at 0 per user) make Hugging Face run varlen attention
+  with the same segments.
 """
 from __future__ import annotations
 
@@ -20,25 +26,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbase.errors import UserError
 from recbase.train.config import ModelConfig
 
 IGNORE_INDEX = -100
 GatherFn = Callable[[list], ContextManager]
 
 
-def resolve_attention(name: str, device_type: str) -> str:
-    """``auto`` means FlashAttention-2 on CUDA when ``flash_attn`` imports, else SDPA."""
-    if name != "auto":
-        if name == "flash_attention_2" and device_type != "cuda":
-            raise ValueError("model.attention=flash_attention_2 needs a CUDA device")
-        return name
-    if device_type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
+def flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_attention(name: str, device_type: str, pattern: str = "causal") -> str:
+    """``auto``: FlashAttention-2 on CUDA when ``flash_attn`` imports (and the pattern is causal: FA2 takes no
+    mask), else FlexAttention on CUDA (PyTorch alone, no compiled extension), SDPA with the dense mask on CPU.
+
+    FlexAttention is refused off CUDA: PyTorch has no FlexAttention backward on CPU.
+    """
+    if name == "auto":
+        if device_type != "cuda":
+            return "sdpa"
+        return "flash_attention_2" if pattern == "causal" and flash_attn_available() else "flex_attention"
+    if name in ("flash_attention_2", "flex_attention") and device_type != "cuda":
+        raise UserError(f"model.attention={name} needs a CUDA device (use sdpa or auto on {device_type})")
+    return name
 
 
 def qwen2_config(cfg: ModelConfig, vocab_size: int, attention: str = "sdpa", pad_token_id: int = 0):
@@ -118,21 +133,42 @@ def item_blocks(position_ids: torch.Tensor, levels: int) -> torch.Tensor:
     return torch.div(position_ids - 1, levels, rounding_mode="floor")
 
 
+def packed_mask_mod(segments: torch.Tensor, blocks: torch.Tensor | None = None):
+    """The packing predicate as a FlexAttention ``mask_mod(b, h, q, kv)``: query ``q`` of row ``b`` may see key
+    ``kv`` when both lie in the same segment and ``kv <= q``. With ``blocks`` (RecGPT's hybrid pattern) a token
+    also sees the later tokens of its own item.
+
+    Written with indexing and elementwise operators only, so the same function evaluates one element (inside the
+    FlexAttention kernel) or a whole broadcast grid (:func:`packed_attention_mask`).
+    """
+    def mask_mod(b, h, q, kv):
+        allowed = q >= kv
+        if blocks is not None:
+            allowed = allowed | (blocks[b, q] == blocks[b, kv])
+        return allowed & (segments[b, q] == segments[b, kv])
+
+    return mask_mod
+
+
 def packed_attention_mask(segments: torch.Tensor, dtype: torch.dtype, blocks: torch.Tensor | None = None
                           ) -> torch.Tensor:
-    """Additive ``[B, 1, S, S]`` mask: a token sees earlier tokens of its own segment only.
-
-    With ``blocks`` (RecGPT's hybrid pattern) a token also sees the later tokens of its own item.
-    """
-    s = segments.shape[1]
-    same = segments[:, :, None] == segments[:, None, :]
-    allowed = torch.ones(s, s, dtype=torch.bool, device=segments.device).tril()[None]
-    if blocks is not None:
-        allowed = allowed | (blocks[:, :, None] == blocks[:, None, :])
-    allowed = allowed & same
+    """Additive ``[B, 1, S, S]`` mask of :func:`packed_mask_mod` (0 = may attend, dtype minimum = may not)."""
+    b, s = segments.shape
+    idx = torch.arange(s, device=segments.device)
+    rows = torch.arange(b, device=segments.device)[:, None, None]
+    allowed = packed_mask_mod(segments, blocks)(rows, 0, idx[None, :, None], idx[None, None, :])
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
+
+
+def packed_block_mask(segments: torch.Tensor, blocks: torch.Tensor | None = None):
+    """FlexAttention ``BlockMask`` of :func:`packed_mask_mod` for ``[B, S]`` segments (one mask for all heads)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, s = segments.shape
+    return create_block_mask(packed_mask_mod(segments, blocks), B=b, H=None, Q_LEN=s, KV_LEN=s,
+                             device=segments.device)
 
 
 def hybrid_labels(labels: torch.Tensor, position_ids: torch.Tensor, levels: int) -> torch.Tensor:
@@ -181,7 +217,8 @@ class TokenLossModel(nn.Module):
         self.levels = levels
         self.head_loss = FusedHeadLoss(lm.lm_head) if fused_linear_ce else None
         if self.hybrid and attention == "flash_attention_2":
-            raise ValueError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa")
+            raise UserError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa or "
+                            "flex_attention")
 
     @property
     def config(self):
@@ -189,11 +226,15 @@ class TokenLossModel(nn.Module):
         return self.lm.config
 
     def attention_mask(self, input_ids, position_ids, cu_seqlens, dtype):
+        """What the attention implementation takes to keep users apart (module docstring)."""
         if self.attention == "flash_attention_2":
             return None
         b, s = input_ids.shape
         blocks = item_blocks(position_ids, self.levels) if self.hybrid else None
-        return packed_attention_mask(segment_ids(cu_seqlens, b, s), dtype, blocks)
+        segments = segment_ids(cu_seqlens, b, s)
+        if self.attention == "flex_attention":
+            return packed_block_mask(segments, blocks)
+        return packed_attention_mask(segments, dtype, blocks)
 
     def forward(self, input_ids, labels, position_ids, cu_seqlens):
         dtype = self.lm.get_input_embeddings().weight.dtype
@@ -230,10 +271,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], gather: Gathe
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(state))
     if missing:
-        raise KeyError(f"weights lack {len(missing)} parameter(s) of the model, e.g. {', '.join(missing[:3])}")
+        raise UserError(f"weights lack {len(missing)} parameter(s) of the model, e.g. {', '.join(missing[:3])}")
     for name, p in params.items():
         shape = tuple(getattr(p, "ds_shape", p.shape))
         if tuple(state[name].shape) != shape:
-            raise ValueError(f"parameter {name}: weights have shape {tuple(state[name].shape)}, model {shape}")
+            raise UserError(f"parameter {name}: weights have shape {tuple(state[name].shape)}, model {shape}")
         with gather([p]):
             p.copy_(state[name].to(p.dtype))

@@ -17,16 +17,21 @@ PAPER_VOCAB = Vocab(levels=4, codebook_size=2048)   # the paper's L=4, K=2048 (u
 def vocab_for(cfg: TrainConfig) -> tuple[int, str]:
     """The model vocabulary size and where it came from: config, shard manifest, or the paper layout."""
     if cfg.model.vocab_size:
-        return cfg.model.vocab_size, "model.vocab_size"
+        return cfg.model.vocab_size, "set in the config (model.vocab_size)"
     manifest = Path(cfg.data.shards) / "manifest.json"
     if manifest.exists():
         vocab = Vocab.from_dict(json.loads(manifest.read_text(encoding="utf-8"))["vocab"])
-        return vocab.model_vocab_size, str(manifest)
-    return PAPER_VOCAB.model_vocab_size, f"paper layout L=4 K=2048 ({manifest} not found)"
+        return vocab.model_vocab_size, (f"shard manifest found at {manifest}: L={vocab.levels} "
+                                        f"K={vocab.codebook_size}")
+    return PAPER_VOCAB.model_vocab_size, (f"the paper's default L=4 K=2048, because no shards were found at "
+                                          f"{manifest.parent}; set data.shards=FOLDER (the demo writes "
+                                          f"demo_out/shards/demo)")
 
 
-def describe(cfg: TrainConfig, world_size: int | None = None, gpu: bool | None = None) -> str:
-    """The dry-run report. ``world_size`` defaults to the launcher's WORLD_SIZE (1 without a launcher)."""
+def describe(cfg: TrainConfig, world_size: int | None = None, gpu: bool | None = None,
+             verbose: bool = False) -> str:
+    """The dry-run report: the summary first, then (``verbose``) the resolved config. ``world_size`` defaults to
+    the launcher's WORLD_SIZE (1 without a launcher)."""
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))
     gpu = cfg.precision.dtype == "bf16" or (cfg.precision.dtype == "auto" and gpu is not False)
     ds = cfg.deepspeed
@@ -34,8 +39,7 @@ def describe(cfg: TrainConfig, world_size: int | None = None, gpu: bool | None =
     vocab_size, vocab_source = vocab_for(cfg)
     size = model_size(qwen2_config(cfg.model, vocab_size))
     gas = cfg.gradient_accumulation_steps(dp)
-    lines = ["resolved config:", json.dumps(to_dict(cfg), indent=2),
-             f"world: {world} ranks = data-parallel {dp} x tensor-parallel {ds.tensor_parallel}; "
+    lines = [f"world: {world} ranks = data-parallel {dp} x tensor-parallel {ds.tensor_parallel}; "
              f"ZeRO stage {ds.zero_stage}",
              f"batch: {cfg.optim.micro_batch_size} rows x {cfg.data.seq_len} tokens x {gas} accumulation steps x "
              f"{dp} ranks = {cfg.optim.global_batch_tokens:,} tokens per step",
@@ -50,4 +54,6 @@ def describe(cfg: TrainConfig, world_size: int | None = None, gpu: bool | None =
     for stage in range(4):
         lines.append(f"  zero{stage}: {mem[f'zero{stage}'] / 2**30:,.2f} GiB")
     lines.append(f"  (of which activations: {mem['activations'] / 2**30:,.2f} GiB)")
+    lines += ["resolved config:", json.dumps(to_dict(cfg), indent=2)] if verbose else \
+        ["(the resolved config: --verbose)"]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from recbase.data.readers.common import InputError
+from recbase.errors import UserError
 
 # format name -> (module, function, what it reads)
 FORMATS: dict[str, tuple[str, str, str]] = {
@@ -22,6 +23,7 @@ FORMATS: dict[str, tuple[str, str, str]] = {
     "mind": ("mind", "read", "MIND: news.tsv + behaviors.tsv (adds impressions.parquet)"),
     "yelp": ("yelp", "read", "Yelp open dataset: *business.json + *review.json"),
     "hm": ("hm", "read", "H&M (Kaggle): articles.csv + transactions_train.csv"),
+    "p5": ("p5", "read", "P5 sequential split: sequential_data.txt + datamaps.json + item_titles.jsonl"),
     "recbole": ("recbole", "read", "RecBole atomic files: .text/.item + .inter (or UniSRec .test.inter + index files)"),
     "generic": ("generic", "read", "any items + interactions file (CSV/TSV/JSONL/Parquet) described by a spec"),
 }
@@ -33,7 +35,7 @@ def get_reader(fmt: str) -> Callable:
     try:
         module, function, _ = FORMATS[fmt]
     except KeyError:
-        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}") from None
+        raise UserError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}") from None
     return getattr(importlib.import_module(f"recbase.data.readers.{module}"), function)
 
 

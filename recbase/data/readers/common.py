@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, make_items_table
 from recbase.data.templates import clean_fields, field_order, text_of
+from recbase.errors import UserError
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Bad input, located: ``<file>, line <n>, field '<name>': <what is wrong>``."""
 
     def __init__(self, path, message: str, line: int | None = None, field: str | None = None):
@@ -195,62 +196,121 @@ def read_csv(path: Path, columns: list[str] | None = None, sep: str = ",", heade
 
 
 def int_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) -> np.ndarray:
-    """Parse an integer column; the first bad value is an error naming its line (``first_line`` = data row 0)."""
-    try:   # fast path: Arrow's cast of clean integer text
-        return pc.cast(pa.array(df[column]), pa.int64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    """Parse an integer column exactly; the first value that is not an int64 integer (a fraction, too large, not a
+    number) is an error naming its line (``first_line`` = data row 0). ``123.0`` is the integer 123."""
+    series = df[column]
+    try:   # fast path: Arrow's cast of clean integer text (it refuses fractions and overflow)
+        return pc.cast(pa.array(series), pa.int64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
-    values = pd.to_numeric(df[column], errors="coerce")
-    bad = values.isna().to_numpy()
+    text = series.astype(str).str.strip()
+    integral = text.str.fullmatch(r"[+-]?\d+(\.0*)?").to_numpy(bool)
+    digits = text.str.replace(r"\.0*$", "", regex=True)
+    values = pd.to_numeric(digits.where(integral), errors="coerce").astype(float)
+    bad = ~integral | (values.abs() >= 2.0 ** 63).to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(path, f"not a number: {df[column].iloc[row]!r}", line=row + first_line, field=column)
-    return values.to_numpy().astype(np.int64)
+        value = text.iloc[row]
+        number = pd.to_numeric(value, errors="coerce")
+        why = ("not a number" if pd.isna(number) or not np.isfinite(number) else "not a whole number" if number % 1
+               else "out of the int64 range" if abs(number) >= 2.0 ** 63 else "not written as integer digits")
+        raise InputError(path, f"{why}: {series.iloc[row]!r}", line=row + first_line, field=column)
+    return digits.astype(np.int64).to_numpy()
+
+
+# 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z: what a calendar date can name; a unix time in milliseconds given as
+# seconds (about 1.7e12) lies far beyond it
+SECONDS_RANGE = (-62_135_596_800, 253_402_300_799)
+
+
+def seconds_column(series: pd.Series, path: Path, first_line: int = 2, per_second: int = 1) -> np.ndarray:
+    """Whole seconds since the epoch from unix times counted in units of ``1 / per_second`` s (1: seconds,
+    1000: milliseconds, floored to the second). Exact: a fractional unit, a time outside years 1..9999 or a
+    non-number is an error naming its line; nothing is rounded or wrapped."""
+    units = int_column(pd.DataFrame({series.name: series}), series.name, path, first_line)
+    seconds = units // per_second
+    bad = (seconds < SECONDS_RANGE[0]) | (seconds > SECONDS_RANGE[1])
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        unit = "seconds" if per_second == 1 else "milliseconds"
+        raise InputError(path, f"{series.iloc[row]!r} {unit} since 1970 is outside the years 1..9999 (a time in "
+                               f"milliseconds or microseconds read as {unit}?)", line=row + first_line,
+                         field=series.name)
+    return seconds
 
 
 def id_column(df: pd.DataFrame, column: str, path: Path, first_line: int = 2) -> pd.Series:
     """An id column as text, kept exactly as the source writes it; an empty id is an error naming its line."""
-    values = df[column].astype(str)
-    empty = (df[column].isna() | (values == "")).to_numpy()
+    empty = empty_ids(df, column)
     if empty.any():
         row = int(np.flatnonzero(empty)[0])
         raise InputError(path, "empty id", line=row + first_line, field=column)
-    return values
+    return df[column].astype(str)
+
+
+def _fraction_of_a_second(path: Path, value, line: int, field: str) -> InputError:
+    return InputError(path, f"{value!r} has a fraction of a second; the interactions table holds whole seconds, so "
+                            f"round the times in the source", line=line, field=field)
 
 
 def parse_time(value, fmt: str, path: Path, lineno: int, field: str) -> int:
-    """Seconds since the epoch from ``unix``, ``unix_ms``, ``iso`` or a ``strftime`` pattern; naive times are UTC."""
+    """Seconds since the epoch from ``unix``, ``unix_ms``, ``iso`` or a ``strftime`` pattern; naive times are UTC.
+
+    The same rules as :func:`time_column`: whole seconds only (milliseconds are floored to the second), years
+    1..9999."""
+    if fmt in ("unix", "unix_ms"):
+        return int(seconds_column(pd.Series([value], name=field), path, lineno, 1000 if fmt == "unix_ms" else 1)[0])
     try:
-        if fmt == "unix":
-            return int(float(value))
-        if fmt == "unix_ms":
-            return int(float(value)) // 1000
         if fmt == "iso":
             t = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         else:
             t = datetime.strptime(str(value).strip(), fmt)
     except (TypeError, ValueError):
         raise InputError(path, f"not a time ({fmt}): {value!r}", line=lineno, field=field) from None
+    if t.microsecond:
+        raise _fraction_of_a_second(path, value, lineno, field)
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return int(t.timestamp())
 
 
-def time_column(series: pd.Series, fmt: str, path: Path, first_line: int = 2) -> np.ndarray:
-    """Vectorised :func:`parse_time` for a whole column."""
+def parse_times(series: pd.Series, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`parse_time` for a whole column: (whole seconds, mask of the values that are not an exact
+    time: not a number or date, a fraction of a second, outside years 1..9999). Masked values read as 0."""
     if fmt in ("unix", "unix_ms"):
-        values = pd.to_numeric(series, errors="coerce")
-        bad = values.isna().to_numpy()
-        if not bad.any():
-            out = values.to_numpy().astype(np.int64)
-            return out // 1000 if fmt == "unix_ms" else out
+        per_second = 1000 if fmt == "unix_ms" else 1
+        try:   # fast path: Arrow's cast of clean integer text (it refuses fractions and overflow)
+            units, bad = pc.cast(pa.array(series), pa.int64()).to_numpy(), np.zeros(len(series), bool)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            text = series.astype(str).str.strip()
+            digits = text.str.replace(r"\.0*$", "", regex=True)
+            bad = ~text.str.fullmatch(r"[+-]?\d+(\.0*)?").to_numpy(bool)
+            bad |= pd.to_numeric(digits.where(~bad), errors="coerce").abs().to_numpy() >= 2.0 ** 63
+            units = digits.where(~bad, "0").astype(np.int64).to_numpy()
+        seconds = units // per_second
     else:
-        parsed = pd.to_datetime(series, format=None if fmt == "iso" else fmt, errors="coerce", utc=True)
+        parsed = pd.to_datetime(series, format="ISO8601" if fmt == "iso" else fmt, errors="coerce", utc=True)
         bad = parsed.isna().to_numpy()
-        if not bad.any():
-            return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
+        since = (parsed - pd.Timestamp(0, tz="UTC")).to_numpy().astype("timedelta64[ns]").astype(np.int64)
+        bad |= since % 1_000_000_000 != 0
+        seconds = since // 1_000_000_000
+    bad |= (seconds < SECONDS_RANGE[0]) | (seconds > SECONDS_RANGE[1])
+    return np.where(bad, 0, seconds), bad
+
+
+def time_column(series: pd.Series, fmt: str, path: Path, first_line: int = 2) -> np.ndarray:
+    """:func:`parse_times`; the first value that is not an exact time is an error naming its line and why."""
+    values, bad = parse_times(series, fmt)
+    if not bad.any():
+        return values
     row = int(np.flatnonzero(bad)[0])
+    parse_time(series.iloc[row], fmt, path, row + first_line, series.name)   # raises with the reason
     raise InputError(path, f"not a time ({fmt}): {series.iloc[row]!r}", line=row + first_line, field=series.name)
+
+
+def empty_ids(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Mask of rows whose id in ``column`` is missing or empty."""
+    return (df[column].isna() | (df[column].astype(str) == "")).to_numpy()
 
 
 def build_items(domain: str, kind: str, item_ids: list, fields: dict[str, list], summary: IngestSummary):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from recbase.data.readers.common import InputError, build_items, id_column, int_column, make_tables, read_csv
+from recbase.data.readers.common import (InputError, build_items, id_column, make_tables, read_csv,
+                                         seconds_column)
 from recbase.data.tables import DomainTables, IngestSummary
 
 KIND = "movie"
@@ -47,7 +48,7 @@ def _tables(domain, movie_ids, titles, genres, ratings, ratings_path, first) -> 
     items = build_items(domain, KIND, list(movie_ids), {"title": list(titles), "genres": list(genres)}, summary)
     return make_tables(domain, items, id_column(ratings, "userId", ratings_path, first),
                        id_column(ratings, "movieId", ratings_path, first),
-                       int_column(ratings, "timestamp", ratings_path, first), summary)
+                       seconds_column(ratings["timestamp"], ratings_path, first), summary)
 
 
 def _read_csv_layout(path: Path, domain: str) -> DomainTables:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recbase.data.readers.common import (InputError, build_items, find_file, int_column, make_tables, read_csv)
+from recbase.data.readers.common import (InputError, build_items, find_file, int_column, make_tables, read_csv,
+                                         seconds_column)
 from recbase.data.tables import DomainTables, IngestSummary
 
 KIND = "product"
@@ -54,7 +55,7 @@ def read(path: Path, domain: str, kind: str = KIND) -> DomainTables:
     inter_path = find_file(path, ["*.inter"], "RecBole interaction")
     inter = _read_atomic(inter_path, ["user_id", "item_id"])
     if "timestamp" in inter.columns:
-        ts = int_column(inter.assign(timestamp=inter["timestamp"].str.split(".").str[0]), "timestamp", inter_path)
+        ts = seconds_column(inter["timestamp"], inter_path)
     else:
         ts = np.arange(len(inter), dtype=np.int64)
     return make_tables(domain, items, inter["user_id"].to_numpy(object), inter["item_id"].to_numpy(object), ts,

@@ -1,0 +1,154 @@
+"""Checkpoint folders without a training job: publication, resolution after a kill at every point of a save,
+manifest checks, weights-only loading, resume compatibility, and the Hugging Face export's weight hashes.
+
+The folders here are written with the module's own functions around a stage-0 layout (one
+``mp_rank_00_model_states.pt`` holding the whole module), which is what DeepSpeed writes without ZeRO; the real
+engine's save and resume are covered by ``test_train_distributed.py``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from recbase.errors import UserError
+from recbase.train import checkpoint as ckpt
+
+TOKENIZER = "tok-a"
+
+
+def _model_config() -> dict:
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                       tie_word_embeddings=True).to_dict()
+
+
+def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True) -> Path:
+    """A stage-0 checkpoint of a tiny Qwen2 at ``step`` (weights seeded by the step)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(step)
+    model = Qwen2ForCausalLM(Qwen2Config.from_dict(_model_config()))
+    partial = ckpt.begin(ckpt_dir, step)
+    torch.save({"module": {f"lm.{k}": v for k, v in model.state_dict().items()}},
+               partial / "mp_rank_00_model_states.pt")
+    torch.save({"loader": {"epoch": 0}, "rng": {"torch": torch.get_rng_state()}}, partial / "trainer_state_rank0.pt")
+    meta = {"step": step, "tokenizer_hash": TOKENIZER, "model_config": _model_config(), "vocab": {}}
+    (partial / ckpt.META_FILE).write_text(json.dumps(meta))
+    return ckpt.publish(ckpt_dir, step) if publish else partial
+
+
+def test_publish_writes_manifest_last_and_moves_the_pointer(tmp_path):
+    folder = _write_step(tmp_path, 2)
+    assert folder.name == "global_step2" and (tmp_path / "latest").read_text().strip() == "global_step2"
+    files = ckpt.read_manifest(folder)["files"]
+    assert set(files) == {"mp_rank_00_model_states.pt", "trainer_state_rank0.pt", ckpt.META_FILE}
+    assert not list(tmp_path.glob(".partial-*"))
+    assert ckpt.resolve(tmp_path)[0] == folder
+
+
+@pytest.mark.parametrize("killed_at", ["partial files", "manifest written", "renamed, pointer not moved",
+                                       "empty pointer"])
+def test_a_kill_at_any_point_of_a_save_resumes_from_the_newest_complete(tmp_path, killed_at):
+    """The states a ``kill -9`` can leave behind, in the order a save goes through them."""
+    done = _write_step(tmp_path, 2)
+    if killed_at == "partial files":
+        partial = _write_step(tmp_path, 4, publish=False)
+        (partial / "mp_rank_00_model_states.pt").write_bytes(b"trunc")
+        expected = done
+    elif killed_at == "manifest written":
+        partial = _write_step(tmp_path, 4, publish=False)
+        (partial / ckpt.MANIFEST_FILE).write_text(json.dumps({"step": 4, "files": {}}))
+        expected = done
+    else:
+        expected = _write_step(tmp_path, 4)
+        (tmp_path / "latest").write_text("global_step2\n" if killed_at.startswith("renamed") else "")
+    folder, why = ckpt.resolve(tmp_path)
+    assert folder == expected and "newest complete checkpoint" in why
+    ckpt.verify(folder)
+    # the next save of step 4 starts from a clean partial folder and replaces what was there
+    again = _write_step(tmp_path, 4)
+    assert ckpt.resolve(tmp_path)[0] == again and not list(tmp_path.glob(".partial-*"))
+
+
+def test_an_unfinished_folder_named_directly_is_refused(tmp_path):
+    partial = _write_step(tmp_path, 2, publish=False)
+    partial.rename(tmp_path / "global_step2")
+    with pytest.raises(UserError, match="never completed"):
+        ckpt.resolve(tmp_path / "global_step2")
+    assert ckpt.resolve(tmp_path) == (None, f"no complete checkpoint in {tmp_path}")
+
+
+def test_a_flipped_byte_is_found_before_loading(tmp_path):
+    folder = _write_step(tmp_path, 2)
+    target = folder / "mp_rank_00_model_states.pt"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"mp_rank_00_model_states.pt: SHA-256 .* does not match .*checkpoint_manifest"):
+        ckpt.consolidated_state_dict(folder)
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    ckpt.verify(folder)
+    (folder / "trainer_state_rank0.pt").unlink()
+    with pytest.raises(UserError, match="trainer_state_rank0.pt: missing"):
+        ckpt.verify(folder)
+
+
+class _Payload:
+    """Unpickling this runs ``Path.touch`` on a marker: what an attacker's checkpoint file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_payload_is_refused_without_running(tmp_path):
+    marker = tmp_path / "payload-ran"
+    folder = _write_step(tmp_path / "ckpt", 2, publish=False)
+    torch.save({"module": {"lm.x": torch.zeros(1)}, "extra": _Payload(marker)}, folder / "mp_rank_00_model_states.pt")
+    folder = ckpt.publish(tmp_path / "ckpt", 2)   # the manifest matches: the hash alone does not make it safe
+    with pytest.raises(UserError, match="objects other than tensors"):
+        ckpt.consolidated_state_dict(folder)
+    # DeepSpeed's own loads pass weights_only=False; inside the guard they are weights-only too
+    with pytest.raises(UserError, match="objects other than tensors"), ckpt.weights_only_loads():
+        torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)
+    assert not marker.exists()
+
+
+def test_resume_refuses_another_tokenizer_or_model_before_loading(tmp_path):
+    folder = _write_step(tmp_path, 2)
+    ckpt.check_tokenizer(folder, TOKENIZER)
+    ckpt.check_model_config(folder, _model_config())
+    with pytest.raises(UserError, match=r"trained on shards of tokenizer tok-a, but data.shards holds tokenizer tok-b"):
+        ckpt.check_tokenizer(folder, "tok-b")
+    wider = {**_model_config(), "hidden_size": 64, "transformers_version": "0"}
+    with pytest.raises(UserError, match=r"hidden_size: 32 in the checkpoint, 64 now") as err:
+        ckpt.check_model_config(folder, wider)
+    assert "transformers_version" not in str(err.value)
+
+
+def test_export_records_weight_hashes_and_refuses_a_flipped_bit(tmp_path):
+    from recbase.train.export import export_hf, load_model
+
+    folder = _write_step(tmp_path / "ckpt", 2)
+    out = export_hf(folder, tmp_path / "hf")
+    meta = json.loads((out / "recbase.json").read_text())
+    assert set(meta["weights_sha256"]) == {"model.safetensors"}
+    model, _ = load_model(out)
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x10                                   # a bit inside the last tensor's values
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"model.safetensors: SHA-256 .* does not match .*weights_sha256"):
+        load_model(out)
+    meta.pop("weights_sha256")
+    (out / "recbase.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="no 'weights_sha256'"):
+        load_model(out)

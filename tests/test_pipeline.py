@@ -1,0 +1,147 @@
+"""The pipeline runner on a tiny world plus one generic dataset, without the model stages: names checked before
+any work, a crash at any stage continues to the same bytes, --fresh deletes only the runner's own files."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recbase.cli import main
+from recbase.pipeline import PipelineConfig, PipelineError, check_config, load_pipeline_config, run_pipeline
+
+TOKENIZER = ["kind=rqkmeans", "rqkmeans.iters=5"]   # the stages, not the tokenizer's quality, are under test
+
+
+def _shop(root: Path) -> Path:
+    """A generic CSV dataset: 40 items, 30 users with 6 to 11 interactions each."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    words = ["red", "blue", "mug", "cup", "lamp", "desk", "chair", "pen"]
+    (root / "items.csv").write_text("sku,name\n" + "".join(
+        f"s{i},{words[i % 8]} {words[(i * 3) % 8]} {i}\n" for i in range(40)))
+    rows = [f"u{u},s{rng.integers(40)},{1000 + t}" for u in range(30) for t in range(6 + u % 6)]
+    (root / "events.csv").write_text("user,sku,ts\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def _config(tmp_path: Path, **changes) -> PipelineConfig:
+    shop = {"domain": "shop", "format": "generic", "path": str(_shop(tmp_path / "src" / "shop")),
+            "min_user_interactions": 0,
+            "spec": {"items": "items.csv", "interactions": "events.csv", "item_id": "sku", "user_id": "user",
+                     "time": "ts", "text_fields": ["name"], "kind": "product"}}
+    cfg = dict(out=str(tmp_path / "out"), datasets=[shop], pretrain_domains=["movies", "shop"],
+               heldout_domains=["news"], items_per_domain=60, users_per_domain=30, embedder="hashing",
+               codebook_size=16, tokenizer_overrides=TOKENIZER, train_steps=0, shards_name="corpus",
+               tokens_per_shard=2000)
+    cfg.update(changes)
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(cfg))
+    return load_pipeline_config(str(path), [])
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """The bytes of every file the later stages read (stamps and timings aside)."""
+    files = [out / "codes.parquet", *sorted((out / "shards").rglob("*.tar")),
+             *sorted((out / "shards").rglob("*.parquet")), *sorted((out / "embeddings").glob("*.npy")),
+             *sorted((out / "data").rglob("*.parquet"))]
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
+
+
+def test_domain_names_are_checked_before_any_work(tmp_path, capsys):
+    cfg = _config(tmp_path, pretrain_domains=["movis", "shop"])
+    with pytest.raises(PipelineError) as info:
+        check_config(cfg)
+    message = str(info.value)
+    assert "unknown domain 'movis'; did you mean 'movies'?" in message
+    assert f"--out {tmp_path / 'out' / 'data'} --domain movis" in message
+    assert main(["run", "--config", str(tmp_path / "pipeline.json"), "pretrain_domains=[\"movis\", \"shop\"]",
+                 'datasets=[{"domain": "shop", "preset": "amazon-book-2014", "path": "nowhere"}]']) == 2
+    out = capsys.readouterr().out
+    assert "unknown preset 'amazon-book-2014'; did you mean 'amazon-books-2014'?" in out
+    assert "path nowhere not found" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_summary_per_domain(tmp_path):
+    record = run_pipeline(_config(tmp_path))
+    out = tmp_path / "out"
+    rows = record["domains"]
+    assert list(rows) == ["movies", "shop", "news"]
+    assert rows["shop"]["role"] == "pretrain" and rows["news"]["role"] == "held-out"
+    assert (rows["shop"]["users"], rows["shop"]["items"], rows["shop"]["interactions"]) == (30, 40, 255)
+    manifest = json.loads((out / "shards" / "corpus" / "manifest.json").read_text())
+    assert rows["shop"]["train_tokens"] == manifest["domains"]["shop"]["train"]["tokens"] > 0
+    assert rows["news"]["eval_pairs"] == manifest["eval_sets"]["news"]["pairs"] > 0
+    assert 1 <= rows["movies"]["level1_used"] <= 16 and 0 <= rows["movies"]["collision_rate"] < 1
+    for name in ("summary.json", "summary.md", "summary.png"):
+        assert (out / "summary" / name).stat().st_size > 0
+    md = (out / "summary" / "summary.md").read_text()
+    assert "| shop | pretrain | 30 | 40 |" in md and "| tokenizer |" in md
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    record = run_pipeline(_config(root))
+    return record, _outputs(root / "out")
+
+
+@pytest.mark.parametrize("crash_in", [
+    "recbase.tokenizer.embed.embed_domain", "recbase.data.shards.write_shard",
+    pytest.param("recbase.data.ingest_stream.finalize", marks=pytest.mark.slow),
+    pytest.param("recbase.tokenizer.train.train_from_folders", marks=pytest.mark.slow)])
+def test_a_crash_at_any_stage_continues_to_the_same_bytes(tmp_path, monkeypatch, crash_in, uninterrupted):
+    reference, expected = uninterrupted
+
+    module_name, function = crash_in.rsplit(".", 1)
+    module = __import__(module_name, fromlist=[function])
+    real, calls = getattr(module, function), []
+
+    def crash_on_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 or function in ("finalize", "train_from_folders"):
+            if function == "train_from_folders":
+                real(*args, **kwargs)     # the artifact is written, then the process dies before the rename
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, function, crash_on_second_call)
+    cfg = _config(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg)
+    monkeypatch.setattr(module, function, real)
+    again = run_pipeline(cfg)
+    assert _outputs(tmp_path / "out") == expected
+    assert again["domains"] == reference["domains"]
+
+
+def test_changed_option_reruns_only_the_stages_after_it(tmp_path, capsys):
+    run_pipeline(_config(tmp_path))
+    stamps = tmp_path / "out" / "stages"
+    before = {p.name: p.read_text() for p in stamps.glob("*.json")}
+    capsys.readouterr()
+    run_pipeline(_config(tmp_path, codebook_size=8))
+    printed = capsys.readouterr().out
+    after = {p.name: p.read_text() for p in stamps.glob("*.json")}
+    unchanged = {n for n in before if before[n] == after[n]}
+    assert unchanged >= {f"{stage}-{d}.json" for stage in ("tables", "embed") for d in ("movies", "shop", "news")}
+    assert {"tokenizer.json", "codes.json", "shards.json"}.isdisjoint(unchanged)
+    assert "[embed-shop] up to date" in printed
+    assert json.loads((tmp_path / "out" / "summary" / "summary.json").read_text())["domains"]["movies"][
+        "codebook_size"] == 8
+
+
+def test_fresh_deletes_only_the_runners_files(tmp_path):
+    out = tmp_path / "out"
+    mine = out / "data" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "items.parquet").write_bytes(b"not the runner's")
+    (out / "notes.txt").write_text("keep me")
+    (out / "shards" / "other").mkdir(parents=True)
+    run_pipeline(_config(tmp_path))
+    (out / "embeddings" / "stale.npy").write_bytes(b"x")
+    run_pipeline(_config(tmp_path), fresh=True)
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "shards" / "other").is_dir()
+    assert (mine / "items.parquet").read_bytes() == b"not the runner's"
+    assert not (out / "embeddings" / "stale.npy").exists()
+    assert (out / "shards" / "corpus" / "manifest.json").exists()
