@@ -291,7 +291,7 @@ def merge_domain(domain_dir: Path, out_dir: Path, num_tasks: int) -> dict:
     complete = [(p, m) for p, m in runs if not missing[p]]
     if len(complete) > 1:
         raise UserError(f"{root}: complete chunk sets of {len(complete)} different settings "
-                         f"({'; '.join(str(m.get('precision', '-')) for _, m in complete)}); remove the unwanted ones")
+                        f"({'; '.join(str(m.get('precision', '-')) for _, m in complete)}); remove the unwanted ones")
     if not complete:
         p, m = min(runs, key=lambda run: len(missing[run[0]]))
         tasks = sorted({chunk_owner(domain, c, num_tasks) for c in missing[p]})
@@ -328,6 +328,8 @@ def embed_folder(data_dir: str | Path, out_dir: str | Path, model: str = DEFAULT
 def merge_folder(data_dir: str | Path, out_dir: str | Path, num_tasks: int,
                  domains: list[str] | None = None) -> list[dict]:
     """The array job's last step: every domain's final files from the chunks of all ``num_tasks`` tasks."""
+    if num_tasks < 1:
+        raise ConfigError(f"num_tasks={num_tasks} is outside the allowed range >= 1")
     summaries = [merge_domain(d, Path(out_dir), num_tasks) for d in select_domains(data_dir, domains)]
     remove_empty_parts(Path(out_dir))
     return summaries
