@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recbase.config import to_dict
+from recbase.errors import UserError
 from recbase.io import atomic_write_text
 
 
@@ -79,7 +80,7 @@ CONFIG_FILE = "pipeline_config.json"
 N_STAGES = 8
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError):
     """A config that cannot run, found before any work starts."""
 
 
