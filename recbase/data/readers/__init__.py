@@ -22,6 +22,7 @@ FORMATS: dict[str, tuple[str, str, str]] = {
     "mind": ("mind", "read", "MIND: news.tsv + behaviors.tsv (adds impressions.parquet)"),
     "yelp": ("yelp", "read", "Yelp open dataset: *business.json + *review.json"),
     "hm": ("hm", "read", "H&M (Kaggle): articles.csv + transactions_train.csv"),
+    "p5": ("p5", "read", "P5 sequential split: sequential_data.txt + datamaps.json + item_titles.jsonl"),
     "recbole": ("recbole", "read", "RecBole atomic files: .text/.item + .inter (or UniSRec .test.inter + index files)"),
     "generic": ("generic", "read", "any items + interactions file (CSV/TSV/JSONL/Parquet) described by a spec"),
 }
