@@ -14,6 +14,7 @@ sharing ``out`` and differing in ``run_name``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class InDomainConfig:
     retrieval_batch_users: int = 16           # users per beam-search forward
     valid_users: int = 0                      # users ranked per checkpoint for the selection (0 = all)
     ks: list[int] = field(default_factory=lambda: [5, 10])
+    threads: int = 0                          # torch/OpenMP threads of training and ranking (0 = torch's default)
 
 
 def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, Path]:
@@ -142,6 +144,11 @@ def run_indomain(cfg: InDomainConfig) -> dict:
 
     if not cfg.seeds:
         raise ValueError("seeds is empty: give at least one model seed")
+    if cfg.threads:
+        # On a shared machine a second intra-op thread of a model this small mostly spin-waits: one thread ranked
+        # users ten times faster than two on the 2-core machine of docs/evaluation.md.
+        torch.set_num_threads(cfg.threads)
+        os.environ["OMP_NUM_THREADS"] = str(cfg.threads)   # inherited by the training processes
     t_start = time.perf_counter()
     out = Path(cfg.out)
     report_dir = out / cfg.run_name
