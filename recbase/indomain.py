@@ -7,7 +7,8 @@ on the validation targets, the best one (by NDCG@10) evaluated once on the test 
 baselines of the same run and the published numbers, in ``<out>/eval/report.md`` and ``metrics.json``.
 
 The protocol is :mod:`recbase.eval.leave_one_out`. Every stage writes under ``<out>/`` and is skipped when its
-output exists, so an interrupted run continues where it stopped. A model change (``train_overrides``) needs a
+output exists, so an interrupted run continues where it stopped; a seed's results (``leave_one_out.json`` beside
+its checkpoints) are reused when the protocol settings are the same, so adding a seed ranks only the new model. A model change (``train_overrides``) needs a
 new ``out`` or ``run_name``; the runs of different settings can share the data, tokenizer and shards stages by
 sharing ``out`` and differing in ``run_name``.
 """
@@ -33,6 +34,8 @@ PUBLISHED = {
 }
 COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 SELECT_ON = "ndcg@10"
+SEED_RESULTS = "leave_one_out.json"   # a seed's validation and test results, beside its checkpoints
+PROTOCOL_KEYS = ("max_history", "beam_width", "valid_users", "ks")   # settings a seed's results depend on
 
 
 @dataclass
@@ -126,6 +129,21 @@ def _subset(loo, n: int):
     return LeaveOneOutSet(loo.domain, loo.split, loo.user_ids[:n], loo.histories[:n], loo.targets[:n], loo.skipped)
 
 
+def _saved_results(run_dir: Path, report_dir: Path, seed: int, protocol: dict) -> dict | None:
+    """A seed's results from an earlier run of the same protocol: its own file, or the run's ``metrics.json``."""
+    own = run_dir / SEED_RESULTS
+    if own.exists():
+        saved = json.loads(own.read_text(encoding="utf-8"))
+        return saved if saved.get("protocol") == protocol else None
+    report = report_dir / "metrics.json"
+    if report.exists():
+        old = json.loads(report.read_text(encoding="utf-8"))
+        entry = old.get("seeds", {}).get(str(seed))
+        if entry and {k: old["config"].get(k) for k in PROTOCOL_KEYS} == protocol:
+            return {"protocol": protocol, **entry}
+    return None
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -168,6 +186,8 @@ def run_indomain(cfg: InDomainConfig) -> dict:
         raise ValueError(f"{out / 'codes.parquet'}: items are not in the order of {data / domain}/items.parquet")
     embeddings = read_embeddings(emb, domain, item_ids)
     counts = training_counts(seqs, len(item_ids))
+    # checkpoints are chosen on these users; the baselines' validation numbers are on the same ones
+    splits["valid"] = _subset(splits["valid"], cfg.valid_users)
     results: dict = {"config": to_dict(cfg), "domain": domain, "tokenizer_hash": codes.tokenizer_hash,
                      "catalog_items": len(item_ids), "users": {s: len(v) for s, v in splits.items()},
                      "skipped": splits["test"].skipped,
@@ -178,9 +198,16 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     if trie.n_tuples != len(item_ids):
         raise ValueError(f"{trie.n_tuples} code tuples for {len(item_ids)} items: the protocol needs one per item")
     expected = {str(out / "codes.parquet"): codes.tokenizer_hash}
-    valid = _subset(splits["valid"], cfg.valid_users)
+    valid = splits["valid"]
+    protocol = {k: to_dict(cfg)[k] for k in PROTOCOL_KEYS}
     for seed in cfg.seeds:
         run_dir = report_dir / f"seed{seed}"
+        saved = _saved_results(run_dir, report_dir, seed, protocol)
+        if saved is not None and (run_dir / "hf" / "config.json").exists():
+            results["seeds"][str(seed)] = saved
+            print(f"[seed {seed}] evaluated before: selected {saved['selected']}, test " +
+                  ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
+            continue
         t0 = _stage(f"5/6 training, seed {seed} ({cfg.train_steps} steps)")
         checkpoints = _train(cfg, shards, run_dir, seed)
         _done(t0, f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
@@ -200,7 +227,8 @@ def run_indomain(cfg: InDomainConfig) -> dict:
         retriever = Retriever(em.model, trie, vocab.n_special, vocab.bos_id, cfg.beam_width,
                               batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
         test = model_metrics(retriever, splits["test"], item_tokens, vocab, item_ids, cfg.ks, desc=f"test {best}")
-        results["seeds"][str(seed)] = {"valid": per_checkpoint, "selected": best, "test": test}
+        results["seeds"][str(seed)] = {"protocol": protocol, "valid": per_checkpoint, "selected": best, "test": test}
+        atomic_write_text(run_dir / SEED_RESULTS, json.dumps(results["seeds"][str(seed)], indent=2) + "\n")
         _done(t0, f"selected {best}; test " + ", ".join(f"{k} {test[k]:.4f}" for k in COLUMNS))
 
     results["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -223,7 +251,7 @@ def render_report(results: dict) -> str:
              f"{users:,} users, full ranking of {results['catalog_items']:,} items, history <= "
              f"{results['config']['max_history']} items, beam width {results['config']['beam_width']}, "
              f"checkpoint chosen on validation {SELECT_ON}; {len(seeds)} seed(s): {', '.join(seeds)}; "
-             f"{results['seconds']:.0f} s in all.", "",
+             f"this invocation took {results['seconds']:.0f} s.", "",
              "| test | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     spread = len(seeds) > 1
@@ -233,7 +261,7 @@ def render_report(results: dict) -> str:
         lines.append(_row(f"{name} (same run)", [f"{metrics[c]:.4f}" for c in COLUMNS]))
     for name, values in PUBLISHED.items():
         lines.append(_row(f"{name}, published", [f"{v:.4f}" for v in values]))
-    lines += ["", "Validation (checkpoint selection):", "", "| seed | checkpoint | " +
+    lines += ["", f"Validation (checkpoint selection, {results['users']['valid']:,} users):", "", "| seed | checkpoint | " +
               " | ".join(COLUMNS) + " | users/s |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for seed, r in results["seeds"].items():
         for name, m in r["valid"].items():

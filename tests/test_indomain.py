@@ -135,6 +135,13 @@ def test_one_command_runs_the_benchmark(world, tmp_path):
         r = results["seeds"][seed]
         assert set(r["valid"]) == {"global_step2", "global_step4"} and r["selected"] in r["valid"]
         assert 0 <= r["test"]["recall@5"] <= 1 and r["test"]["recall@5"] == r["test"]["recall@10"]   # 3 returned
+    # a rerun trains and ranks nothing again: every seed's results are read back
+    before = (out / "run" / "seed0" / "leave_one_out.json").read_text()
+    assert main(["indomain", f"source={world['src']}", f"out={out}", "embedder=hashing", "seeds=[0,1]",
+                 'tokenizer_overrides=["kind=rqkmeans","levels=2","codebook_size=4"]', "train_steps=4",
+                 "checkpoint_every=2", "beam_width=3"]) == 0
+    assert json.loads((out / "run" / "metrics.json").read_text())["seeds"] == results["seeds"]
+    assert (out / "run" / "seed0" / "leave_one_out.json").read_text() == before
     report = (out / "run" / "report.md").read_text()
     assert "TIGER (Rajput et al. 2023), published | 0.0454 | 0.0648 | 0.0321 | 0.0384" in report
     assert "popularity (same run)" in report and "text_knn (same run)" in report
