@@ -88,12 +88,15 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
     _done(t0, f"embeddings in {emb}")
 
     t0 = _stage("3/6 item tokenizer (with a collision level: one code tuple per item)")
+    tcfg = load_config(TokenizerConfig, cfg.tokenizer_config,
+                       [f"seed={cfg.tokenizer_seed}", *cfg.tokenizer_overrides, "disambiguate=true"], [CONFIG_DIR])
     if not (tok_dir / "config.json").exists():
-        tcfg = load_config(TokenizerConfig, cfg.tokenizer_config,
-                           [f"seed={cfg.tokenizer_seed}", *cfg.tokenizer_overrides, "disambiguate=true"],
-                           [CONFIG_DIR])
         train_from_folders(tcfg, data, emb, tok_dir, [domain])
     tok = load_tokenizer(tok_dir)
+    asked, found = (tcfg.kind, tcfg.levels, tcfg.codebook_size), (tok.kind, tok.levels, tok.codebook_size)
+    if asked != found:
+        raise ValueError(f"{tok_dir} holds a {found} tokenizer (kind, levels, codebook size), not the {asked} "
+                         f"asked for; its codes, shards and models would be reused: give another out")
     if not codes.exists():
         write_codes(tok, data, emb, codes, [domain])
     import pyarrow.parquet as pq
