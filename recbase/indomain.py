@@ -4,13 +4,13 @@ P5 folder → items and interactions tables → MiniLM text embeddings → item 
 a collision level so every item has its own code tuple → shards (each user's last two items held out) → one
 Qwen2 per seed trained with DeepSpeed, a checkpoint every ``checkpoint_every`` steps → every checkpoint ranked
 on the validation targets, the best one (by NDCG@10) evaluated once on the test targets → the table, with the
-baselines of the same run and the published numbers, in ``<out>/eval/report.md`` and ``metrics.json``.
+baselines of the same run and the published numbers, in ``<out>/<run_name>/report.md`` and ``metrics.json``.
 
 The protocol is :mod:`recbase.eval.leave_one_out`. Every stage writes under ``<out>/`` and is skipped when its
 output exists, so an interrupted run continues where it stopped; a seed's results (``leave_one_out.json`` beside
-its checkpoints) are reused when the protocol settings are the same, so adding a seed ranks only the new model. A model change (``train_overrides``) needs a
-new ``out`` or ``run_name``; the runs of different settings can share the data, tokenizer and shards stages by
-sharing ``out`` and differing in ``run_name``.
+its checkpoints) are reused when the protocol settings are the same, so adding a seed ranks only the new model.
+A model change (``train_overrides``) needs a new ``run_name`` (runs of one ``out`` share its data, tokenizer and
+shards); a tokenizer change needs a new ``out``, and a folder holding another tokenizer is refused.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class InDomainConfig:
     tokenizer_config: str = "tokenizer_clvae.json"  # launch/configs name or path
     tokenizer_overrides: list[str] = field(default_factory=list)  # e.g. kind=rqkmeans levels=3 codebook_size=256
     tokenizer_seed: int = 0                   # the tokenizer is trained once, shared by every model seed
-    train_config: str = "beauty_train.json"         # launch/configs name or path
+    train_config: str = "beauty_train.json"   # launch/configs name or path
     train_steps: int = 2000                   # optimizer steps per model
     checkpoint_every: int = 500               # checkpoints compared on the validation targets
     train_overrides: list[str] = field(default_factory=list)  # extra key=value for the train config
@@ -64,6 +64,8 @@ class InDomainConfig:
 
 def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, Path]:
     """Stages 1-4: tables, embeddings, tokenizer and codes, shards. Returns (data, embeddings, shards) folders."""
+    import pyarrow.parquet as pq
+
     from recbase.config import load_config
     from recbase.data.ingest import ingest
     from recbase.data.shards import ShardConfig, build_shards
@@ -99,8 +101,6 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
                          f"asked for; its codes, shards and models would be reused: give another out")
     if not codes.exists():
         write_codes(tok, data, emb, codes, [domain])
-    import pyarrow.parquet as pq
-
     code_rows = np.asarray(pq.read_table(codes, columns=["codes"]).column("codes").to_pylist())
     _done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size} + collision level), "
               f"{100 * collision_rate(code_rows[:, :tok.levels]):.2f}% of items share their {tok.levels} codes")
@@ -217,7 +217,7 @@ def run_indomain(cfg: InDomainConfig) -> dict:
         t0 = _stage(f"6/6 checkpoint selection on {len(valid):,} validation targets, then test, seed {seed}")
         per_checkpoint = {}
         for ckpt in checkpoints:
-            em = load_eval_model(ckpt.name, ckpt, "cpu" if not torch.cuda.is_available() else "auto")
+            em = load_eval_model(ckpt.name, ckpt, "auto")
             check_tokenizer_hash(em, expected)
             retriever = Retriever(em.model, trie, vocab.n_special, vocab.bos_id, cfg.beam_width,
                                   batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
@@ -226,7 +226,7 @@ def run_indomain(cfg: InDomainConfig) -> dict:
             print(f"[seed {seed}] {ckpt.name}: valid " + ", ".join(
                 f"{k} {per_checkpoint[ckpt.name][k]:.4f}" for k in COLUMNS))
         best = max(per_checkpoint, key=lambda name: per_checkpoint[name][SELECT_ON])
-        em = load_eval_model(best, run_dir / "checkpoints" / best, "cpu" if not torch.cuda.is_available() else "auto")
+        em = load_eval_model(best, run_dir / "checkpoints" / best, "auto")
         retriever = Retriever(em.model, trie, vocab.n_special, vocab.bos_id, cfg.beam_width,
                               batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
         test = model_metrics(retriever, splits["test"], item_tokens, vocab, item_ids, cfg.ks, desc=f"test {best}")
@@ -264,8 +264,9 @@ def render_report(results: dict) -> str:
         lines.append(_row(f"{name} (same run)", [f"{metrics[c]:.4f}" for c in COLUMNS]))
     for name, values in PUBLISHED.items():
         lines.append(_row(f"{name}, published", [f"{v:.4f}" for v in values]))
-    lines += ["", f"Validation (checkpoint selection, {results['users']['valid']:,} users):", "", "| seed | checkpoint | " +
-              " | ".join(COLUMNS) + " | users/s |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    lines += ["", f"Validation (checkpoint selection, {results['users']['valid']:,} users):", "",
+              "| seed | checkpoint | " + " | ".join(COLUMNS) + " | users/s |",
+              "|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for seed, r in results["seeds"].items():
         for name, m in r["valid"].items():
             mark = " (selected)" if name == r["selected"] else ""

@@ -3,7 +3,6 @@ baseline ranks and Recall/NDCG worked out by hand, and the whole benchmark comma
 import json
 import math
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +59,8 @@ def test_targets_are_the_last_two_items_and_never_in_the_training_shards(world):
     shards = build_shards(ShardConfig(data_dir=str(world["root"] / "data"), domains=["tiny"],
                                       codes_path=str(world["root"] / "codes.parquet"),
                                       out_dir=str(world["root"] / "shards"), name="tiny", holdout=1))
-    token_of = dict(zip(_items(world, range(len(TITLES))), codes.vocab.encode_codes(codes.by_domain["tiny"][1]).tolist()))
+    item_tokens = codes.vocab.encode_codes(codes.by_domain["tiny"][1]).tolist()
+    token_of = dict(zip(_items(world, range(len(TITLES))), item_tokens))
     trained = {}
     for path in sorted((shards / "train").glob("*.tar")):
         with tarfile.open(path) as tar:
