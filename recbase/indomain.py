@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from recbase.config import save_config, to_dict
-from recbase.demo import _done, _run_command, _stage
+from recbase.pipeline import run_command, stage_done, stage_start
 from recbase.io import atomic_write_text
 
 # Published full-catalog results on P5 Beauty (Recall@5, Recall@10, NDCG@5, NDCG@10).
@@ -77,19 +77,19 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
     from recbase.train.config import CONFIG_DIR
 
     data, emb, tok_dir, codes = out / "data", out / "embeddings", out / "tokenizer", out / "codes.parquet"
-    t0 = _stage(f"1/6 {cfg.format} tables of {cfg.source}")
+    t0 = stage_start(f"1/6 {cfg.format} tables of {cfg.source}")
     if not (data / domain / "interactions.parquet").exists():
         tables = ingest(cfg.format, cfg.source, data, domain=domain, min_user_interactions=0, max_history=0)
         print(tables.summary.format())
-    _done(t0, f"tables in {data / domain}")
+    stage_done(t0, f"tables in {data / domain}")
 
-    t0 = _stage("2/6 text embeddings")
+    t0 = stage_start("2/6 text embeddings")
     for s in embed_folder(data, emb, cfg.embedder, domains=[domain]):
         state = "up to date" if s["skipped"] else f"embedded {s['embedded']:,} items"
         print(f"[{s['domain']}] {s['n_items']:,} x {s['dim']} ({s['model']}): {state}")
-    _done(t0, f"embeddings in {emb}")
+    stage_done(t0, f"embeddings in {emb}")
 
-    t0 = _stage("3/6 item tokenizer (with a collision level: one code tuple per item)")
+    t0 = stage_start("3/6 item tokenizer (with a collision level: one code tuple per item)")
     tcfg = load_config(TokenizerConfig, cfg.tokenizer_config,
                        [f"seed={cfg.tokenizer_seed}", *cfg.tokenizer_overrides, "disambiguate=true"], [CONFIG_DIR])
     if not (tok_dir / "config.json").exists():
@@ -102,20 +102,20 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
     if not codes.exists():
         write_codes(tok, data, emb, codes, [domain])
     code_rows = np.asarray(pq.read_table(codes, columns=["codes"]).column("codes").to_pylist())
-    _done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size} + collision level), "
+    stage_done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size} + collision level), "
               f"{100 * collision_rate(code_rows[:, :tok.levels]):.2f}% of items share their {tok.levels} codes")
 
-    t0 = _stage("4/6 shards (each user's last two items held out)")
+    t0 = stage_start("4/6 shards (each user's last two items held out)")
     shards = build_shards(ShardConfig(data_dir=str(data), domains=[domain], codes_path=str(codes),
                                       out_dir=str(out / "shards"), name=domain, holdout=1, seed=0))
-    _done(t0, f"shards in {shards}")
+    stage_done(t0, f"shards in {shards}")
     return data, emb, shards
 
 
 def _train(cfg: InDomainConfig, shards: Path, run_dir: Path, seed: int) -> list[Path]:
     """Stage 5 for one seed: the checkpoints of the run, oldest first."""
     if not (run_dir / "hf" / "config.json").exists():
-        _run_command("pretrain", "--config", cfg.train_config, f"data.shards={shards}", f"seed={seed}",
+        run_command("pretrain", "--config", cfg.train_config, f"data.shards={shards}", f"seed={seed}",
                      f"optim.max_steps={cfg.train_steps}", f"checkpoint.every_steps={cfg.checkpoint_every}",
                      f"checkpoint.dir={run_dir / 'checkpoints'}", f"checkpoint.export_dir={run_dir / 'hf'}",
                      f"logging.dir={run_dir / 'logs'}", f"run_name={run_dir.name}", *cfg.train_overrides)
@@ -211,10 +211,10 @@ def run_indomain(cfg: InDomainConfig) -> dict:
             print(f"[seed {seed}] evaluated before: selected {saved['selected']}, test " +
                   ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
             continue
-        t0 = _stage(f"5/6 training, seed {seed} ({cfg.train_steps} steps)")
+        t0 = stage_start(f"5/6 training, seed {seed} ({cfg.train_steps} steps)")
         checkpoints = _train(cfg, shards, run_dir, seed)
-        _done(t0, f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
-        t0 = _stage(f"6/6 checkpoint selection on {len(valid):,} validation targets, then test, seed {seed}")
+        stage_done(t0, f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
+        t0 = stage_start(f"6/6 checkpoint selection on {len(valid):,} validation targets, then test, seed {seed}")
         per_checkpoint = {}
         for ckpt in checkpoints:
             em = load_eval_model(ckpt.name, ckpt, "auto")
@@ -232,7 +232,7 @@ def run_indomain(cfg: InDomainConfig) -> dict:
         test = model_metrics(retriever, splits["test"], item_tokens, vocab, item_ids, cfg.ks, desc=f"test {best}")
         results["seeds"][str(seed)] = {"protocol": protocol, "valid": per_checkpoint, "selected": best, "test": test}
         atomic_write_text(run_dir / SEED_RESULTS, json.dumps(results["seeds"][str(seed)], indent=2) + "\n")
-        _done(t0, f"selected {best}; test " + ", ".join(f"{k} {test[k]:.4f}" for k in COLUMNS))
+        stage_done(t0, f"selected {best}; test " + ", ".join(f"{k} {test[k]:.4f}" for k in COLUMNS))
 
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     results["test"] = {k: _mean_std([s["test"][k] for s in results["seeds"].values()]) for k in COLUMNS}
