@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recbase.config import to_dict
+from recbase.errors import UserError
 from recbase.io import atomic_write_text
 
 
@@ -79,7 +80,7 @@ CONFIG_FILE = "pipeline_config.json"
 N_STAGES = 8
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError):
     """A config that cannot run, found before any work starts."""
 
 
@@ -229,16 +230,21 @@ def fresh_start(cfg: PipelineConfig) -> list[Path]:
 # --------------------------------------------------------------------------------------------------- stages
 
 
-def _stage(i: int, name: str) -> float:
-    print(f"\n=== {i}/{N_STAGES} {name} ===", flush=True)
+def stage_start(label: str) -> float:
+    """Print a stage's banner; returns its start time for :func:`stage_done`."""
+    print(f"\n=== {label} ===", flush=True)
     return time.perf_counter()
 
 
-def _done(t0: float, what: str) -> None:
+def _stage(i: int, name: str) -> float:
+    return stage_start(f"{i}/{N_STAGES} {name}")
+
+
+def stage_done(t0: float, what: str) -> None:
     print(f"--- {what} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
-def _run_command(*args: str) -> None:
+def run_command(*args: str) -> None:
     """Run a ``recbase`` sub-command in its own process, as a user would: DeepSpeed keeps process-wide state
     (process groups, communication backends) that does not survive a second engine in the same interpreter, so
     pretraining and fine-tuning each get a fresh one."""
@@ -348,11 +354,11 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
 
     t0 = _stage(1, "tables")
     table_fps = _tables(cfg, sources, stages, data)
-    _done(t0, f"tables in {data}")
+    stage_done(t0, f"tables in {data}")
 
     t0 = _stage(2, "text embeddings")
     emb_fps = _embeddings(cfg, stages, table_fps, data, emb)
-    _done(t0, f"embeddings in {emb}")
+    stage_done(t0, f"embeddings in {emb}")
 
     t0 = _stage(3, f"item tokenizer (trained on {', '.join(cfg.pretrain_domains)})")
     tcfg = load_config(TokenizerConfig, cfg.tokenizer_config,
@@ -364,7 +370,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     tok = load_tokenizer(tok_dir)
     codes_fp = stages.run("codes", fingerprint(tok_fp, emb_fps), [codes],
                           lambda: write_codes(tok, data, emb, codes, domains))
-    _done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size}), codes in {codes}")
+    stage_done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size}), codes in {codes}")
 
     t0 = _stage(4, "shards and eval sets")
     scfg = ShardConfig(data_dir=str(data), domains=cfg.pretrain_domains, heldout_domains=cfg.heldout_domains,
@@ -375,7 +381,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     shard_dir = shards_root / cfg.shards_name
     shards_fp = stages.run("shards", fingerprint(to_dict(scfg) | {"workers": 0}, codes_fp, table_fps), [shard_dir],
                            lambda: build_shards(scfg))
-    _done(t0, f"shards in {shard_dir}")
+    stage_done(t0, f"shards in {shard_dir}")
 
     from recbase.corpus_summary import domain_summary, write_summary
 
@@ -417,8 +423,8 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
                      f"checkpoint.export_dir={hf_dir}", f"logging.dir={run_dir / 'logs'}", *cfg.train_overrides]
     model_fp = stages.run("pretrain", fingerprint(pretrain_args, shards_fp),
                           [run_dir / "checkpoints", hf_dir, run_dir / "logs"],
-                          lambda: _run_command("pretrain", *pretrain_args))
-    _done(t0, f"model in {hf_dir}")
+                          lambda: run_command("pretrain", *pretrain_args))
+    stage_done(t0, f"model in {hf_dir}")
 
     models = {"zero-shot": str(hf_dir)}
     finetune_fp = ""
@@ -436,12 +442,12 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
             # the domain's own training shards: each user's last two items stay out, as in every shard set, so
             # the eval positives (the last item) are never trained on
             ft_shards = build_shards(ft_cfg)
-            _run_command("finetune", *ft_args, f"data.shards={ft_shards}")
+            run_command("finetune", *ft_args, f"data.shards={ft_shards}")
 
         finetune_fp = stages.run("finetune", fingerprint(ft_args, to_dict(ft_cfg), model_fp),
                                  [shards_root / ft_cfg.name, ft_dir], finetune)
         models[f"fine-tuned on {target}"] = str(ft_dir / "hf")
-        _done(t0, f"model in {ft_dir / 'hf'}")
+        stage_done(t0, f"model in {ft_dir / 'hf'}")
     else:
         _stage(6, "fine-tuning: not asked for (finetune_steps=0)")
 
@@ -451,7 +457,7 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
                       codes=str(codes), tokenizer_dir=str(tok_dir), seed=cfg.seed)
     stages.run("evaluate", fingerprint(to_dict(ecfg), model_fp, finetune_fp, shards_fp), [Path(ecfg.out_dir)],
                lambda: evaluate(ecfg))
-    _done(t0, f"report in {ecfg.out_dir}")
+    stage_done(t0, f"report in {ecfg.out_dir}")
     return json.loads((Path(ecfg.out_dir) / "metrics.json").read_text(encoding="utf-8"))
 
 

@@ -300,7 +300,7 @@ def test_generic_unknown_kind_is_one_clear_line(tmp_path, capsys):
     base = _generic_files(tmp_path, "id,title\n1,A\n", "user,id\nx,1\n")
     code = main(["ingest", "generic", str(tmp_path), "--out", str(tmp_path / "out"), "--set", *base,
                  "text_fields=title", "kind=podcast"])
-    out = capsys.readouterr().out.strip()
+    out = capsys.readouterr().err.strip()
     assert code == 2 and len(out.splitlines()) == 1
     assert out.startswith(f"error: {tmp_path}, field 'kind': unknown template kind 'podcast'; known: movie, product")
     assert not (tmp_path / "out").exists()

@@ -56,7 +56,7 @@ def test_domain_names_are_checked_before_any_work(tmp_path, capsys):
     assert f"--out {tmp_path / 'out' / 'data'} --domain movis" in message
     assert main(["run", "--config", str(tmp_path / "pipeline.json"), "pretrain_domains=[\"movis\", \"shop\"]",
                  'datasets=[{"domain": "shop", "preset": "amazon-book-2014", "path": "nowhere"}]']) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "unknown preset 'amazon-book-2014'; did you mean 'amazon-books-2014'?" in out
     assert "path nowhere not found" in out
     assert not (tmp_path / "out").exists()

@@ -15,14 +15,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from recbase.config import ConfigError
-    from recbase.data.readers import InputError
-    from recbase.pipeline import PipelineError, load_pipeline_config, run_pipeline
+    from recbase.pipeline import load_pipeline_config, run_pipeline
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    try:
-        run_pipeline(load_pipeline_config(args.config, overrides), fresh=args.fresh)
-    except (ConfigError, PipelineError, InputError) as e:
-        print(f"error: {e}")
-        return 2
+    run_pipeline(load_pipeline_config(args.config, overrides), fresh=args.fresh)
     return 0

@@ -290,7 +290,7 @@ def parse_times(series: pd.Series, fmt: str) -> tuple[np.ndarray, np.ndarray]:
         seconds = units // per_second
     else:
         parsed = pd.to_datetime(series, format="ISO8601" if fmt == "iso" else fmt, errors="coerce", utc=True)
-        bad = parsed.isna().to_numpy()
+        bad = parsed.isna().to_numpy().copy()
         since = (parsed - pd.Timestamp(0, tz="UTC")).to_numpy().astype("timedelta64[ns]").astype(np.int64)
         bad |= since % 1_000_000_000 != 0
         seconds = since // 1_000_000_000
