@@ -101,6 +101,14 @@ def test_numbers_match_direct_computation(world, tmp_path):
     assert books["baselines"]["popularity"]["auc"] == pytest.approx(auc(pop, labels), abs=1e-9)
 
 
+def test_random_baseline_is_drawn_per_domain():
+    from recbase.eval.baselines import random_scores
+    books, news = random_scores([6, 6], 0, "books"), random_scores([6, 6], 0, "news")
+    assert all(np.array_equal(a, b) for a, b in zip(books, random_scores([6, 6], 0, "books")))
+    assert not any(np.array_equal(a, b) for a, b in zip(books, news))
+    assert not np.array_equal(books[0], random_scores([6], 1, "books")[0])
+
+
 def test_tokenizer_hash_mismatch_is_refused(world, tmp_path):
     other = save_export(tiny_model(VOCAB), VOCAB, "tok-OTHER", tmp_path / "other_model")
     cfg = config(world, tmp_path / "out", models={"zero_shot": str(other)})

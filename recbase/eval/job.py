@@ -50,7 +50,7 @@ class EvalConfig:
     beam_width: int = 20               # beams kept per level; items returned >= this
     retrieval_batch_users: int = 16    # users per retrieval forward (1 = one at a time); 8-16 fastest on CPU
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs for Recall@K and NDCG@K
-    seed: int = 0                      # for the random baseline
+    seed: int = 0                      # for the random baseline (drawn per domain from (seed, domain))
 
     def validate(self) -> None:
         if not self.models:
@@ -136,7 +136,7 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int,
         hist_items, unverified = history_items(eval_set, sequences, levels, str(interactions), item_tokens)
     for name in cfg.baselines:
         if name == "random":
-            scores = bl.random_scores(n_cands, cfg.seed)
+            scores = bl.random_scores(n_cands, cfg.seed, eval_set.domain)
         elif name == "popularity":
             scores = bl.popularity_scores(popularity_counts(sequences, eval_set), eval_set.candidates)
         else:
