@@ -12,6 +12,8 @@ def add_filter_arguments(parser) -> None:
                         help="drop users with fewer interactions (paper: 15; 0 keeps all)")
     parser.add_argument("--max-history", type=int, default=MAX_HISTORY,
                         help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
+    parser.add_argument("--max-users", type=int, default=0,
+                        help="keep a random sample of N users (seed 0) and only the items they touched (0 keeps all)")
 
 
 def ingest_and_report(fmt: str, path, out, **kwargs) -> int:
@@ -58,4 +60,5 @@ def run(args) -> int:
             raise SystemExit(f"--kind applies to recbole and generic only; {args.format} has a fixed kind")
         options["kind"] = args.kind
     return ingest_and_report(args.format, args.path, args.out, domain=args.domain,
-                             min_user_interactions=args.min_user_interactions, max_history=args.max_history, **options)
+                             min_user_interactions=args.min_user_interactions, max_history=args.max_history,
+                             max_users=args.max_users, **options)

@@ -20,23 +20,24 @@ MAX_HISTORY = 2500           # the paper's cut: only the last 2,500 interactions
 
 def read_domain(fmt: str, path: str | Path, domain: str | None = None,
                 min_user_interactions: int = MIN_USER_INTERACTIONS, max_history: int = MAX_HISTORY,
-                **options) -> DomainTables:
+                max_users: int = 0, **options) -> DomainTables:
     """Read ``path`` in format ``fmt`` and apply the filters; nothing is written."""
     start = time.perf_counter()
     tables = get_reader(fmt)(Path(path), domain or default_domain(path), **options)
-    tables = finalize(tables, min_user_interactions=min_user_interactions, max_history=max_history)
+    tables = finalize(tables, min_user_interactions=min_user_interactions, max_history=max_history,
+                      max_users=max_users)
     tables.summary.seconds = time.perf_counter() - start
     return tables
 
 
 def ingest(fmt: str, path: str | Path, out_dir: str | Path, domain: str | None = None,
            min_user_interactions: int = MIN_USER_INTERACTIONS, max_history: int = MAX_HISTORY,
-           **options) -> DomainTables:
+           max_users: int = 0, **options) -> DomainTables:
     """Read, filter and write one domain under ``out_dir/<domain>/``; returns the finalized tables."""
-    tables = read_domain(fmt, path, domain, min_user_interactions, max_history, **options)
+    tables = read_domain(fmt, path, domain, min_user_interactions, max_history, max_users, **options)
     folder = write_domain(tables, out_dir)
     record = {"format": fmt, "source": str(Path(path).resolve()),
-              "min_user_interactions": min_user_interactions, "max_history": max_history,
+              "min_user_interactions": min_user_interactions, "max_history": max_history, "max_users": max_users,
               **tables.summary.to_dict()}
     atomic_write_text(folder / SUMMARY_FILE, json.dumps(record, indent=2) + "\n")
     return tables
