@@ -77,6 +77,12 @@ def test_numbers_match_direct_computation(world, tmp_path):
     assert books["models"]["zero_shot"]["auc"] == pytest.approx(auc(scores, labels_flat), abs=1e-6)
     first_level = np.concatenate([lp[:, 0] for lp in logp])  # the default prefix_levels=1
     assert books["models"]["zero_shot"]["auc_prefix"] == pytest.approx(auc(first_level, labels_flat), abs=1e-6)
+    # PMI: the same candidate scored after bos alone, subtracted level by level.
+    prior = [naive.score_user(np.array([VOCAB.bos_id]), c) for c in es.candidate_tokens]
+    pmi = [(lp - p).sum(1) for lp, p in zip(logp, prior)]
+    assert books["models"]["zero_shot"]["auc_pmi"] == pytest.approx(auc(np.concatenate(pmi), labels_flat), abs=1e-6)
+    pmi_first = np.concatenate([(lp - p)[:, 0] for lp, p in zip(logp, prior)])
+    assert books["models"]["zero_shot"]["auc_pmi_prefix"] == pytest.approx(auc(pmi_first, labels_flat), abs=1e-6)
     # Centred text similarity, written out from the definition with the world's known histories.
     emb = np.load(world["embeddings_dir"] / "books.npy").astype(np.float64)
     emb -= emb.mean(0)
@@ -91,6 +97,13 @@ def test_numbers_match_direct_computation(world, tmp_path):
         sim += [float(emb[row[c]] @ profile) for c in r["candidates"]]
         labels += r["labels"]
     assert books["baselines"]["text_centred"]["auc"] == pytest.approx(auc(sim, labels), abs=1e-6)
+    # Fusion: per user, z(text) + 1.0 z(PMI), the default weight.
+    fused, start = [], 0
+    for r, p in zip(world["rows"], pmi):
+        t = np.asarray(sim[start:start + len(p)])
+        start += len(p)
+        fused += list((t - t.mean()) / t.std() + (p - p.mean()) / p.std())
+    assert books["models"]["zero_shot"]["auc_fused"] == pytest.approx(auc(fused, labels), abs=1e-6)
     # Popularity: each user's target is their only appearance in their own sequence, so it is removed.
     counts = {}
     for x in inter:
@@ -99,6 +112,20 @@ def test_numbers_match_direct_computation(world, tmp_path):
         counts[r["target"]] -= 1
     pop = [np.log1p(counts.get(c, 0)) for r in world["rows"] for c in r["candidates"]]
     assert books["baselines"]["popularity"]["auc"] == pytest.approx(auc(pop, labels), abs=1e-9)
+
+
+def test_pair_scores_hold_every_pair_and_reproduce_the_metrics(world, tmp_path):
+    results = evaluate(config(world, tmp_path / "out", retrieval=False))
+    pairs = pq.read_table(tmp_path / "out" / "pairs" / "books.parquet").to_pandas()
+    assert len(pairs) == results["domains"]["books"]["pairs"]
+    logp = sum(pairs[f"zero_shot/logp_{lvl}"] for lvl in range(VOCAB.levels))
+    prior = sum(pairs[f"zero_shot/prior_{lvl}"] for lvl in range(VOCAB.levels))
+    books = results["domains"]["books"]
+    assert books["models"]["zero_shot"]["auc"] == pytest.approx(auc(logp.to_numpy(), pairs["label"].to_numpy()))
+    assert books["models"]["zero_shot"]["auc_pmi"] == pytest.approx(auc((logp - prior).to_numpy(),
+                                                                         pairs["label"].to_numpy()))
+    for name in ("random", "text_raw", "text_centred", "popularity"):
+        assert books["baselines"][name]["auc"] == pytest.approx(auc(pairs[name].to_numpy(), pairs["label"].to_numpy()))
 
 
 def test_random_baseline_is_drawn_per_domain():
