@@ -59,6 +59,7 @@ def test_cli_end_to_end_writes_report(world, tmp_path):
     assert metrics["config"]["beam_width"] == 8
     report = (out / "report.md").read_text()
     assert "**Overall**" in report and "text sim (centred) AUC" in report
+    assert "zero_shot AUC (PMI)" in report and "zero_shot PMI + text − bar" in report
     assert "Model comparison" in report and "Δ vs zero_shot" in report
     for png in ("auc", "gauc", "auc_len_norm", "recall_at_10", "ndcg_at_10", "mrr"):
         assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
