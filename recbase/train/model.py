@@ -121,11 +121,11 @@ def init_code_embeddings(model: nn.Module, codebooks: torch.Tensor, n_special: i
     gather = gather or (lambda params: contextlib.nullcontext())
     levels, k, dim = codebooks.shape
     emb = model.get_input_embeddings().weight
-    proj = torch.empty(dim, emb.shape[1]).normal_(generator=_param_generator(seed, "code_init.projection"))
-    vectors = codebooks.float() @ proj                                   # [L, K, hidden]
-    vectors = vectors - vectors.mean(dim=1, keepdim=True)
-    vectors = vectors / vectors.std(dim=(1, 2), keepdim=True).clamp_min(1e-12) * std
-    with gather([emb]):
+    with gather([emb]):  # a ZeRO-3 parameter has its full shape only while gathered
+        proj = torch.empty(dim, emb.shape[1]).normal_(generator=_param_generator(seed, "code_init.projection"))
+        vectors = codebooks.float() @ proj                               # [L, K, hidden]
+        vectors = vectors - vectors.mean(dim=1, keepdim=True)
+        vectors = vectors / vectors.std(dim=(1, 2), keepdim=True).clamp_min(1e-12) * std
         if emb.shape[0] < n_special + levels * k:
             raise ValueError(f"the embedding has {emb.shape[0]} rows, fewer than the {n_special + levels * k} token ids "
                              f"of {levels} levels x {k} codes")
