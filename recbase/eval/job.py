@@ -52,7 +52,7 @@ class EvalConfig:
     retrieval_batch_users: int = 16    # users per retrieval forward (1 = one at a time); 8-16 fastest on CPU
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs for Recall@K and NDCG@K
     seed: int = 0                      # for the random baseline (drawn per domain from (seed, domain))
-    fusion_weight: float = 1.0         # weight of the model's PMI beside the centred text similarity (docs)
+    fusion_weight: float = 0.1         # weight of the standardised PMI beside the standardised text similarity
     pair_scores: bool = True           # write every pair's scores to <out_dir>/pairs/<domain>.parquet
 
     def validate(self) -> None:

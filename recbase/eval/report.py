@@ -131,7 +131,7 @@ def render_markdown(results: dict) -> str:
         f"Score = log P(candidate's concept tokens | history); *len-norm* = mean log P per token; *prefix* = "
         f"log P of the first {results['config'].get('prefix_levels', 1)} level(s) only, the coarse concepts; "
         f"*PMI* = log P(candidate | history) − log P(candidate | no history); *PMI + text* = per user, the "
-        f"standardised centred text similarity + {results['config'].get('fusion_weight', 1.0)} × the "
+        f"standardised centred text similarity + {results['config'].get('fusion_weight', 0.1)} × the "
         f"standardised PMI. "
         f"**{LABELS[BAR]}** is the zero-shot bar a model has to clear (*− bar*: model AUC minus its AUC). "
         f"Overall = unweighted mean over domains.",
