@@ -33,6 +33,16 @@ def test_summary_over_folds_and_seeds(tmp_path, capsys):
     assert (tmp_path / "suite.md").read_text().splitlines()[0].startswith("| fold | domain | bar AUC | log P − bar")
 
 
+def test_one_seed_shows_no_spread_and_all_folds_need_every_fold(tmp_path, capsys):
+    runs = [write_run(tmp_path / "a0", 0, ["x"], {"x": (0.60, 0.70, 0.65)}),
+            write_run(tmp_path / "b0", 0, ["z"], {"z": (0.70, 0.80, 0.75)}),
+            write_run(tmp_path / "b1", 1, ["z"], {"z": (0.70, 0.82, 0.77)})]
+    assert main(["suite", *runs]) == 0
+    out = capsys.readouterr().out
+    assert "| A | x | 0.650 | -0.050 | +0.050 |" in out
+    assert "| all | **Overall** | 0.700 | -0.050 | +0.050 |" in out     # seed 0 only: fold A has no seed 1
+
+
 def test_a_missing_model_is_named(tmp_path):
     run = write_run(tmp_path / "a0", 0, ["x"], {"x": (0.6, 0.6, 0.6)})
     with pytest.raises(KeyError, match="no model 'other'"):

@@ -4,7 +4,8 @@ A fold is a pipeline run (``recbase demo --config zeroshot_fold_a.json``) that p
 evaluates zero-shot on the others; the same fold run with two seeds shows how much of a difference is noise.
 Each run folder holds ``demo_config.json`` (its seed and held-out domains) and ``eval/metrics.json``. Every score
 a model reports (``auc``, ``auc_pmi``, ...) appears as its AUC minus the centred text similarity's AUC on the same
-pairs, as the mean over seeds ± half the range between them.
+pairs, as the mean over seeds ± half the range between them (the mean alone for one seed); the Overall of all
+folds uses the seeds that every fold ran.
 """
 from __future__ import annotations
 
@@ -36,8 +37,10 @@ def load_run(run_dir: str | Path, model: str) -> dict:
 
 
 def _cell(values: list[float], signed: bool = True) -> str:
-    mean, half = float(np.mean(values)), (max(values) - min(values)) / 2
-    return f"{mean:+.3f} ± {half:.3f}" if signed else f"{mean:.3f} ± {half:.3f}"
+    """Mean ± half the range over seeds; the mean alone when there is one seed."""
+    mean = float(np.mean(values))
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return f"{text} ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else text
 
 
 def summary_table(runs: list[dict]) -> str:
@@ -61,7 +64,7 @@ def summary_table(runs: list[dict]) -> str:
         for domain in fold:
             row(name, domain, [[by_seed[s][domain]] for s in sorted(by_seed)])
         row(name, "**Overall**", [list(by_seed[s].values()) for s in sorted(by_seed)])
-    if len(folds) > 1:
-        every = [[d for by_seed in folds.values() if s in by_seed for d in by_seed[s].values()] for s in seeds]
-        row("all", "**Overall**", every)
+    complete = [s for s in seeds if all(s in by_seed for by_seed in folds.values())]  # seeds every fold ran
+    if len(folds) > 1 and complete:
+        row("all", "**Overall**", [[d for by_seed in folds.values() for d in by_seed[s].values()] for s in complete])
     return "\n".join(lines)
