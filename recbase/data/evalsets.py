@@ -102,8 +102,8 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
     item_id_list = item_ids.to_pylist()
     cand_tokens = vocab.encode_codes(item_codes).astype(np.int32)
     impressions = _non_clicks(domain_dir, item_ids)
-    pool = (np.unique(seqs.item_rows) if cfg.negative_pool == "interacted"
-            else np.arange(len(item_id_list), dtype=np.int64))
+    negative_rows = (np.unique(seqs.item_rows) if cfg.negative_pool == "interacted"
+                     else np.arange(len(item_id_list), dtype=np.int64))
     rng = np.random.default_rng([seed, stable_hash(seqs.domain)])
     n_pos, n_neg = cfg.positives, cfg.positives * cfg.negatives_per_positive
     skipped = Counter(seqs.skipped)
@@ -117,7 +117,7 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
         seen = seqs.item_rows[start:start + count]
         pos = seen[count - n_pos:]
         if impressions is None:
-            neg = sample_uniform_negatives(rng, pool, seen, n_neg)
+            neg = sample_uniform_negatives(rng, negative_rows, seen, n_neg)
         else:
             pool = np.setdiff1d(impressions.get(seqs.user_ids[u], np.zeros(0, np.int64)), seen)
             neg = rng.choice(pool, size=min(n_neg, len(pool)), replace=False)
