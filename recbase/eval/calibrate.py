@@ -18,7 +18,8 @@ import numpy as np
 from recbase.eval.scoring import CandidateScorer
 
 
-def empty_history_logprobs(scorer: CandidateScorer, bos_id: int, candidate_tokens: list[np.ndarray]) -> list[np.ndarray]:
+def empty_history_logprobs(scorer: CandidateScorer, bos_id: int,
+                           candidate_tokens: list[np.ndarray]) -> list[np.ndarray]:
     """Per user, the per-token log-probabilities ``[C, L]`` of each candidate after ``bos`` alone.
 
     Every distinct item is scored once (one history shared by all of them), then looked up per user."""

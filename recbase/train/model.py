@@ -127,8 +127,8 @@ def init_code_embeddings(model: nn.Module, codebooks: torch.Tensor, n_special: i
         vectors = vectors - vectors.mean(dim=1, keepdim=True)
         vectors = vectors / vectors.std(dim=(1, 2), keepdim=True).clamp_min(1e-12) * std
         if emb.shape[0] < n_special + levels * k:
-            raise ValueError(f"the embedding has {emb.shape[0]} rows, fewer than the {n_special + levels * k} token ids "
-                             f"of {levels} levels x {k} codes")
+            raise ValueError(f"the embedding has {emb.shape[0]} rows, fewer than the {n_special + levels * k} "
+                             f"token ids of {levels} levels x {k} codes")
         rows = slice(n_special, n_special + levels * k)
         emb[rows] = (emb[rows].float() + vectors.reshape(levels * k, -1)).to(emb.dtype)
 
