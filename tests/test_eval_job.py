@@ -60,6 +60,7 @@ def test_cli_end_to_end_writes_report(world, tmp_path):
     assert metrics["config"]["beam_width"] == 8
     report = (out / "report.md").read_text()
     assert "**Overall**" in report and "text sim (centred) AUC" in report
+    assert "zero_shot AUC (PMI)" in report and "zero_shot PMI + text − bar" in report
     assert "Model comparison" in report and "Δ vs zero_shot" in report
     for png in ("auc", "gauc", "auc_len_norm", "recall_at_10", "ndcg_at_10", "mrr"):
         assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,6 +79,12 @@ def test_numbers_match_direct_computation(world, tmp_path):
     assert books["models"]["zero_shot"]["auc"] == pytest.approx(auc(scores, labels_flat), abs=1e-6)
     first_level = np.concatenate([lp[:, 0] for lp in logp])  # the default prefix_levels=1
     assert books["models"]["zero_shot"]["auc_prefix"] == pytest.approx(auc(first_level, labels_flat), abs=1e-6)
+    # PMI: the same candidate scored after bos alone, subtracted level by level.
+    prior = [naive.score_user(np.array([VOCAB.bos_id]), c) for c in es.candidate_tokens]
+    pmi = [(lp - p).sum(1) for lp, p in zip(logp, prior)]
+    assert books["models"]["zero_shot"]["auc_pmi"] == pytest.approx(auc(np.concatenate(pmi), labels_flat), abs=1e-6)
+    pmi_first = np.concatenate([(lp - p)[:, 0] for lp, p in zip(logp, prior)])
+    assert books["models"]["zero_shot"]["auc_pmi_prefix"] == pytest.approx(auc(pmi_first, labels_flat), abs=1e-6)
     # Centred text similarity, written out from the definition with the world's known histories.
     emb = np.load(world["embeddings_dir"] / "books.npy").astype(np.float64)
     emb -= emb.mean(0)
@@ -92,6 +99,13 @@ def test_numbers_match_direct_computation(world, tmp_path):
         sim += [float(emb[row[c]] @ profile) for c in r["candidates"]]
         labels += r["labels"]
     assert books["baselines"]["text_centred"]["auc"] == pytest.approx(auc(sim, labels), abs=1e-6)
+    # Fusion: per user, z(text) + 0.1 z(PMI), the default weight.
+    fused, start = [], 0
+    for r, p in zip(world["rows"], pmi):
+        t = np.asarray(sim[start:start + len(p)])
+        start += len(p)
+        fused += list((t - t.mean()) / t.std() + 0.1 * (p - p.mean()) / p.std())
+    assert books["models"]["zero_shot"]["auc_fused"] == pytest.approx(auc(fused, labels), abs=1e-6)
     # Popularity: each user's target is their only appearance in their own sequence, so it is removed.
     counts = {}
     for x in inter:
@@ -100,6 +114,28 @@ def test_numbers_match_direct_computation(world, tmp_path):
         counts[r["target"]] -= 1
     pop = [np.log1p(counts.get(c, 0)) for r in world["rows"] for c in r["candidates"]]
     assert books["baselines"]["popularity"]["auc"] == pytest.approx(auc(pop, labels), abs=1e-9)
+
+
+def test_pair_scores_hold_every_pair_and_reproduce_the_metrics(world, tmp_path):
+    results = evaluate(config(world, tmp_path / "out", retrieval=False))
+    pairs = pq.read_table(tmp_path / "out" / "pairs" / "books.parquet").to_pandas()
+    assert len(pairs) == results["domains"]["books"]["pairs"]
+    logp = sum(pairs[f"zero_shot/logp_{lvl}"] for lvl in range(VOCAB.levels))
+    prior = sum(pairs[f"zero_shot/prior_{lvl}"] for lvl in range(VOCAB.levels))
+    books = results["domains"]["books"]
+    assert books["models"]["zero_shot"]["auc"] == pytest.approx(auc(logp.to_numpy(), pairs["label"].to_numpy()))
+    assert books["models"]["zero_shot"]["auc_pmi"] == pytest.approx(auc((logp - prior).to_numpy(),
+                                                                         pairs["label"].to_numpy()))
+    for name in ("random", "text_raw", "text_centred", "popularity"):
+        assert books["baselines"][name]["auc"] == pytest.approx(auc(pairs[name].to_numpy(), pairs["label"].to_numpy()))
+
+
+def test_random_baseline_is_drawn_per_domain():
+    from recbase.eval.baselines import random_scores
+    books, news = random_scores([6, 6], 0, "books"), random_scores([6, 6], 0, "news")
+    assert all(np.array_equal(a, b) for a, b in zip(books, random_scores([6, 6], 0, "books")))
+    assert not any(np.array_equal(a, b) for a, b in zip(books, news))
+    assert not np.array_equal(books[0], random_scores([6], 1, "books")[0])
 
 
 def test_tokenizer_hash_mismatch_is_refused(world, tmp_path):

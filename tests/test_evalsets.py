@@ -64,6 +64,21 @@ def test_seeded_and_budgeted(world, tmp_path):
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
+def test_negatives_come_from_interacted_items_unless_catalog_is_asked(tmp_path):
+    # 600 items, 12 users of 3-39 (a few 60-119) interactions: most of the catalog is never touched
+    world = make_world(tmp_path / "sparse", domains=("news",), n_users=12, n_items=600)
+    touched = {i for items in histories(world).values() for i in items}
+    assert len(touched) < 400
+    default = build(world, tmp_path / "default.parquet", negatives_per_positive=20)
+    catalog = build(world, tmp_path / "catalog.parquet", negatives_per_positive=20, negative_pool="catalog")
+    negatives = {name: {c for row in t.to_pylist() for c, lab in zip(row["candidates"], row["labels"]) if not lab}
+                 for name, t in (("default", default), ("catalog", catalog))}
+    assert negatives["default"] and negatives["default"] <= touched
+    assert negatives["catalog"] - touched           # 20 draws x 12 users from 600 items hit untouched ones
+    assert pq.read_schema(tmp_path / "default.parquet").metadata[b"negatives"] == b"uniform-interacted"
+    assert pq.read_schema(tmp_path / "catalog.parquet").metadata[b"negatives"] == b"uniform-catalog"
+
+
 def test_real_non_clicks_are_used_when_impressions_exist(world, tmp_path):
     data = tmp_path / "data" / "news"
     data.mkdir(parents=True)
@@ -94,3 +109,5 @@ def test_real_non_clicks_are_used_when_impressions_exist(world, tmp_path):
 def test_bad_options_are_refused(world, tmp_path):
     with pytest.raises(ValueError, match="positives"):
         build(world, tmp_path / "x.parquet", positives=11)
+    with pytest.raises(ValueError, match="negative_pool must be one of interacted, catalog"):
+        build(world, tmp_path / "x.parquet", negative_pool="popular")

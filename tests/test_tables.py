@@ -41,6 +41,23 @@ def test_max_history_keeps_last_n_per_user():
     assert t.summary.dropped == {"interactions older than the last 3 of a user": 4}
 
 
+def test_max_users_keeps_a_seeded_sample_and_its_items():
+    # u0..u9, user k touches item k and item "shared"; items x, y are never touched by anyone
+    rows = [(f"u{k}", f"i{k}", 1) for k in range(10)] + [(f"u{k}", "shared", 2) for k in range(10)]
+    items = [f"i{k}" for k in range(10)] + ["shared", "x", "y"]
+    t = finalize(_tables(rows, items=items), min_user_interactions=0, max_history=0, max_users=3)
+    d = t.interactions.to_pydict()
+    users = sorted(set(d["user_id"]))
+    assert len(users) == 3 and t.summary.users == 3 and len(d["user_id"]) == 6
+    assert sorted(t.items.column("item_id").to_pylist()) == sorted([f"i{u[1:]}" for u in users] + ["shared"])
+    assert t.summary.dropped_reasons() == {"users outside a random sample of 3 (7 users)": 14,
+                                 "items no sampled user interacted with": 9}
+    again = finalize(_tables(rows, items=items), min_user_interactions=0, max_history=0, max_users=3)
+    assert again.interactions.equals(t.interactions)
+    whole = finalize(_tables(rows, items=items), min_user_interactions=0, max_history=0, max_users=10)
+    assert whole.items.num_rows == 13 and not whole.summary.dropped
+
+
 def test_extra_tables_follow_kept_users_and_known_items(tmp_path):
     extra = pa.table({"user_id": ["u1", "u2", "u1"], "item_id": ["a", "a", "nope"], "label": [1, 0, 0]})
     rows = [("u1", "a", 1), ("u1", "b", 2), ("u2", "c", 1)]

@@ -141,3 +141,29 @@ def test_init_is_a_function_of_seed_and_names_only():
             assert not torch.equal(pa, pc), name
             assert pa.std().item() == pytest.approx(TINY.init_std, rel=0.2), name
     assert torch.equal(a.model.norm.weight, torch.ones_like(a.model.norm.weight))
+
+
+def test_code_init_adds_a_linear_image_of_the_codewords_per_level():
+    from recbase.train.model import init_code_embeddings
+
+    codebooks = torch.randn(VOCAB.levels, VOCAB.codebook_size, 8, generator=torch.Generator().manual_seed(0))
+    plain, model = _model(), _model()
+    init_code_embeddings(model, codebooks, VOCAB.n_special, seed=0, std=0.02)
+    before, after = plain.get_input_embeddings().weight, model.get_input_embeddings().weight
+    assert torch.equal(before[:VOCAB.n_special], after[:VOCAB.n_special])       # specials untouched
+    end = VOCAB.n_special + VOCAB.levels * VOCAB.codebook_size
+    assert torch.equal(before[end:], after[end:])                              # rounding rows untouched
+    added = (after - before).detach()[VOCAB.n_special:end].view(VOCAB.levels, VOCAB.codebook_size, -1).double()
+    for level in range(VOCAB.levels):
+        # what was added is an affine function of the level's codewords (least squares fits it exactly) ...
+        x = torch.cat([codebooks[level].double(), torch.ones(VOCAB.codebook_size, 1, dtype=torch.float64)], 1)
+        fit = torch.linalg.lstsq(x, added[level]).solution
+        assert torch.allclose(x @ fit, added[level], atol=1e-6)
+        # ... centred, with the init's spread
+        assert added[level].mean(0).abs().max() < 1e-6
+        assert added[level].std().item() == pytest.approx(0.02, rel=1e-3)
+    # close codewords get close embeddings
+    cos = F.cosine_similarity(added[0][0:1], added[0], dim=1)
+    cw = F.cosine_similarity(codebooks[0][0:1].double() - codebooks[0].double().mean(0),
+                             codebooks[0].double() - codebooks[0].double().mean(0), dim=1)
+    assert np.corrcoef(cos.numpy(), cw.numpy())[0, 1] > 0.5

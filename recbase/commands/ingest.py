@@ -17,6 +17,8 @@ def add_filter_arguments(parser) -> None:
                         help="keep only each user's last N interactions (paper: 2500; 0 keeps all)")
     parser.add_argument("--interacted-items-only", action="store_true",
                         help="keep only catalog items that a kept interaction uses")
+    parser.add_argument("--max-users", type=int, default=0,
+                        help="keep a random sample of N users (seed 0) and only the items they touched (0 keeps all)")
 
 
 def ingest_and_report(fmt: str, path, out, **kwargs) -> int:
@@ -74,4 +76,4 @@ def run(args) -> int:
         options["kind"] = args.kind
     return ingest_and_report(fmt, args.path, args.out, domain=domain,
                              min_user_interactions=args.min_user_interactions, max_history=args.max_history,
-                             interacted_items_only=args.interacted_items_only, **options)
+                             interacted_items_only=args.interacted_items_only, max_users=args.max_users, **options)

@@ -7,7 +7,10 @@ out positive, 0 = negative) and ``target`` (the next item after the history, for
 The positives are each user's last ``positives`` items. Negatives are the dataset's real non-clicks when an
 ``impressions.parquet`` (``user_id, item_id, label``: 1 clicked, 0 not, null unlabelled; the MIND reader writes
 it) lies beside the tables (MIND), otherwise items drawn
-uniformly from the domain's catalog outside everything the user interacted with. Users are taken in a seeded
+uniformly outside everything the user interacted with, from a pool: by default the items that occur in the
+domain's interactions (the usual sampled-negatives protocol), or the whole catalog. A catalog can hold far more
+items than anyone ever touched (H&M: 105,542 articles, 17,986 ever bought); negatives from the untouched tail are
+trivially easy for popularity and text similarity and would flatter every scorer. Users are taken in a seeded
 random order until the domain's pair budget is spent, so the set is a fixed, unbiased sample of users.
 """
 from __future__ import annotations
@@ -59,16 +62,21 @@ def _non_clicks(domain_dir: Path, item_ids: pa.Array) -> dict[str, np.ndarray] |
     return {u: np.unique(np.asarray(r, np.int64)) for u, r in out.items()}
 
 
-def sample_uniform_negatives(rng: np.random.Generator, n_items: int, exclude: np.ndarray, k: int) -> np.ndarray:
-    """``k`` distinct catalog rows drawn uniformly from ``[0, n_items)`` minus ``exclude`` (fewer if too few)."""
+NEGATIVE_POOLS = ("interacted", "catalog")
+
+
+def sample_uniform_negatives(rng: np.random.Generator, pool: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+    """``k`` distinct catalog rows drawn uniformly from ``pool`` (sorted, distinct rows) minus ``exclude`` (fewer
+    if too few)."""
     exclude = np.unique(exclude)
-    if n_items - len(exclude) <= 4 * k:
-        pool = np.setdiff1d(np.arange(n_items), exclude)
-        return rng.choice(pool, size=min(k, len(pool)), replace=False)
+    n_excluded = int(np.isin(exclude, pool, assume_unique=True).sum())
+    if len(pool) - n_excluded <= 4 * k:
+        left = np.setdiff1d(pool, exclude, assume_unique=True)
+        return rng.choice(left, size=min(k, len(left)), replace=False)
     picked: list[int] = []
     seen = set(exclude.tolist())
     while len(picked) < k:
-        for r in rng.integers(0, n_items, size=2 * k).tolist():
+        for r in pool[rng.integers(0, len(pool), size=2 * k)].tolist():
             if r not in seen:
                 seen.add(r)
                 picked.append(r)
@@ -88,6 +96,8 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
         raise ValueError(f"eval.positives must be in 1..{MAX_POSITIVES}, got {cfg.positives}")
     if cfg.negatives_per_positive < 1:
         raise ValueError(f"eval.negatives_per_positive must be >= 1, got {cfg.negatives_per_positive}")
+    if cfg.negative_pool not in NEGATIVE_POOLS:
+        raise ValueError(f"eval.negative_pool must be one of {', '.join(NEGATIVE_POOLS)}, got {cfg.negative_pool!r}")
     if out_path.exists():
         return _stats(pq.read_table(out_path), out_path, Counter())
     seqs = load_domain(domain_dir, codes)
@@ -96,6 +106,8 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
     item_id_list = item_ids.to_pylist()
     cand_tokens = vocab.encode_codes(item_codes).astype(np.int32)
     impressions = _non_clicks(domain_dir, item_ids)
+    negative_rows = (np.unique(seqs.item_rows) if cfg.negative_pool == "interacted"
+                     else np.arange(len(item_id_list), dtype=np.int64))
     rng = np.random.default_rng([seed, stable_hash(seqs.domain)])
     n_pos, n_neg = cfg.positives, cfg.positives * cfg.negatives_per_positive
     skipped = Counter(seqs.skipped)
@@ -109,7 +121,7 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
         seen = seqs.item_rows[start:start + count]
         pos = seen[count - n_pos:]
         if impressions is None:
-            neg = sample_uniform_negatives(rng, len(item_id_list), seen, n_neg)
+            neg = sample_uniform_negatives(rng, negative_rows, seen, n_neg)
         else:
             pool = np.setdiff1d(impressions.get(seqs.user_ids[u], np.zeros(0, np.int64)), seen)
             neg = rng.choice(pool, size=min(n_neg, len(pool)), replace=False)
@@ -133,7 +145,8 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
                       "history": pa.array([h.tolist() for h in rows["history"]], pa.list_(pa.int32())),
                       "candidates": rows["candidates"], "candidate_tokens": rows["candidate_tokens"],
                       "labels": rows["labels"], "target": rows["target"]},
-                     schema=SCHEMA.with_metadata({"negatives": "uniform" if impressions is None else "impressions",
+                     schema=SCHEMA.with_metadata({"negatives": f"uniform-{cfg.negative_pool}" if impressions is None
+                                                  else "impressions",
                                                   "seed": str(seed), "tokenizer_hash": codes.tokenizer_hash,
                                                   "tokenizer_train_domains":
                                                       json.dumps(codes.tokenizer.get("train_domains")),

@@ -20,35 +20,37 @@ MAX_HISTORY = 2500           # the paper's cut: only the last 2,500 interactions
 
 def read_domain(fmt: str, path: str | Path, domain: str | None = None,
                 min_user_interactions: int = MIN_USER_INTERACTIONS, max_history: int = MAX_HISTORY,
-                interacted_items_only: bool = False, **options) -> DomainTables:
+                interacted_items_only: bool = False, max_users: int = 0, **options) -> DomainTables:
     """Read ``path`` in format ``fmt`` and apply the filters; nothing is written."""
     start = time.perf_counter()
     tables = get_reader(fmt)(Path(path), check_domain_name(domain or default_domain(path)), **options)
     tables = finalize(tables, min_user_interactions=min_user_interactions, max_history=max_history,
-                      interacted_items_only=interacted_items_only)
+                      interacted_items_only=interacted_items_only, max_users=max_users)
     tables.summary.seconds = time.perf_counter() - start
     return tables
 
 
 def ingest(fmt: str, path: str | Path, out_dir: str | Path, domain: str | None = None,
            min_user_interactions: int = MIN_USER_INTERACTIONS, max_history: int = MAX_HISTORY,
-           interacted_items_only: bool = False, **options) -> IngestSummary:
+           interacted_items_only: bool = False, max_users: int = 0, **options) -> IngestSummary:
     """Read, filter and write one domain under ``out_dir/<domain>/``; returns its summary.
 
     The generic format reads its interactions in chunks and finalizes them in user buckets
-    (:mod:`recbase.data.ingest_stream`), so a log larger than memory ingests; the other readers read whole files.
+    (:mod:`recbase.data.ingest_stream`), so a log larger than memory ingests; the other readers read whole files,
+    and so does a generic ingest that samples users (``max_users``: the sample is drawn over all users at once).
     """
-    if fmt == "generic":
+    if fmt == "generic" and not max_users:
         from recbase.data.ingest_stream import ingest_stream
 
         return ingest_stream(path, out_dir, check_domain_name(domain or default_domain(path)),
                              min_user_interactions=min_user_interactions, max_history=max_history,
                              interacted_items_only=interacted_items_only, **options)
-    tables = read_domain(fmt, path, domain, min_user_interactions, max_history, interacted_items_only, **options)
+    tables = read_domain(fmt, path, domain, min_user_interactions, max_history, interacted_items_only, max_users,
+                         **options)
     folder = write_domain(tables, out_dir)
     record = {"format": fmt, "source": str(Path(path).resolve()),
               "min_user_interactions": min_user_interactions, "max_history": max_history,
-              "interacted_items_only": interacted_items_only,
+              "interacted_items_only": interacted_items_only, "max_users": max_users,
               **tables.summary.to_dict()}
     atomic_write_text(folder / SUMMARY_FILE, json.dumps(record, indent=2) + "\n")
     return tables.summary

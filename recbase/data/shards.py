@@ -61,7 +61,8 @@ class EvalSetConfig:
     """Options of the eval sets written for held-out domains (recbase/data/evalsets.py)."""
 
     positives: int = 1                 # last items of each user held out as positives (1..10)
-    negatives_per_positive: int = 1    # negatives sampled per positive
+    negatives_per_positive: int = 10   # negatives sampled per positive (the reports' protocol: 1 + 10 per user)
+    negative_pool: str = "interacted"  # interacted (items someone in the domain interacted with) or catalog
     max_pairs: int = 20_000            # (user, candidate) pairs per domain at most
 
 

@@ -5,8 +5,10 @@ interactions: domain (str), user_id (str), item_id (str), timestamp (int64 secon
               has no time)
 
 Readers produce :class:`DomainTables`; :func:`finalize` applies the paper's filters (users with fewer than
-``min_user_interactions`` dropped, histories cut to the last ``max_history``), drops interactions whose item has
-no metadata and exact duplicate rows, and counts everything it dropped in an :class:`IngestSummary`.
+``min_user_interactions`` dropped, histories cut to the last ``max_history``), optionally keeps a seeded sample of
+``max_users`` users and only the items they touched (a big domain made small enough to embed and train on a CPU),
+drops interactions whose item has no metadata and exact duplicate rows, and counts everything it dropped in an
+:class:`IngestSummary`.
 
 A reader may attach extra tables keyed by ``domain, user_id, item_id`` (MIND's ``impressions``); they are filtered
 to the kept users and known items and written beside the two main tables as ``<name>.parquet``.
@@ -123,12 +125,14 @@ def make_interactions_table(domain: str, user_ids, item_ids, timestamps) -> pa.T
 
 
 def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history: int = 2500,
-             interacted_items_only: bool = False) -> DomainTables:
+             interacted_items_only: bool = False, max_users: int = 0) -> DomainTables:
     """Deduplicate, drop dangling interactions, apply the paper's user filters, sort by (user, time).
 
     ``max_history=0`` keeps whole histories; ``min_user_interactions=0`` keeps every user.
     ``interacted_items_only`` keeps only the items that a kept interaction uses: a catalog far larger than what
-    its users touched costs embedding time for items no sequence can contain.
+    its users touched costs embedding time for items no sequence can contain. ``max_users > 0`` keeps that many
+    users drawn at random (seed 0, from the users left by the other filters) and shrinks the catalog to the items
+    they interacted with; 0 keeps every user and the whole catalog.
     """
     s = tables.summary
     items = tables.items
@@ -168,6 +172,18 @@ def finalize(tables: DomainTables, min_user_interactions: int = 15, max_history:
         s.drop(f"users with < {min_user_interactions} interactions", int(short.sum()),
                users=len(np.unique(users[short])))
         users, rows = users[~short], rows[~short]
+
+    n_users = len(np.unique(users))
+    if 0 < max_users < n_users:
+        sample = np.random.default_rng(0).choice(np.unique(users), size=max_users, replace=False)
+        in_sample = np.isin(users, sample)
+        s.drop(f"users outside a random sample of {max_users:,}", int((~in_sample).sum()), users=n_users - max_users)
+        users, rows = users[in_sample], rows[in_sample]
+        touched = pc.unique(inter.column("item_id").take(pa.array(rows, pa.int64())))
+        in_catalog = pc.is_in(items.column("item_id"), value_set=touched)
+        s.drop("items no sampled user interacted with", items.num_rows - pc.sum(in_catalog).as_py())
+        items = items.filter(in_catalog)
+        known_items = items.column("item_id").combine_chunks()
 
     if max_history and len(users):
         starts = np.r_[True, users[1:] != users[:-1]]

@@ -1,6 +1,6 @@
 """Model-free scorers for the same (user, candidate) pairs, reported beside every model.
 
-- ``random``: seeded uniform scores (AUC ≈ 0.5, the floor).
+- ``random``: uniform scores seeded by (seed, domain), so each domain gets its own draw (AUC ≈ 0.5, the floor).
 - ``text_raw``: cosine between the candidate's text embedding and the mean of the history items' embeddings.
 - ``text_centred``: the same after centring every embedding on the domain's own catalog mean and re-normalising.
   It uses the catalog's text only, so it is still zero-shot; it is the bar a zero-shot model has to clear.
@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 
+from recbase.data.shards import stable_hash
 from recbase.errors import UserError
 
 BASELINES = ("random", "text_raw", "text_centred", "popularity")
@@ -20,8 +21,8 @@ LABELS = {"random": "random", "text_raw": "text sim (raw)", "text_centred": "tex
           "popularity": "popularity (not zero-shot)"}
 
 
-def random_scores(n_candidates: list[int], seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
+def random_scores(n_candidates: list[int], seed: int, domain: str) -> list[np.ndarray]:
+    rng = np.random.default_rng([seed, stable_hash(domain)])
     return [rng.random(n) for n in n_candidates]
 
 

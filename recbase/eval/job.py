@@ -17,12 +17,13 @@ from tqdm import tqdm
 from recbase.config import save_config, to_dict
 from recbase.errors import UserError
 from recbase.eval import baselines as bl
+from recbase.eval.calibrate import empty_history_logprobs, fuse
 from recbase.eval.inputs import (EvalSet, eval_set_training_domains, history_items, input_tokenizer_hashes,
                                  list_eval_domains, popularity_counts, read_catalog, read_embeddings, read_eval_set,
                                  read_item_ids, user_sequences)
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
 from recbase.eval.model_io import DTYPES, META_FILE, EvalModel, check_tokenizer_hash, load_eval_model
-from recbase.eval.report import write_report
+from recbase.eval.report import write_pair_scores, write_report
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import MODES, CandidateScorer
 from recbase.eval.trie import CodeTrie
@@ -52,8 +53,10 @@ class EvalConfig:
     beam_width: int = 20               # beams kept per level; items returned >= this
     retrieval_batch_users: int = 16    # users per retrieval forward (1 = one at a time); 8-16 fastest on CPU
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs for Recall@K and NDCG@K
-    seed: int = 0                      # for the random baseline
+    seed: int = 0                      # for the random baseline (drawn per domain from (seed, domain))
     allow_seen_domains: bool = False   # evaluate a domain the model or tokenizer was trained on, labelled not zero-shot
+    fusion_weight: float = 0.1         # weight of the standardised PMI beside the standardised text similarity
+    pair_scores: bool = True           # write every pair's scores to <out_dir>/pairs/<domain>.parquet
 
     def validate(self) -> None:
         if not self.models:
@@ -82,28 +85,36 @@ def ranking_metrics(eval_set: EvalSet, per_user: list[np.ndarray]) -> dict[str, 
             "gauc_pair_weighted": gauc(groups, scores, labels, weighted=True)}
 
 
-def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: CodeTrie | None) -> dict:
+def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: CodeTrie | None,
+                   pairs: dict[str, np.ndarray]) -> tuple[dict, list[np.ndarray]]:
+    """The model's metrics, and its per-user PMI scores (for the fusion with text similarity). Every pair's
+    per-level log-probabilities, with and without the history, are added to ``pairs``."""
     scorer = CandidateScorer(em.model, em.vocab.levels, em.vocab.bos_id, cfg.mode, cfg.batch_size,
                              cfg.batch_tokens, em.vocab.pad_id)
-    sums, means, prefixes = [], [], []
+    logps = []
     bar = tqdm(total=len(eval_set), desc=f"{em.name} / {eval_set.domain}", unit="user")
     t0 = time.perf_counter()
     for start in range(0, len(eval_set), USERS_PER_CALL):
         chunk = slice(start, start + USERS_PER_CALL)
-        for logp in scorer.score_users(eval_set.histories[chunk], eval_set.candidate_tokens[chunk]):
-            sums.append(logp.sum(1))
-            means.append(logp.mean(1))
-            prefixes.append(logp[:, :cfg.prefix_levels].sum(1))
+        logps += scorer.score_users(eval_set.histories[chunk], eval_set.candidate_tokens[chunk])
         bar.update(len(eval_set.histories[chunk]))
         bar.set_postfix(pairs_per_s=f"{scorer.timing.pairs_per_s:.0f}", refresh=False)
     bar.close()
-    result = ranking_metrics(eval_set, sums)
-    norm = ranking_metrics(eval_set, means)
-    result.update({"auc_len_norm": norm["auc"], "gauc_len_norm": norm["gauc"]})
+    timing = {**scorer.timing.to_dict(), "total_seconds": time.perf_counter() - t0}
+    priors = empty_history_logprobs(scorer, em.vocab.bos_id, eval_set.candidate_tokens)
+    pmis = [lp - prior for lp, prior in zip(logps, priors)]
+    for level in range(em.vocab.levels):
+        pairs[f"{em.name}/logp_{level}"] = np.concatenate([lp[:, level] for lp in logps])
+        pairs[f"{em.name}/prior_{level}"] = np.concatenate([p[:, level] for p in priors])
+    result = ranking_metrics(eval_set, [lp.sum(1) for lp in logps])
+    variants = {"len_norm": [lp.mean(1) for lp in logps], "pmi": [p.sum(1) for p in pmis]}
     if 0 < cfg.prefix_levels < em.vocab.levels:
-        prefix = ranking_metrics(eval_set, prefixes)
-        result.update({"auc_prefix": prefix["auc"], "gauc_prefix": prefix["gauc"]})
-    result["timing"] = {**scorer.timing.to_dict(), "total_seconds": time.perf_counter() - t0}
+        variants["prefix"] = [lp[:, :cfg.prefix_levels].sum(1) for lp in logps]
+        variants["pmi_prefix"] = [p[:, :cfg.prefix_levels].sum(1) for p in pmis]
+    for name, per_user in variants.items():
+        metrics = ranking_metrics(eval_set, per_user)
+        result.update({f"auc_{name}": metrics["auc"], f"gauc_{name}": metrics["gauc"]})
+    result["timing"] = timing
     if trie is not None:
         retriever = Retriever(em.model, trie, em.vocab.n_special, em.vocab.bos_id, cfg.beam_width,
                               batch_users=cfg.retrieval_batch_users, batch_tokens=cfg.batch_tokens,
@@ -121,14 +132,16 @@ def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: Code
         result["retrieval"]["seconds"] = time.perf_counter() - t0
         result["retrieval"]["catalog_items"] = len(trie.item_ids)
         result["retrieval"]["catalog_tuples"] = trie.n_tuples
-    return result
+    return result, variants["pmi"]
 
 
-def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int,
-                       item_tokens: dict[str, np.ndarray] | None) -> tuple[dict, int | None]:
-    """Baseline metrics, and the number of users whose history items could not be verified against the tokens
-    (None when no baseline needed the history items)."""
+def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int, item_tokens: dict[str, np.ndarray] | None,
+                       pairs: dict[str, np.ndarray]) -> tuple[dict, int | None, dict[str, list[np.ndarray]]]:
+    """Baseline metrics, the number of users whose history items could not be verified against the tokens
+    (None when no baseline needed the history items), and each baseline's per-user scores (also added to
+    ``pairs``)."""
     out: dict[str, dict] = {}
+    per_user: dict[str, list[np.ndarray]] = {}
     n_cands = [len(c) for c in eval_set.candidates]
     unverified = embeddings = None
     needs_data = {"text_raw", "text_centred", "popularity"} & set(cfg.baselines)
@@ -139,7 +152,7 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int,
         hist_items, unverified = history_items(eval_set, sequences, levels, str(interactions), item_tokens)
     for name in cfg.baselines:
         if name == "random":
-            scores = bl.random_scores(n_cands, cfg.seed)
+            scores = bl.random_scores(n_cands, cfg.seed, eval_set.domain)
         elif name == "popularity":
             scores = bl.popularity_scores(popularity_counts(sequences, eval_set), eval_set.candidates)
         else:
@@ -149,7 +162,9 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int,
             sim = bl.TextSimilarity(item_ids, embeddings, centred=name == "text_centred")
             scores = [sim.score(h, c) for h, c in zip(hist_items, eval_set.candidates)]
         out[name] = ranking_metrics(eval_set, scores)
-    return out, unverified
+        per_user[name] = scores
+        pairs[name] = np.concatenate(scores)
+    return out, unverified, per_user
 
 
 def _overall(domains: dict, kind: str) -> dict:
@@ -230,11 +245,23 @@ def evaluate(cfg: EvalConfig) -> dict:
             if cfg.retrieval:
                 trie = CodeTrie.build(codes, item_ids, vocab.codebook_size, device)
         reasons, fine_tuned = seen[domain]
+        groups, _, labels = eval_set.flat([np.zeros(len(c)) for c in eval_set.candidates])
+        pairs = {"user_id": np.asarray(eval_set.user_ids, dtype=object)[groups],
+                 "candidate": np.concatenate([np.asarray(c, dtype=object) for c in eval_set.candidates]),
+                 "label": labels}
         section = {"users": len(eval_set), "pairs": eval_set.n_pairs, "zero_shot": not reasons,
-                   "not_zero_shot_because": reasons, "fine_tuned_on_it": fine_tuned,
-                   "models": {n: evaluate_model(em, eval_set, cfg, trie) for n, em in models.items()}}
-        section["baselines"], section["history_items_unverified"] = evaluate_baselines(
-            eval_set, cfg, vocab.levels, item_tokens)
+                   "not_zero_shot_because": reasons, "fine_tuned_on_it": fine_tuned, "models": {}}
+        pmis = {}
+        for name, em in models.items():
+            section["models"][name], pmis[name] = evaluate_model(em, eval_set, cfg, trie, pairs)
+        section["baselines"], section["history_items_unverified"], baseline_scores = evaluate_baselines(
+            eval_set, cfg, vocab.levels, item_tokens, pairs)
+        if "text_centred" in baseline_scores:
+            for name, pmi in pmis.items():
+                fused = ranking_metrics(eval_set, fuse(baseline_scores["text_centred"], pmi, cfg.fusion_weight))
+                section["models"][name].update({"auc_fused": fused["auc"], "gauc_fused": fused["gauc"]})
+        if cfg.pair_scores:
+            write_pair_scores(pairs, Path(cfg.out_dir) / "pairs" / f"{domain}.parquet")
         results["domains"][domain] = section
         print(f"[{domain}] " + ", ".join(f"{n} AUC {r['auc']:.4f}" for n, r in
                                           {**section["models"], **section["baselines"]}.items()))

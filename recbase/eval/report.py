@@ -12,14 +12,19 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recbase.eval.baselines import LABELS
 from recbase.eval.metrics import retrieval_metrics
-from recbase.io import atomic_write_bytes, atomic_write_text
+from recbase.io import atomic_path, atomic_write_bytes, atomic_write_text
 
 RANKING_METRICS = ("auc", "gauc", "auc_len_norm")
 RETRIEVAL_CHART_METRICS = ("recall@10", "ndcg@10", "mrr")
 BAR = "text_centred"
+VARIANTS = {"len_norm": "len-norm", "prefix": "prefix", "pmi": "PMI", "pmi_prefix": "PMI prefix",
+            "fused": "PMI + text"}  # other scores of a model, as metrics keys auc_<name> (recbase/eval/job.py)
+ADOPTED = "fused"  # the score the dev suite adopted (docs/evaluation.md), shown against the bar beside log P
 
 
 def _fmt(x) -> str:
@@ -47,21 +52,22 @@ def ranking_table(results: dict) -> str:
     bar_first = sorted(baselines, key=lambda b: b != BAR)
     has_bar = BAR in baselines
     header = ["domain"]
-    prefix = [m for m in models if "auc_prefix" in results["overall"]["models"][m]]
+    variants = {m: [v for v in VARIANTS if f"auc_{v}" in results["overall"]["models"][m]] for m in models}
     for m in models:
-        header += [f"{m} AUC", f"{m} GAUC", f"{m} AUC (len-norm)"] + ([f"{m} AUC (prefix)"] if m in prefix else [])
+        header += [f"{m} AUC", f"{m} GAUC"] + [f"{m} AUC ({VARIANTS[v]})" for v in variants[m]]
         header += [f"{m} − bar"] if has_bar else []
+        header += [f"{m} {VARIANTS[ADOPTED]} − bar"] if has_bar and ADOPTED in variants[m] else []
     header += [f"{LABELS[b]} AUC" for b in bar_first]
     rows = []
     for label, section in _rows(results):
         row = [label]
         for m in models:
             r = section["models"][m]
-            row += [_fmt(r["auc"]), _fmt(r["gauc"]), _fmt(r["auc_len_norm"])]
-            row += [_fmt(r["auc_prefix"])] if m in prefix else []
+            row += [_fmt(r["auc"]), _fmt(r["gauc"])] + [_fmt(r[f"auc_{v}"]) for v in variants[m]]
             if has_bar:
-                gap = r["auc"] - section["baselines"][BAR]["auc"]
-                row.append("–" if math.isnan(gap) else f"{gap:+.4f}")
+                for key in ["auc"] + ([f"auc_{ADOPTED}"] if ADOPTED in variants[m] else []):
+                    gap = r[key] - section["baselines"][BAR]["auc"]
+                    row.append("–" if math.isnan(gap) else f"{gap:+.4f}")
         row += [_fmt(section["baselines"][b]["auc"]) for b in bar_first]
         rows.append(row)
     return _table(header, rows)
@@ -149,7 +155,10 @@ def render_markdown(results: dict) -> str:
         "## Ranking (AUC; GAUC = per-user AUC averaged over users, unweighted)",
         "",
         f"Score = log P(candidate's concept tokens | history); *len-norm* = mean log P per token; *prefix* = "
-        f"log P of the first {results['config'].get('prefix_levels', 1)} level(s) only, the coarse concepts. "
+        f"log P of the first {results['config'].get('prefix_levels', 1)} level(s) only, the coarse concepts; "
+        f"*PMI* = log P(candidate | history) − log P(candidate | no history); *PMI + text* = per user, the "
+        f"standardised centred text similarity + {results['config'].get('fusion_weight', 0.1)} × the "
+        f"standardised PMI. "
         f"**{LABELS[BAR]}** is the zero-shot bar a model has to clear (*− bar*: model AUC minus its AUC). "
         f"Overall = unweighted mean over domains.",
         "",
@@ -250,6 +259,14 @@ def _nan_to_none(x):
     if isinstance(x, (list, tuple)):
         return [_nan_to_none(v) for v in x]
     return x
+
+
+def write_pair_scores(columns: dict, path: Path) -> None:
+    """One row per (user, candidate) pair: ids, label, and every scorer's score (a model's per-level
+    log-probabilities after the history and after ``bos`` alone), so a new way to combine them can be measured
+    without scoring again."""
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table({k: pa.array(list(v) if v.dtype == object else v) for k, v in columns.items()}), tmp)
 
 
 def write_report(results: dict, out_dir: str | Path) -> list[Path]:

@@ -32,6 +32,7 @@ class ModelConfig:
     attention_pattern: str = "causal"        # causal | hybrid (RecGPT: bidirectional inside an item, causal across)
     activation_checkpointing: bool = False   # recompute each layer in backward to save activation memory
     fused_linear_ce: bool = False            # kernels.fused_linear_ce instead of materialising the logits
+    code_init: str = ""                      # tokenizer artifact: concept-token embeddings start near its codewords
 
 
 @dataclass

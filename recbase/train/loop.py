@@ -26,7 +26,8 @@ from recbase.train import engine as ds
 from recbase.train.config import TrainConfig
 from recbase.train.estimates import mfu, model_size, peak_flops
 from recbase.train.metrics import MetricsLogger
-from recbase.train.model import TokenLossModel, build_model, load_weights, qwen2_config, resolve_attention
+from recbase.train.model import (TokenLossModel, build_model, init_code_embeddings, load_weights, qwen2_config,
+                                 resolve_attention)
 from recbase.train.optim import lr_factor, param_groups
 
 BATCH_TENSORS = ("input_ids", "labels", "position_ids", "cu_seqlens")
@@ -123,6 +124,8 @@ class Trainer:
         self.gas = self.ds_config["gradient_accumulation_steps"]
         with ds.model_construction(self.ds_config):
             lm = build_model(self.hf_config, cfg.seed, gather=ds.gathered)
+            if cfg.model.code_init:
+                self._init_code_embeddings(lm, cfg)
             if cfg.checkpoint.init_from:
                 from recbase.train.export import load_state
 
@@ -143,6 +146,22 @@ class Trainer:
         self.peak = peak_flops(device_name, cfg.logging.peak_tflops)
 
     # ---------------------------------------------------------------------------------------------- state
+
+    def _init_code_embeddings(self, lm, cfg: TrainConfig) -> None:
+        """Concept-token embeddings from the codebooks of the tokenizer the shards were made with (its hash
+        must be the shards' one)."""
+        from recbase.tokenizer.artifact import load_tokenizer
+
+        tok = load_tokenizer(cfg.model.code_init)
+        if tok.hash != self.tokenizer_hash:
+            raise UserError(f"model.code_init={cfg.model.code_init}: tokenizer hash {tok.hash[:12]} is not the "
+                            f"shards' {self.tokenizer_hash[:12]} ({cfg.data.shards}/manifest.json)")
+        if tok.codebooks is None:
+            raise UserError(f"model.code_init={cfg.model.code_init}: a {tok.kind} tokenizer has no codebooks")
+        if tok.levels != self.vocab.levels or tok.codebook_size != self.vocab.codebook_size:
+            raise UserError(f"model.code_init={cfg.model.code_init}: {tok.levels} x {tok.codebook_size} codes, the "
+                            f"shards have {self.vocab.levels} x {self.vocab.codebook_size}")
+        init_code_embeddings(lm, tok.codebooks, self.vocab.n_special, cfg.seed, cfg.model.init_std, ds.gathered)
 
     def _resume_target(self, tokenizer_hash: str) -> Path | None:
         """The checkpoint to resume from, checked against this run's tokenizer; says which one it picked and

@@ -121,6 +121,33 @@ def init_weights(model: nn.Module, seed: int, std: float, gather: GatherFn | Non
                     p.copy_(value.to(p.dtype))
 
 
+@torch.no_grad()
+def init_code_embeddings(model: nn.Module, codebooks: torch.Tensor, n_special: int, seed: int, std: float,
+                         gather: GatherFn | None = None) -> None:
+    """Add to every concept token's embedding a fixed random projection of its codeword (``codebooks``
+    ``[L, K, D]``: token ``n_special + l*K + c`` gets codeword ``c`` of level ``l``), scaled per level to ``std``.
+
+    Random embeddings make a new catalog's tokens meaningless to the model except through the statistics of the
+    training domains. Codewords place tokens by what their items' texts say, in every domain alike (the tokenizer
+    centres each domain on its own mean), so what the model learns about a training domain's tokens also applies
+    to a new domain's tokens that mean similar things. The random part of the embedding stays, keeping the levels
+    apart. With tied embeddings the output projection starts from the same geometry.
+    """
+    gather = gather or (lambda params: contextlib.nullcontext())
+    levels, k, dim = codebooks.shape
+    emb = model.get_input_embeddings().weight
+    with gather([emb]):  # a ZeRO-3 parameter has its full shape only while gathered
+        proj = torch.empty(dim, emb.shape[1]).normal_(generator=_param_generator(seed, "code_init.projection"))
+        vectors = codebooks.float() @ proj                               # [L, K, hidden]
+        vectors = vectors - vectors.mean(dim=1, keepdim=True)
+        vectors = vectors / vectors.std(dim=(1, 2), keepdim=True).clamp_min(1e-12) * std
+        if emb.shape[0] < n_special + levels * k:
+            raise ValueError(f"the embedding has {emb.shape[0]} rows, fewer than the {n_special + levels * k} "
+                             f"token ids of {levels} levels x {k} codes")
+        rows = slice(n_special, n_special + levels * k)
+        emb[rows] = (emb[rows].float() + vectors.reshape(levels * k, -1)).to(emb.dtype)
+
+
 def segment_ids(cu_seqlens: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
     """``[B, S]`` index of the segment (user, or padding run) of every token, from cumulative lengths."""
     positions = torch.arange(batch_size * seq_len, device=cu_seqlens.device)

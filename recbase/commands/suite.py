@@ -1,0 +1,23 @@
+"""``recbase suite RUN...``: the zero-shot dev suite's summary table over fold runs and seeds."""
+from __future__ import annotations
+
+HELP = "summarise zero-shot fold runs: model − text-similarity bar per held-out domain and Overall, over seeds"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("runs", nargs="+", help="pipeline run folders (each with demo_config.json and eval/)")
+    parser.add_argument("--model", default="zero-shot", help="model name in the runs' metrics.json")
+    parser.add_argument("--out", help="also write the table to this Markdown file")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from recbase.eval.suite import load_run, summary_table
+    from recbase.io import atomic_write_text
+
+    table = summary_table([load_run(r, args.model) for r in args.runs])
+    print(table)
+    if args.out:
+        atomic_write_text(Path(args.out), table + "\n")
+    return 0
