@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recbase.data.shards import read_codes, read_manifest
+from recbase.data.codes import read_codes
+from recbase.data.shard_format import read_manifest
 from recbase.data.tables import INTERACTIONS_FILE, ITEMS_FILE
 from recbase.io import atomic_path, atomic_write_text
 from recbase.tokenizer.collisions import collision_rate

@@ -156,7 +156,8 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     import torch
 
     from recbase.data.readers import default_domain
-    from recbase.data.shards import load_domain, read_codes
+    from recbase.data.codes import read_codes
+    from recbase.data.sequences import load_domain
     from recbase.eval.inputs import read_embeddings, read_item_ids
     from recbase.eval.leave_one_out import baseline_metrics, leave_one_out, model_metrics, training_counts
     from recbase.eval.model_io import check_tokenizer_hash, load_eval_model

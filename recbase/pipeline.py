@@ -333,7 +333,8 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     """Run every stage the config asks for; returns the per-domain summary (and the evaluation results when the
     model stages ran)."""
     from recbase.config import load_config, save_config
-    from recbase.data.shards import EvalSetConfig, ShardConfig, build_shards
+    from recbase.data.evalsets import EvalSetConfig
+    from recbase.data.shards import ShardConfig, build_shards
     from recbase.tokenizer.artifact import load_tokenizer
     from recbase.tokenizer.encode import write_codes
     from recbase.tokenizer.train import TokenizerConfig

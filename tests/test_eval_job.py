@@ -187,8 +187,8 @@ def test_history_items_match_the_eval_set_builder(world, tmp_path):
     codes in the history): the baselines' history items reproduce every user's history tokens."""
     import pyarrow as pa
 
-    from recbase.data.evalsets import build_eval_set
-    from recbase.data.shards import EvalSetConfig, read_codes
+    from recbase.data.codes import read_codes
+    from recbase.data.evalsets import EvalSetConfig, build_eval_set
 
     domain_dir = tmp_path / "data" / "books"
     domain_dir.mkdir(parents=True)

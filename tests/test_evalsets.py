@@ -12,8 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from shards_world import K, LEVELS, make_world  # noqa: E402
 
-from recbase.data.evalsets import build_eval_set, read_eval_set  # noqa: E402
-from recbase.data.shards import EvalSetConfig, read_codes  # noqa: E402
+from recbase.data.codes import read_codes  # noqa: E402
+from recbase.data.evalsets import EvalSetConfig, build_eval_set, read_eval_set  # noqa: E402
 from recbase.vocab import Vocab  # noqa: E402
 
 

@@ -172,7 +172,8 @@ def test_valid_datasets_read_cleanly(tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_damaged_hand_off_files_give_a_user_error(tmp_path, kind):
     """The Parquet and JSON files the stages hand over, damaged the same ways, are refused with a user error."""
-    from recbase.data.shards import FORMAT, read_codes, read_manifest
+    from recbase.data.codes import read_codes
+    from recbase.data.shard_format import FORMAT, read_manifest
 
     table = pa.table({"domain": ["d", "d"], "item_id": ["a", "b"], "codes": [[1, 2], [3, 4]]})
     codes = tmp_path / "codes.parquet"

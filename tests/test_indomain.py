@@ -7,8 +7,11 @@ import tarfile
 import numpy as np
 import pytest
 
+from recbase.data.codes import read_codes
 from recbase.data.ingest import ingest
-from recbase.data.shards import ShardConfig, build_shards, decode_block, load_domain, read_codes
+from recbase.data.sequences import load_domain
+from recbase.data.shard_format import decode_block
+from recbase.data.shards import ShardConfig, build_shards
 from recbase.eval.leave_one_out import (history_tokens, leave_one_out, popularity_ranks, ranks_from_scores,
                                         text_knn_ranks, training_counts)
 from recbase.eval.metrics import retrieval_metrics

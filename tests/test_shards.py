@@ -14,7 +14,8 @@ from shards_world import LEVELS, TOKENIZER_HASH, expected_sequences, make_world 
 
 from recbase.data import shards as shards_mod  # noqa: E402
 from recbase.data.loader import read_shard  # noqa: E402
-from recbase.data.shards import ShardConfig, ShardError, build_shards, merge_manifests, read_manifest  # noqa: E402
+from recbase.data.shard_format import ShardError, merge_manifests, read_manifest  # noqa: E402
+from recbase.data.shards import ShardConfig, build_shards  # noqa: E402
 from recbase.errors import UserError  # noqa: E402
 
 
@@ -188,7 +189,7 @@ def test_codes_with_a_bad_row_are_refused_naming_the_row(world, tmp_path):
 
 
 def test_empty_blocks_never_happen_and_assemble_matches_a_loop():
-    from recbase.data.shards import assemble
+    from recbase.data.sequences import assemble
     from recbase.vocab import Vocab
 
     vocab = Vocab(2, 5)

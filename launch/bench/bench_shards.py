@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 
 from recbase.data.ingest import read_domain
 from recbase.data.loader import PackedLoader, read_shard
-from recbase.data.shards import ShardConfig, build_shards, read_manifest
+from recbase.data.shard_format import read_manifest
+from recbase.data.shards import ShardConfig, build_shards
 from recbase.data.tables import DomainTables, make_interactions_table, write_domain
 from recbase.io import sha256_file
 

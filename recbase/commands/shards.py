@@ -23,7 +23,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from recbase.config import load_config
-    from recbase.data.shards import MANIFEST, ShardConfig, build_shards, merge_manifests
+    from recbase.data.shard_format import MANIFEST, merge_manifests
+    from recbase.data.shards import ShardConfig, build_shards
     from recbase.presets import preset_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -18,31 +18,57 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from recbase.data.shards import IMPRESSIONS_FILE, Codes, EvalSetConfig, assemble, load_domain, stable_hash
+from recbase.data.codes import Codes
+from recbase.data.sequences import assemble, load_domain, stable_hash
 from recbase.io import atomic_path
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
+IMPRESSIONS_FILE = "impressions.parquet"   # beside the tables when the dataset has real non-clicks (MIND)
 MAX_POSITIVES = 10
-SCHEMA = pa.schema([
-    ("user_id", pa.string()),
-    ("history", pa.list_(pa.int32())),
-    ("candidates", pa.list_(pa.string())),
-    ("candidate_tokens", pa.list_(pa.list_(pa.int32()))),
-    ("labels", pa.list_(pa.int8())),
-    ("target", pa.string()),
-])
+COLUMNS = ("user_id", "history", "candidates", "candidate_tokens", "labels", "target")
+
+
+@dataclass
+class EvalSetConfig:
+    """Options of the eval sets written for held-out domains (the ``eval`` section of the shard config)."""
+
+    positives: int = 1                 # last items of each user held out as positives (1..10)
+    negatives_per_positive: int = 10   # negatives sampled per positive (the reports' protocol: 1 + 10 per user)
+    negative_pool: str = "interacted"  # interacted (items someone in the domain interacted with) or catalog
+    max_pairs: int = 20_000            # (user, candidate) pairs per domain at most
+
+
+def schema() -> pa.Schema:
+    """The eval-set columns and types (pyarrow is imported here: the shard build imports this module for its
+    config, and the synthetic shards are written on machines without pyarrow)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("user_id", pa.string()),
+        ("history", pa.list_(pa.int32())),
+        ("candidates", pa.list_(pa.string())),
+        ("candidate_tokens", pa.list_(pa.list_(pa.int32()))),
+        ("labels", pa.list_(pa.int8())),
+        ("target", pa.string()),
+    ])
 
 
 def _non_clicks(domain_dir: Path, item_ids: pa.Array) -> dict[str, np.ndarray] | None:
     """Catalog rows of each user's real non-clicked impressions, or None when the domain has no impressions."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     path = domain_dir / IMPRESSIONS_FILE
     if not path.exists():
         return None
@@ -91,6 +117,9 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
 
     Its metadata records the tokenizer hash and the domains the tokenizer (from ``codes``) and the shards built
     beside it (``pretrain_domains``) were made from; evaluation checks the hash and the tokenizer's domains."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     domain_dir, out_path = Path(domain_dir), Path(out_path)
     if not 1 <= cfg.positives <= MAX_POSITIVES:
         raise ValueError(f"eval.positives must be in 1..{MAX_POSITIVES}, got {cfg.positives}")
@@ -114,7 +143,7 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
     eligible = np.flatnonzero(seqs.counts > n_pos)
     if len(eligible) < len(seqs.counts):
         skipped[f"users with <= {n_pos} interactions"] += len(seqs.counts) - len(eligible)
-    rows = {name: [] for name in SCHEMA.names}
+    rows = {name: [] for name in COLUMNS}
     pairs = 0
     for u in rng.permutation(eligible):
         start, count = int(seqs.starts[u]), int(seqs.counts[u])
@@ -145,7 +174,7 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
                       "history": pa.array([h.tolist() for h in rows["history"]], pa.list_(pa.int32())),
                       "candidates": rows["candidates"], "candidate_tokens": rows["candidate_tokens"],
                       "labels": rows["labels"], "target": rows["target"]},
-                     schema=SCHEMA.with_metadata({"negatives": f"uniform-{cfg.negative_pool}" if impressions is None
+                     schema=schema().with_metadata({"negatives": f"uniform-{cfg.negative_pool}" if impressions is None
                                                   else "impressions",
                                                   "seed": str(seed), "tokenizer_hash": codes.tokenizer_hash,
                                                   "tokenizer_train_domains":
@@ -160,6 +189,8 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
 
 
 def _stats(table: pa.Table, path: Path, skipped: Counter) -> dict:
+    import pyarrow.compute as pc
+
     labels = pc.list_flatten(table["labels"]).to_numpy(zero_copy_only=False)
     meta = table.schema.metadata or {}
     return {"path": f"{path.parent.name}/{path.name}", "users": table.num_rows, "pairs": int(len(labels)),
@@ -169,8 +200,10 @@ def _stats(table: pa.Table, path: Path, skipped: Counter) -> dict:
 
 def read_eval_set(path: str | Path) -> pa.Table:
     """Load an eval set, checking its columns against the documented schema."""
+    import pyarrow.parquet as pq
+
     table = pq.read_table(path)
-    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    missing = [n for n in COLUMNS if n not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
     return table

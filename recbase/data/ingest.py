@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 from recbase.data.readers import default_domain, get_reader
-from recbase.data.tables import DomainTables, IngestSummary, check_domain_name, finalize, write_domain
+from recbase.data.tables import SUMMARY_FILE, DomainTables, IngestSummary, check_domain_name, finalize, write_domain
 from recbase.io import atomic_write_text
 
-SUMMARY_FILE = "ingest_summary.json"
 MIN_USER_INTERACTIONS = 15   # the paper's filter: users with fewer interactions are dropped
 MAX_HISTORY = 2500           # the paper's cut: only the last 2,500 interactions of a user are kept
 

@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recbase.data.tables import (INTERACTION_SCHEMA, INTERACTIONS_FILE, ITEMS_FILE, DomainTables, IngestSummary,
-                                 finalize, make_interactions_table)
+from recbase.data.tables import (INTERACTION_SCHEMA, INTERACTIONS_FILE, ITEMS_FILE, SUMMARY_FILE, DomainTables,
+                                 IngestSummary, finalize, make_interactions_table)
 from recbase.io import atomic_path, atomic_write_text
 
 ROWS_PER_BUCKET = 2_000_000   # interactions finalized at once: ~0.5 GB of working memory
@@ -46,7 +46,6 @@ def ingest_stream(path: str | Path, out_dir: str | Path, domain: str, spec, kind
                   rows_per_bucket: int = ROWS_PER_BUCKET, chunk_rows: int = CHUNK_ROWS) -> IngestSummary:
     """Read a generic-spec dataset in chunks and write ``out_dir/<domain>/`` like :func:`recbase.data.ingest.ingest`;
     returns the summary (also written as ``ingest_summary.json``)."""
-    from recbase.data.ingest import SUMMARY_FILE
     from recbase.data.readers.generic import read_chunked
 
     start = time.perf_counter()

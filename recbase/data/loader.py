@@ -38,7 +38,7 @@ import torch
 import webdataset as wds
 from webdataset import tariterators
 
-from recbase.data.shards import ShardError, decode_block, read_manifest
+from recbase.data.shard_format import ShardError, decode_block, read_manifest
 from recbase.errors import UserError
 from recbase.io import sha256_file
 from recbase.vocab import Vocab

@@ -1,12 +1,7 @@
-"""Shard builder: users' chronological histories as concept-ID tokens in WebDataset tar shards.
+"""Shard build: users' chronological histories as concept-ID tokens in WebDataset tar shards.
 
 A user's sequence is ``bos``, each item's L tokens in time order, then ``eos`` when the history is complete
-(docs/formats.md). One tar entry per user would cost ~4 KB of tar header and padding per user, so each tar entry
-is a *block* of many users stored as three files sharing one WebDataset key:
-
-    <key>.tokens.u16   flat little-endian token array (``.tokens.u32`` when the vocabulary exceeds 65,536 ids)
-    <key>.offsets.i64  little-endian int64 ``[n_users + 1]``; user ``i`` is ``tokens[offsets[i]:offsets[i+1]]``
-    <key>.meta.json    ``{"users": [...], "domains": [...], "domain_names": [...], "label_from": [...]?}``
+(docs/formats.md); the tar and manifest layout is in :mod:`recbase.data.shard_format`.
 
 Everything is a pure function of the inputs and the config, so a rebuild is byte-identical: users are ordered by
 a seeded stable hash (which also mixes domains), blocks and shards are cut at fixed token counts, and tar
@@ -15,55 +10,38 @@ takes the users whose unseeded stable hash falls in its slice and names its shar
 so tasks never clash. Shards are written under a temporary name and renamed, so a rerun skips the shards that
 exist and rebuilds only the missing ones.
 
-Only the builder reads Parquet: pyarrow and the tables module are imported where the inputs are read, so the
-trainer's read side (``decode_block``, ``read_manifest``) and :func:`write_sequence_shards` run on a machine
-without them (a bare GPU machine, see docs/benchmarks.md).
+Only the builder reads Parquet: pyarrow and the tables module are imported where the inputs are read, so
+:func:`write_sequence_shards` runs on a machine without them (a bare GPU machine, see docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import logging
 import multiprocessing
-import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from recbase.config import AT_LEAST_0, AT_LEAST_1, Range, check_ranges, to_dict
+from recbase.data.codes import read_codes
+from recbase.data.evalsets import IMPRESSIONS_FILE, EvalSetConfig, build_eval_set
+from recbase.data.sequences import DomainSequences, assemble, load_domain, stable_hash
+from recbase.data.shard_format import (FORMAT, TASK_DIR, digest_path, encode_block, merge_manifests, shard_is_intact,
+                                       shard_name, token_dtype, write_shard)
 from recbase.errors import UserError
-from recbase.io import atomic_path, atomic_write_text, plain_name, sha256_file
+from recbase.io import atomic_write_text, plain_name, sha256_file
 from recbase.vocab import Vocab
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-FORMAT = "recbase-shards/1"
 SPLITS = ("train", "valid")
-MANIFEST = "manifest.json"
 BUILD_STAMP = "build.json"
-TASK_DIR = "tasks"
-IMPRESSIONS_FILE = "impressions.parquet"
 EVAL_DIR = "eval"
-
-
-@dataclass
-class EvalSetConfig:
-    """Options of the eval sets written for held-out domains (recbase/data/evalsets.py)."""
-
-    positives: int = 1                 # last items of each user held out as positives (1..10)
-    negatives_per_positive: int = 10   # negatives sampled per positive (the reports' protocol: 1 + 10 per user)
-    negative_pool: str = "interacted"  # interacted (items someone in the domain interacted with) or catalog
-    max_pairs: int = 20_000            # (user, candidate) pairs per domain at most
 
 
 SHARD_RANGES = {"codebook_size": AT_LEAST_0, "tokens_per_shard": AT_LEAST_1, "tokens_per_block": AT_LEAST_1,
@@ -90,152 +68,6 @@ class ShardConfig:
     num_tasks: int = 1                                         # number of slices
     seed: int = 0                                              # user order and eval-set sampling
     eval: EvalSetConfig = field(default_factory=EvalSetConfig)
-
-
-class ShardError(UserError):
-    """A shard file that cannot be read as what the manifest says it is."""
-
-
-# --------------------------------------------------------------------------------------------------- codes
-
-
-@dataclass
-class Codes:
-    """The item -> concept code table of one tokenizer, split by domain."""
-
-    tokenizer_hash: str
-    vocab: Vocab
-    by_domain: dict[str, tuple[pa.Array, np.ndarray]]   # domain -> (item ids, codes [n, L])
-    tokenizer: dict = field(default_factory=dict)        # hash, kind, embedder, train_domains (None: not recorded)
-
-
-def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
-    """Read ``codes.parquet``; the vocabulary's K comes from ``codebook_size`` or the file's metadata."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: codes file not found (run `recbase tokenizer encode` first)")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase tokenizer encode`"
-                        ) from None
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    if "tokenizer_hash" not in meta:
-        raise ValueError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")
-    for col in ("domain", "item_id", "codes"):
-        if col not in table.column_names:
-            raise ValueError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
-    lengths = pc.list_value_length(table["codes"]).to_numpy(zero_copy_only=False)
-    if len(lengths) == 0:
-        raise ValueError(f"{path}: no rows")
-    bad = np.flatnonzero(lengths != lengths[0])
-    if len(bad):
-        raise ValueError(f"{path}: row {bad[0]}, field 'codes': {lengths[bad[0]]} codes, row 0 has {lengths[0]}")
-    levels = int(lengths[0])
-    codes = pc.list_flatten(table["codes"]).to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, levels)
-    k = codebook_size or int(meta.get("codebook_size", 0))
-    if not k:
-        raise ValueError(f"{path}: no 'codebook_size' in the metadata; set codebook_size in the shard config")
-    bad = np.flatnonzero((codes < 0).any(1) | (codes >= k).any(1))
-    if len(bad):
-        raise ValueError(f"{path}: row {bad[0]}, field 'codes': {codes[bad[0]].tolist()} outside [0, {k})")
-    vocab = Vocab(levels=levels, codebook_size=k)
-    domains = table["domain"].to_numpy(zero_copy_only=False)
-    by_domain = {}
-    for d in sorted(set(domains.tolist())):
-        rows = np.flatnonzero(domains == d)
-        by_domain[d] = (table["item_id"].take(pa.array(rows)).combine_chunks(), codes[rows])
-    tokenizer = {"hash": meta["tokenizer_hash"], "kind": meta.get("tokenizer_kind"), "embedder": meta.get("embedder"),
-                 "train_domains": json.loads(meta["train_domains"]) if "train_domains" in meta else None}
-    return Codes(meta["tokenizer_hash"], vocab, by_domain, tokenizer)
-
-
-def token_dtype(vocab: Vocab) -> np.dtype:
-    """uint16 when every id fits (the paper's L=4, K=2048 needs 8,200), else uint32."""
-    return np.dtype("<u2") if vocab.n_tokens <= 1 << 16 else np.dtype("<u4")
-
-
-# --------------------------------------------------------------------------------------------------- sequences
-
-
-@dataclass
-class DomainSequences:
-    """One domain's kept interactions as item tokens, grouped by user in chronological order."""
-
-    domain: str
-    user_ids: list[str]        # one per user
-    starts: np.ndarray         # int64 [n_users]: first row of the user in item_tokens
-    counts: np.ndarray         # int64 [n_users]: the user's number of kept interactions
-    item_tokens: np.ndarray    # [n_interactions, L] in the shard token dtype (uint16 for the paper's vocabulary)
-    item_rows: np.ndarray      # int64 [n_interactions]: row of the item in the domain's codes
-    skipped: Counter
-
-
-def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
-    """Map a domain's interactions to item tokens; interactions of items without codes are skipped and counted."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from recbase.data.tables import read_interactions
-
-    domain = domain_dir.name
-    if domain not in codes.by_domain:
-        raise ValueError(f"{domain_dir}: domain '{domain}' has no rows in the codes file")
-    item_ids, item_codes = codes.by_domain[domain]
-    table = read_interactions(domain_dir).select(["user_id", "item_id", "timestamp"])
-    for name in ("user_id", "item_id", "timestamp"):
-        nulls = table[name].null_count
-        if nulls:
-            row = int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"{domain_dir / 'interactions.parquet'}: row {row}, field '{name}' is null")
-    skipped: Counter = Counter()
-    rows = pc.index_in(table["item_id"], value_set=item_ids)
-    known = rows.is_valid()
-    n_unknown = table.num_rows - pc.sum(known).as_py() if table.num_rows else 0
-    if n_unknown:
-        skipped["interactions whose item has no codes"] += n_unknown
-        table, rows = table.filter(known), rows.filter(known)
-    table = table.append_column("row", rows)
-    table = table.take(pc.sort_indices(table, [("user_id", "ascending"), ("timestamp", "ascending")]))
-    item_rows = table["row"].to_numpy().astype(np.int64)
-    user_codes = table["user_id"].combine_chunks().dictionary_encode()
-    idx = user_codes.indices.to_numpy()
-    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if len(idx) else np.zeros(0, np.int64)
-    counts = np.diff(np.r_[starts, len(idx)])
-    user_ids = user_codes.dictionary.take(pa.array(idx[starts])).to_pylist()
-    tokens = codes.vocab.encode_codes(item_codes).astype(token_dtype(codes.vocab))[item_rows]
-    return DomainSequences(domain, user_ids, starts.astype(np.int64), counts.astype(np.int64), tokens, item_rows,
-                           skipped)
-
-
-def stable_hash(*parts) -> int:
-    """A 63-bit hash of ``parts`` that is the same on every machine and Python run (unlike ``hash``)."""
-    text = "\x1f".join(str(p) for p in parts).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-
-
-def assemble(item_tokens: np.ndarray, starts: np.ndarray, counts: np.ndarray, eos: np.ndarray, vocab: Vocab,
-             dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Flat tokens and offsets of users ``bos, item tokens of rows starts[u]:starts[u]+counts[u], [eos]``."""
-    n_levels = item_tokens.shape[1]
-    lengths = 1 + counts * n_levels + eos.astype(np.int64)
-    offsets = np.zeros(len(counts) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    out = np.empty(int(offsets[-1]), dtype)
-    out[offsets[:-1]] = vocab.bos_id
-    out[offsets[1:][eos] - 1] = vocab.eos_id
-    total = int(counts.sum())
-    if total:
-        before = np.cumsum(counts) - counts
-        step = np.arange(total, dtype=np.int64) - np.repeat(before, counts)
-        src = np.repeat(starts, counts) + step
-        dst = np.repeat(offsets[:-1] + 1, counts) + step * n_levels
-        out[dst[:, None] + np.arange(n_levels)] = item_tokens[src]
-    return out, offsets
 
 
 # --------------------------------------------------------------------------------------------------- layout
@@ -311,71 +143,6 @@ def _span(sorted_ids: np.ndarray, value: int) -> range:
 def _shard_users(su: SplitUsers, shard: int) -> slice:
     blocks = _span(su.shard, shard)
     return slice(_span(su.block, blocks.start).start, _span(su.block, blocks.stop - 1).stop)
-
-
-def shard_name(split: str, task_index: int, shard: int) -> str:
-    return f"{split}-t{task_index:03d}-{shard:06d}.tar"
-
-
-# --------------------------------------------------------------------------------------------------- tar I/O
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
-def encode_block(tokens: np.ndarray, offsets: np.ndarray, meta: dict) -> dict[str, bytes]:
-    """The three files of one block, by extension (see the module docstring)."""
-    ext = "tokens.u16" if tokens.dtype.itemsize == 2 else "tokens.u32"
-    return {ext: tokens.tobytes(),
-            "offsets.i64": offsets.astype("<i8").tobytes(),
-            "meta.json": json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode("utf-8")}
-
-
-def decode_block(sample: dict, where: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Inverse of :func:`encode_block` for a WebDataset sample; inconsistencies raise :class:`ShardError`."""
-    key = sample.get("__key__", "?")
-    try:
-        meta = json.loads(sample["meta.json"])
-        raw = sample.get("tokens.u16")
-        tokens = np.frombuffer(raw, "<u2") if raw is not None else np.frombuffer(sample["tokens.u32"], "<u4")
-        offsets = np.frombuffer(sample["offsets.i64"], "<i8")
-    except (KeyError, ValueError) as e:
-        raise ShardError(f"{where}: block '{key}' is corrupt ({type(e).__name__}: {e})") from None
-    n = len(meta.get("users", []))
-    if (len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != len(tokens)
-            or (n and np.any(np.diff(offsets) <= 0))):
-        raise ShardError(f"{where}: block '{key}' has offsets that do not match its {len(tokens)} tokens and "
-                         f"{n} users")
-    return tokens, offsets, meta
-
-
-def write_shard(path: Path, blocks: list[tuple[str, dict[str, bytes]]]) -> None:
-    """Write ``blocks`` (key, files) as one deterministic tar, atomically, then its SHA-256 beside it
-    (``<shard>.sha256``), which a rerun checks before it keeps the shard."""
-    with atomic_path(path) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, files in blocks:
-                for ext in sorted(files):
-                    _add_member(tar, f"{key}.{ext}", files[ext])
-        digest = sha256_file(tmp)
-    atomic_write_text(_digest_path(path), digest + "\n")
-
-
-def _digest_path(shard: Path) -> Path:
-    return shard.with_name(shard.name + ".sha256")
-
-
-def shard_is_intact(path: Path) -> bool:
-    """True when ``path`` exists and matches the SHA-256 recorded when it was written."""
-    digest = _digest_path(path)
-    return path.exists() and digest.exists() and digest.read_text().strip() == sha256_file(path)
 
 
 # --------------------------------------------------------------------------------------------------- build
@@ -458,7 +225,7 @@ def _split_stats(su: SplitUsers, seqs: list[DomainSequences], root: Path, task_i
                        "items": int(items[users].sum()), "tokens": int(su.lengths[users].sum()),
                        "blocks": int(np.count_nonzero(su.shard == s)),
                        "bytes": (root / path).stat().st_size,
-                       "sha256": _digest_path(root / path).read_text().strip()})
+                       "sha256": digest_path(root / path).read_text().strip()})
     domains = {}
     for d, s in enumerate(seqs):
         m = su.domain == d
@@ -501,8 +268,6 @@ def build_shards(cfg: ShardConfig) -> Path:
     seqs = [load_domain(d, codes) for d in tqdm(pretrain_dirs, desc="read domains", unit="domain")]
 
     def eval_sets() -> dict:
-        from recbase.data.evalsets import build_eval_set
-
         seen = sorted({d.name for d in heldout_dirs} & set(codes.tokenizer.get("train_domains") or []))
         if seen:
             log.warning("held-out domain(s) %s were among the tokenizer's training domains: their eval sets are not "
@@ -578,73 +343,3 @@ def select_domains(cfg: ShardConfig) -> tuple[list[Path], list[Path]]:
             raise UserError(f"domain '{name}' not found in {cfg.data_dir} (have {', '.join(sorted(found))})")
     pretrain = list(cfg.domains) or [n for n in found if n not in cfg.heldout_domains]
     return [found[n] for n in sorted(pretrain)], [found[n] for n in sorted(cfg.heldout_domains)]
-
-
-def merge_manifests(root: str | Path, num_tasks: int, missing_ok: bool = False) -> Path | None:
-    """Write ``manifest.json`` from the per-task manifests (the final step of an array job).
-
-    With ``missing_ok`` a missing task returns None (another task will merge); otherwise it is an error.
-    """
-    root = Path(root)
-    tasks = []
-    for t in range(num_tasks):
-        p = root / TASK_DIR / f"task-{t:03d}.json"
-        if not p.exists():
-            if missing_ok:
-                return None
-            raise FileNotFoundError(f"{p}: task {t} of {num_tasks} has not finished; rerun it before merging")
-        tasks.append(json.loads(p.read_text(encoding="utf-8")))
-    first = tasks[0]
-    for t in tasks[1:]:
-        if t["tokenizer_hash"] != first["tokenizer_hash"] or t["vocab"] != first["vocab"]:
-            raise ValueError(f"{root}: task {t['task_index']} used another tokenizer than task 0")
-    shards = [s for t in tasks for s in t["shards"]]
-    domains: dict = {}
-    for t in tasks:
-        for name, per_split in t["domains"].items():
-            for sp, stats in per_split.items():
-                acc = domains.setdefault(name, {}).setdefault(sp, Counter())
-                acc.update(stats)
-    totals: dict = {}
-    for s in shards:
-        acc = totals.setdefault(s["split"], Counter())
-        acc.update({k: s[k] for k in ("users", "items", "tokens", "blocks", "bytes")})
-        acc["shards"] += 1
-    skipped: Counter = Counter()
-    for t in tasks:
-        skipped.update(t["skipped"])
-    config = dict(first["config"])
-    config.pop("task_index")
-    manifest = {
-        "format": FORMAT, "tokenizer_hash": first["tokenizer_hash"], "tokenizer": first.get("tokenizer", {}),
-        "vocab": first["vocab"],
-        "token_dtype": first["token_dtype"],
-        "split": {"holdout": config["holdout"], "splits": sorted(totals),
-                  "rule": "train = items[:-2h] (+eos when h=0), valid = items[:-h] labelled from label_from, "
-                          "test = the last h items (never in shards)"},
-        "totals": {sp: dict(c) for sp, c in sorted(totals.items())},
-        "domains": {n: {sp: dict(c) for sp, c in v.items()} for n, v in sorted(domains.items())},
-        "shards": shards, "eval_sets": first["eval_sets"], "skipped": dict(sorted(skipped.items())),
-        "num_tasks": num_tasks, "config": config,
-    }
-    path = root / MANIFEST
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
-    return path
-
-
-def read_manifest(root: str | Path, expected_tokenizer_hash: str | None = None) -> dict:
-    """Load ``manifest.json``; refuse it when its tokenizer hash differs from the expected one."""
-    path = Path(root) / MANIFEST
-    if not path.exists():
-        raise UserError(f"{path}: no manifest (the build has not finished, or merge the task manifests with "
-                        f"`recbase shards --merge`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a readable manifest ({e}); rerun the shard build") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: not a shard manifest of format {FORMAT!r}; rerun the shard build")
-    if expected_tokenizer_hash is not None and manifest["tokenizer_hash"] != expected_tokenizer_hash:
-        raise UserError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
-                        f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")
-    return manifest

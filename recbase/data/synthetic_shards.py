@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recbase.data.shards import DomainSequences, ShardConfig, token_dtype, write_sequence_shards
+from recbase.data.sequences import DomainSequences
+from recbase.data.shard_format import token_dtype
+from recbase.data.shards import ShardConfig, write_sequence_shards
 from recbase.vocab import Vocab
 
 TOKENIZER_HASH = "synthetic-random-codes"

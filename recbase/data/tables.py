@@ -36,6 +36,7 @@ INTERACTION_SCHEMA = pa.schema([
 ])
 ITEMS_FILE = "items.parquet"
 INTERACTIONS_FILE = "interactions.parquet"
+SUMMARY_FILE = "ingest_summary.json"   # what an ingest kept and dropped
 
 
 @dataclass

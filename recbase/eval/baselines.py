@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 
-from recbase.data.shards import stable_hash
+from recbase.data.sequences import stable_hash
 from recbase.errors import UserError
 
 BASELINES = ("random", "text_raw", "text_centred", "popularity")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from recbase.data.shards import DomainSequences
+from recbase.data.sequences import DomainSequences
 from recbase.eval.metrics import retrieval_metrics
 from recbase.eval.retrieval import Retriever
 from recbase.vocab import Vocab

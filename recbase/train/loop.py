@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from recbase.config import to_dict
-from recbase.data.shards import read_manifest
+from recbase.data.shard_format import read_manifest
 from recbase.errors import UserError
 from recbase.train import checkpoint as ckpt
 from recbase.train import engine as ds
