@@ -155,14 +155,15 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     """Run every stage; returns the results (also in ``<out>/<run_name>/metrics.json``)."""
     import torch
 
-    from recbase.data.readers import default_domain
     from recbase.data.codes import read_codes
+    from recbase.data.readers import default_domain
     from recbase.data.sequences import load_domain
-    from recbase.eval.inputs import read_embeddings, read_item_ids
+    from recbase.eval.inputs import read_item_ids
     from recbase.eval.leave_one_out import baseline_metrics, leave_one_out, model_metrics, training_counts
     from recbase.eval.model_io import check_tokenizer_hash, load_eval_model
     from recbase.eval.retrieval import Retriever
     from recbase.eval.trie import CodeTrie
+    from recbase.tokenizer.embed import load_embeddings
 
     if not cfg.seeds:
         raise ValueError("seeds is empty: give at least one model seed")
@@ -188,7 +189,7 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     splits = {s: leave_one_out(seqs, s, cfg.max_history) for s in ("valid", "test")}
     if read_item_ids(data / domain) != item_ids:
         raise ValueError(f"{out / 'codes.parquet'}: items are not in the order of {data / domain}/items.parquet")
-    embeddings = read_embeddings(emb, domain, item_ids)
+    embeddings = load_embeddings(emb, domain, item_ids)[0].astype(np.float32)
     counts = training_counts(seqs, len(item_ids))
     # checkpoints are chosen on these users; the baselines' validation numbers are on the same ones
     splits["valid"] = _subset(splits["valid"], cfg.valid_users)

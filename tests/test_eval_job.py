@@ -10,8 +10,8 @@ from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from eval_helpers import build_world, save_export, tiny_model, write_eval_set
 from recbase.cli import main
 from recbase.config import load_config
+from recbase.data.evalsets import read_eval_set
 from recbase.errors import UserError
-from recbase.eval.inputs import read_eval_set
 from recbase.eval.job import EvalConfig, evaluate
 from recbase.eval.metrics import auc
 from recbase.eval.model_io import TokenizerMismatch, load_eval_model

@@ -1,4 +1,5 @@
-"""Eval sets for held-out domains: per user a history, held-out positives and sampled negatives.
+"""Eval sets for held-out domains: per user a history, held-out positives and sampled negatives; written,
+read and checked here.
 
 Layout (docs/formats.md): ``eval/<domain>.parquet``, one row per user with ``user_id``, ``history`` (token ids,
 ``bos`` first, no ``eos``), ``candidates`` (item ids), ``candidate_tokens`` (L tokens each), ``labels`` (1 = held
@@ -26,10 +27,13 @@ import numpy as np
 
 from recbase.data.codes import Codes
 from recbase.data.sequences import assemble, load_domain, stable_hash
+from recbase.errors import UserError
 from recbase.io import atomic_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from recbase.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +202,93 @@ def _stats(table: pa.Table, path: Path, skipped: Counter) -> dict:
             "skipped": dict(skipped)}
 
 
-def read_eval_set(path: str | Path) -> pa.Table:
-    """Load an eval set, checking its columns against the documented schema."""
+@dataclass
+class EvalSet:
+    """One held-out domain: per user a history, candidates with their tokens and labels, and the target."""
+
+    domain: str
+    path: Path
+    user_ids: list[str]
+    histories: list[np.ndarray]          # [T] int64, bos first
+    candidates: list[list[str]]
+    candidate_tokens: list[np.ndarray]   # [C, L] int64
+    labels: list[np.ndarray]             # [C] int8
+    targets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(c) for c in self.candidates)
+
+    def flat(self, per_user: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user index, score, label) over all pairs, for pooled AUC and GAUC."""
+        groups = np.repeat(np.arange(len(self)), [len(c) for c in self.candidates])
+        return groups, np.concatenate(per_user), np.concatenate(self.labels)
+
+
+def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet:
+    """Read and validate ``eval/<domain>.parquet`` (layout in docs/formats.md) against the model's vocabulary."""
     import pyarrow.parquet as pq
 
+    path = Path(path)
+    levels, bos_id = vocab.levels, vocab.bos_id
+    level_lo = np.array([vocab.level_range(level)[0] for level in range(levels)])
     table = pq.read_table(path)
-    missing = [n for n in COLUMNS if n not in table.column_names]
+    missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-    return table
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    if max_users:
+        table = table.slice(0, max_users)
+    cols = {c: table.column(c).to_pylist() for c in COLUMNS}
+    out = EvalSet(path.stem, path, [], [], [], [], [], [])
+    for row in range(table.num_rows):
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"{path}: row {row} (user {cols['user_id'][row]!r}): field {field!r} {why}")
+
+        history = np.asarray(cols["history"][row] or [], dtype=np.int64)
+        if len(history) == 0 or history[0] != bos_id:
+            raise bad("history", f"must start with bos ({bos_id})")
+        if (len(history) - 1) % levels:
+            raise bad("history", f"has {len(history) - 1} tokens after bos, not a multiple of {levels} levels")
+        cands = cols["candidates"][row] or []
+        tokens = cols["candidate_tokens"][row] or []
+        labels = np.asarray(cols["labels"][row] or [], dtype=np.int8)
+        if not cands:
+            raise bad("candidates", "is empty")
+        if len(tokens) != len(cands) or len(labels) != len(cands):
+            raise bad("candidate_tokens/labels", f"lengths {len(tokens)}/{len(labels)} differ from "
+                      f"{len(cands)} candidates")
+        if any(t is None or len(t) != levels for t in tokens):
+            raise bad("candidate_tokens", f"has an entry that is not {levels} tokens")
+        token_array = np.asarray(tokens, dtype=np.int64)
+        if ((token_array < level_lo) | (token_array >= level_lo + vocab.codebook_size)).any():
+            raise bad("candidate_tokens", f"has a token outside its level's range (vocabulary: {levels} levels "
+                      f"of {vocab.codebook_size} codes after {vocab.n_special} specials)")
+        if not np.isin(labels, (0, 1)).all():
+            raise bad("labels", "holds values other than 0 and 1")
+        target = cols["target"][row]
+        if target is None:
+            raise bad("target", "is null")
+        out.user_ids.append(str(cols["user_id"][row]))
+        out.histories.append(history)
+        out.candidates.append([str(c) for c in cands])
+        out.candidate_tokens.append(token_array)
+        out.labels.append(labels)
+        out.targets.append(str(target))
+    if not len(out):
+        raise UserError(f"{path}: no users")
+    return out
+
+
+def eval_set_training_domains(path: Path) -> tuple[list[str] | None, list[str] | None]:
+    """(domains the tokenizer was trained on, pretraining domains of the shards built beside it), as recorded in
+    the eval set's metadata when it was built; ``None`` where the builder did not know."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+
+    def listed(key: bytes) -> list[str] | None:
+        return json.loads(meta[key]) if key in meta else None
+    return listed(b"tokenizer_train_domains"), listed(b"shard_domains")

@@ -1,51 +1,20 @@
-"""Reading what evaluation consumes: eval sets, the catalog's codes, the tokenizer hashes they carry, the users'
-history items and the domain's popularity counts (both from ``interactions.parquet``), and text embeddings.
+"""Reading what evaluation consumes besides the eval sets (recbase/data/evalsets.py): the catalog's codes, the tokenizer hashes they carry, the users'
+history items and the domain's popularity counts (both from ``interactions.parquet``).
 
 Every malformed row is an error naming the file, the row and the field: a silently wrong eval set would give a
 plausible but meaningless AUC.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from recbase.data.evalsets import EvalSet
 from recbase.errors import UserError
-from recbase.vocab import Vocab
-
-EVAL_COLUMNS = ("user_id", "history", "candidates", "candidate_tokens", "labels", "target")
-
-
-@dataclass
-class EvalSet:
-    """One held-out domain: per user a history, candidates with their tokens and labels, and the target."""
-
-    domain: str
-    path: Path
-    user_ids: list[str]
-    histories: list[np.ndarray]          # [T] int64, bos first
-    candidates: list[list[str]]
-    candidate_tokens: list[np.ndarray]   # [C, L] int64
-    labels: list[np.ndarray]             # [C] int8
-    targets: list[str]
-
-    def __len__(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def n_pairs(self) -> int:
-        return sum(len(c) for c in self.candidates)
-
-    def flat(self, per_user: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(user index, score, label) over all pairs, for pooled AUC and GAUC."""
-        groups = np.repeat(np.arange(len(self)), [len(c) for c in self.candidates])
-        return groups, np.concatenate(per_user), np.concatenate(self.labels)
-
 
 def list_eval_domains(eval_dir: str | Path) -> list[str]:
     domains = sorted(p.stem for p in Path(eval_dir).glob("*.parquet") if not p.name.startswith("."))
@@ -54,72 +23,10 @@ def list_eval_domains(eval_dir: str | Path) -> list[str]:
     return domains
 
 
-def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet:
-    """Read and validate ``eval/<domain>.parquet`` (layout in docs/formats.md) against the model's vocabulary."""
-    path = Path(path)
-    levels, bos_id = vocab.levels, vocab.bos_id
-    level_lo = np.array([vocab.level_range(level)[0] for level in range(levels)])
-    table = pq.read_table(path)
-    missing = [c for c in EVAL_COLUMNS if c not in table.column_names]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
-    if max_users:
-        table = table.slice(0, max_users)
-    cols = {c: table.column(c).to_pylist() for c in EVAL_COLUMNS}
-    out = EvalSet(path.stem, path, [], [], [], [], [], [])
-    for row in range(table.num_rows):
-        def bad(field: str, why: str) -> ValueError:
-            return ValueError(f"{path}: row {row} (user {cols['user_id'][row]!r}): field {field!r} {why}")
-
-        history = np.asarray(cols["history"][row] or [], dtype=np.int64)
-        if len(history) == 0 or history[0] != bos_id:
-            raise bad("history", f"must start with bos ({bos_id})")
-        if (len(history) - 1) % levels:
-            raise bad("history", f"has {len(history) - 1} tokens after bos, not a multiple of {levels} levels")
-        cands = cols["candidates"][row] or []
-        tokens = cols["candidate_tokens"][row] or []
-        labels = np.asarray(cols["labels"][row] or [], dtype=np.int8)
-        if not cands:
-            raise bad("candidates", "is empty")
-        if len(tokens) != len(cands) or len(labels) != len(cands):
-            raise bad("candidate_tokens/labels", f"lengths {len(tokens)}/{len(labels)} differ from "
-                      f"{len(cands)} candidates")
-        if any(t is None or len(t) != levels for t in tokens):
-            raise bad("candidate_tokens", f"has an entry that is not {levels} tokens")
-        token_array = np.asarray(tokens, dtype=np.int64)
-        if ((token_array < level_lo) | (token_array >= level_lo + vocab.codebook_size)).any():
-            raise bad("candidate_tokens", f"has a token outside its level's range (vocabulary: {levels} levels "
-                      f"of {vocab.codebook_size} codes after {vocab.n_special} specials)")
-        if not np.isin(labels, (0, 1)).all():
-            raise bad("labels", "holds values other than 0 and 1")
-        target = cols["target"][row]
-        if target is None:
-            raise bad("target", "is null")
-        out.user_ids.append(str(cols["user_id"][row]))
-        out.histories.append(history)
-        out.candidates.append([str(c) for c in cands])
-        out.candidate_tokens.append(token_array)
-        out.labels.append(labels)
-        out.targets.append(str(target))
-    if not len(out):
-        raise UserError(f"{path}: no users")
-    return out
-
-
 def parquet_tokenizer_hash(path: Path) -> str | None:
     meta = pq.read_schema(path).metadata or {}
     value = meta.get(b"tokenizer_hash")
     return value.decode() if value else None
-
-
-def eval_set_training_domains(path: Path) -> tuple[list[str] | None, list[str] | None]:
-    """(domains the tokenizer was trained on, pretraining domains of the shards built beside it), as recorded in
-    the eval set's metadata when it was built; ``None`` where the builder did not know."""
-    meta = pq.read_schema(path).metadata or {}
-
-    def listed(key: bytes) -> list[str] | None:
-        return json.loads(meta[key]) if key in meta else None
-    return listed(b"tokenizer_train_domains"), listed(b"shard_domains")
 
 
 def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokenizer_dir: str = "") -> dict[str, str]:
@@ -239,17 +146,3 @@ def read_item_ids(domain_dir: str | Path) -> list[str]:
     """The domain's item ids in ``items.parquet`` order (the row order of its embeddings)."""
     return pq.read_table(Path(domain_dir) / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
 
-
-def read_embeddings(emb_dir: str | Path, domain: str, item_ids: list[str]) -> np.ndarray:
-    """``<emb_dir>/<domain>.npy`` as float32, checked against the domain's items (count and id hash)."""
-    npy = Path(emb_dir) / f"{domain}.npy"
-    meta_path = Path(emb_dir) / f"{domain}.json"
-    emb = np.load(npy)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if emb.ndim != 2 or emb.shape[0] != len(item_ids):
-        raise UserError(f"{npy}: shape {emb.shape} does not have one row per item ({len(item_ids)} items)")
-    digest = hashlib.sha256("\n".join(item_ids).encode("utf-8")).hexdigest()
-    if meta.get("item_ids_sha256") not in (None, digest):
-        raise UserError(f"{meta_path}: field 'item_ids_sha256' does not match the items table's ids; "
-                        f"the embeddings were computed for another item order")
-    return emb.astype(np.float32)

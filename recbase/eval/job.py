@@ -15,18 +15,19 @@ import numpy as np
 from tqdm import tqdm
 
 from recbase.config import save_config, to_dict
+from recbase.data.evalsets import EvalSet, eval_set_training_domains, read_eval_set
 from recbase.errors import UserError
 from recbase.eval import baselines as bl
 from recbase.eval.calibrate import empty_history_logprobs, fuse
-from recbase.eval.inputs import (EvalSet, eval_set_training_domains, history_items, input_tokenizer_hashes,
-                                 list_eval_domains, popularity_counts, read_catalog, read_embeddings, read_eval_set,
-                                 read_item_ids, user_sequences)
+from recbase.eval.inputs import (history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts,
+                                 read_catalog, read_item_ids, user_sequences)
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
 from recbase.eval.model_io import DTYPES, META_FILE, EvalModel, check_tokenizer_hash, load_eval_model
 from recbase.eval.report import write_pair_scores, write_report
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import MODES, CandidateScorer
 from recbase.eval.trie import CodeTrie
+from recbase.tokenizer.embed import load_embeddings
 
 USERS_PER_CALL = 256  # users handed to the scorer at once (it batches them); the progress bar moves per call
 
@@ -158,7 +159,7 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int, item_tok
         else:
             if embeddings is None:
                 item_ids = read_item_ids(domain_dir)
-                embeddings = read_embeddings(cfg.embeddings_dir, eval_set.domain, item_ids)
+                embeddings = load_embeddings(cfg.embeddings_dir, eval_set.domain, item_ids)[0].astype(np.float32)
             sim = bl.TextSimilarity(item_ids, embeddings, centred=name == "text_centred")
             scores = [sim.score(h, c) for h, c in zip(hist_items, eval_set.candidates)]
         out[name] = ranking_metrics(eval_set, scores)

@@ -66,11 +66,3 @@ def write_codes(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path, out_p
         pq.write_table(table, tmp)
     return table
 
-
-def read_codes(path: str | Path) -> tuple[pa.Table, str]:
-    """``codes.parquet`` and the tokenizer hash stored in its metadata."""
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    if b"tokenizer_hash" not in meta:
-        raise UserError(f"{path}: no tokenizer_hash in the Parquet metadata; not written by `recbase tokenizer encode`")
-    return table, meta[b"tokenizer_hash"].decode()
