@@ -1,8 +1,8 @@
 """``codes.parquet``: each item's concept codes under one tokenizer, read and checked in one place.
 
-Written by ``recbase tokenizer encode`` (docs/formats.md, "Codes"); read by the shard build, the eval-set build and
-the in-domain runs. pyarrow is imported inside :func:`read_codes`, so importing this module costs nothing on a
-machine that only trains.
+Written by ``recbase tokenizer encode`` (docs/formats.md, "Codes"); read by the shard build, the eval-set build, the
+in-domain runs and evaluation's retrieval. pyarrow is imported inside :func:`read_codes`, so importing this module
+costs nothing on a machine that only trains.
 """
 from __future__ import annotations
 
@@ -74,3 +74,14 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
                  "train_domains": json.loads(meta["train_domains"]) if "train_domains" in meta else None}
     return Codes(meta["tokenizer_hash"], vocab, by_domain, tokenizer)
 
+
+def read_catalog(path: str | Path, domain: str, vocab: Vocab) -> tuple[list[str], np.ndarray]:
+    """One domain's item ids and codes ``[N, L]``, checked against a model's vocabulary (evaluation's retrieval)."""
+    codes = read_codes(path, vocab.codebook_size)
+    if codes.vocab.levels != vocab.levels:
+        raise UserError(f"{path}: field 'codes' has {codes.vocab.levels} entries per item, the model's vocabulary "
+                        f"has {vocab.levels} levels")
+    if domain not in codes.by_domain:
+        raise UserError(f"{path}: no items of domain {domain!r}")
+    item_ids, item_codes = codes.by_domain[domain]
+    return item_ids.to_pylist(), item_codes

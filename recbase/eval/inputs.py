@@ -1,5 +1,6 @@
-"""Reading what evaluation consumes besides the eval sets (recbase/data/evalsets.py): the catalog's codes, the tokenizer hashes they carry, the users'
-history items and the domain's popularity counts (both from ``interactions.parquet``).
+"""What evaluation reads besides the eval sets (``recbase/data/evalsets.py``) and the codes
+(``recbase/data/codes.py``): the tokenizer hashes the inputs carry, the users' history items and the domain's
+popularity counts (both from ``interactions.parquet``).
 
 Every malformed row is an error naming the file, the row and the field: a silently wrong eval set would give a
 plausible but meaningless AUC.
@@ -59,19 +60,6 @@ def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokeniz
             raise UserError(f"{cfg}: missing field 'hash'")
         hashes[str(cfg)] = str(h)
     return hashes
-
-
-def read_catalog(codes_path: str | Path, domain: str, levels: int) -> tuple[list[str], np.ndarray]:
-    """The domain's items and their codes ``[N, L]`` from ``codes.parquet``."""
-    table = pq.read_table(codes_path, filters=[("domain", "=", domain)], columns=["item_id", "codes"])
-    if table.num_rows == 0:
-        raise UserError(f"{codes_path}: no items of domain {domain!r}")
-    codes = table.column("codes").to_pylist()
-    for row, c in enumerate(codes):
-        if c is None or len(c) != levels:
-            raise UserError(f"{codes_path}: domain {domain!r} row {row}: field 'codes' has "
-                            f"{0 if c is None else len(c)} entries, the model's vocabulary has {levels} levels")
-    return table.column("item_id").to_pylist(), np.asarray(codes, dtype=np.int64)
 
 
 def user_sequences(interactions_path: str | Path) -> dict[str, list[str]]:

@@ -15,12 +15,13 @@ import numpy as np
 from tqdm import tqdm
 
 from recbase.config import save_config, to_dict
+from recbase.data.codes import read_catalog
 from recbase.data.evalsets import EvalSet, eval_set_training_domains, read_eval_set
 from recbase.errors import UserError
 from recbase.eval import baselines as bl
 from recbase.eval.calibrate import empty_history_logprobs, fuse
 from recbase.eval.inputs import (history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts,
-                                 read_catalog, read_item_ids, user_sequences)
+                                 read_item_ids, user_sequences)
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
 from recbase.eval.model_io import DTYPES, META_FILE, EvalModel, check_tokenizer_hash, load_eval_model
 from recbase.eval.report import write_pair_scores, write_report
@@ -241,7 +242,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         eval_set = read_eval_set(path, vocab, cfg.max_users)
         trie, item_tokens = None, None
         if cfg.codes:
-            item_ids, codes = read_catalog(cfg.codes, domain, vocab.levels)
+            item_ids, codes = read_catalog(cfg.codes, domain, vocab)
             item_tokens = dict(zip(item_ids, vocab.encode_codes(codes)))
             if cfg.retrieval:
                 trie = CodeTrie.build(codes, item_ids, vocab.codebook_size, device)
