@@ -64,9 +64,8 @@ class InDomainConfig:
 
 def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, Path]:
     """Stages 1-4: tables, embeddings, tokenizer and codes, shards. Returns (data, embeddings, shards) folders."""
-    import pyarrow.parquet as pq
-
     from recbase.config import load_config
+    from recbase.data.codes import read_codes
     from recbase.data.ingest import ingest
     from recbase.data.shards import ShardConfig, build_shards
     from recbase.tokenizer.artifact import load_tokenizer
@@ -101,7 +100,7 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
                          f"asked for; its codes, shards and models would be reused: give another out")
     if not codes.exists():
         write_codes(tok, data, emb, codes, [domain])
-    code_rows = np.asarray(pq.read_table(codes, columns=["codes"]).column("codes").to_pylist())
+    code_rows = read_codes(codes).by_domain[domain][1]
     stage_done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size} + collision level), "
               f"{100 * collision_rate(code_rows[:, :tok.levels]):.2f}% of items share their {tok.levels} codes")
 
