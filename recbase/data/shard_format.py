@@ -40,6 +40,7 @@ def token_dtype(vocab: Vocab) -> np.dtype:
     """uint16 when every id fits (the paper's L=4, K=2048 needs 8,200), else uint32."""
     return np.dtype("<u2") if vocab.n_tokens <= 1 << 16 else np.dtype("<u4")
 
+
 def shard_name(split: str, task_index: int, shard: int) -> str:
     return f"{split}-t{task_index:03d}-{shard:06d}.tar"
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from recbase.data.evalsets import EvalSet
 from recbase.errors import UserError
 
+
 def list_eval_domains(eval_dir: str | Path) -> list[str]:
     domains = sorted(p.stem for p in Path(eval_dir).glob("*.parquet") if not p.name.startswith("."))
     if not domains:
