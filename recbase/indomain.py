@@ -78,8 +78,8 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
     data, emb, tok_dir, codes = out / "data", out / "embeddings", out / "tokenizer", out / "codes.parquet"
     t0 = stage_start(f"1/6 {cfg.format} tables of {cfg.source}")
     if not (data / domain / "interactions.parquet").exists():
-        tables = ingest(cfg.format, cfg.source, data, domain=domain, min_user_interactions=0, max_history=0)
-        print(tables.summary.format())
+        summary = ingest(cfg.format, cfg.source, data, domain=domain, min_user_interactions=0, max_history=0)
+        print(summary.format())
     stage_done(t0, f"tables in {data / domain}")
 
     t0 = stage_start("2/6 text embeddings")

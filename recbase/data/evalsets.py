@@ -1,5 +1,5 @@
-"""Eval sets for held-out domains: per user a history, held-out positives and sampled negatives; written,
-read and checked here.
+"""Eval sets for held-out domains (per user a history, held-out positives and sampled negatives): written, read
+and checked here.
 
 Layout (docs/formats.md): ``eval/<domain>.parquet``, one row per user with ``user_id``, ``history`` (token ids,
 ``bos`` first, no ``eos``), ``candidates`` (item ids), ``candidate_tokens`` (L tokens each), ``labels`` (1 = held
@@ -178,12 +178,11 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
                       "history": pa.array([h.tolist() for h in rows["history"]], pa.list_(pa.int32())),
                       "candidates": rows["candidates"], "candidate_tokens": rows["candidate_tokens"],
                       "labels": rows["labels"], "target": rows["target"]},
-                     schema=schema().with_metadata({"negatives": f"uniform-{cfg.negative_pool}" if impressions is None
-                                                  else "impressions",
-                                                  "seed": str(seed), "tokenizer_hash": codes.tokenizer_hash,
-                                                  "tokenizer_train_domains":
-                                                      json.dumps(codes.tokenizer.get("train_domains")),
-                                                  "shard_domains": json.dumps(sorted(pretrain_domains))}))
+                     schema=schema().with_metadata({
+                         "negatives": f"uniform-{cfg.negative_pool}" if impressions is None else "impressions",
+                         "seed": str(seed), "tokenizer_hash": codes.tokenizer_hash,
+                         "tokenizer_train_domains": json.dumps(codes.tokenizer.get("train_domains")),
+                         "shard_domains": json.dumps(sorted(pretrain_domains))}))
     with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)
     stats = _stats(table, out_path, skipped)
