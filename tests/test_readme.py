@@ -67,7 +67,7 @@ def test_first_screen_runs_as_written(tmp_path):
     script = "set -e\n" + code_blocks()[0]
     done = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=5400)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
-    assert "demo finished in" in done.stdout
+    assert "pipeline finished in" in done.stdout
     assert re.search(r"\d+ passed", done.stdout)
     top = done.stdout[done.stdout.index("top 10 of"):].splitlines()
     assert top[0].startswith("top 10 of 600 news items") and len(top) == 12
