@@ -1,6 +1,8 @@
 """``recbase embed --data DIR --out EMB_DIR``: item texts → per-domain float16 embeddings (resumable)."""
 from __future__ import annotations
 
+from recbase.commands._array import add_array_task_arguments, array_task
+
 HELP = "embed every domain's item texts with a sentence-transformers model (resumable)"
 
 
@@ -20,24 +22,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=0,
                         help="CPU threads, each running the model single-threaded (default 0: one per CPU, at "
                              "most 8; 1 = one model call with torch's own thread count)")
-    parser.add_argument("--task-index", type=int, help="this array task's chunks (default: $SLURM_ARRAY_TASK_ID, "
-                                                       "else 0)")
-    parser.add_argument("--num-tasks", type=int, help="number of array tasks (default: $SLURM_ARRAY_TASK_COUNT, "
-                                                      "else 1)")
-    parser.add_argument("--merge", action="store_true",
-                        help="only join the finished tasks' chunks into <domain>.npy + .json (final array-job step)")
+    add_array_task_arguments(parser, "chunks", "only join the finished tasks' chunks into <domain>.npy + .json "
+                                               "(final array-job step)")
 
 
 def run(args) -> int:
     import logging
-    import os
 
     from recbase.tokenizer.embed import embed_folder, merge_folder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     domains = args.domains.split(",") if args.domains else None
-    task = args.task_index if args.task_index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))
-    tasks = args.num_tasks if args.num_tasks is not None else int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
+    task, tasks = array_task(args)
+    task, tasks = (task or 0), (tasks or 1)
     if args.merge:
         for s in merge_folder(args.data, args.out, tasks, domains):
             state = "up to date" if s["skipped"] else "merged"

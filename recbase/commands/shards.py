@@ -1,6 +1,8 @@
 """``recbase shards --config cfg.json [key=value ...]``: interactions + item codes -> WebDataset shards + eval sets."""
 from __future__ import annotations
 
+from recbase.commands._array import add_array_task_arguments, array_task
+
 HELP = "build WebDataset shards of users' concept-ID sequences and eval sets for held-out domains (resumable)"
 
 
@@ -8,18 +10,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", help="JSON file of ShardConfig (recbase/data/shards.py); a bare name is also "
                                          "looked up in launch/configs")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. workers=8 eval.max_pairs=5000")
-    parser.add_argument("--task-index", type=int, help="this task's slice of users (default: $SLURM_ARRAY_TASK_ID "
-                                                       "or the config's task_index)")
-    parser.add_argument("--num-tasks", type=int, help="number of slices (default: $SLURM_ARRAY_TASK_COUNT or the "
-                                                      "config's num_tasks)")
-    parser.add_argument("--merge", action="store_true",
-                        help="only write manifest.json from the finished tasks' manifests (final array-job step)")
+    add_array_task_arguments(parser, "slice of users", "only write manifest.json from the finished tasks' manifests "
+                                                       "(final array-job step)",
+                             fallback=("the config's task_index", "the config's num_tasks"))
 
 
 def run(args) -> int:
     import json
     import logging
-    import os
     from pathlib import Path
 
     from recbase.config import load_config
@@ -29,12 +27,11 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(args.overrides)
-    task = args.task_index if args.task_index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
-    tasks = args.num_tasks if args.num_tasks is not None else os.environ.get("SLURM_ARRAY_TASK_COUNT")
+    task, tasks = array_task(args)
     if task is not None:
-        overrides.append(f"task_index={int(task)}")
+        overrides.append(f"task_index={task}")
     if tasks is not None:
-        overrides.append(f"num_tasks={int(tasks)}")
+        overrides.append(f"num_tasks={tasks}")
     cfg = load_config(ShardConfig, args.config, overrides, search_dirs=[preset_dir()])
     root = Path(cfg.out_dir) / cfg.name
     if args.merge:
