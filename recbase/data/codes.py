@@ -75,6 +75,23 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     return Codes(meta["tokenizer_hash"], vocab, by_domain, tokenizer)
 
 
+def read_tokenizer_hash(path: str | Path) -> str:
+    """The ``tokenizer_hash`` of ``codes.parquet`` from its metadata alone (no rows are read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase tokenizer encode`"
+                        ) from None
+    if b"tokenizer_hash" not in meta:
+        raise UserError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata; write it again with "
+                        f"`recbase tokenizer encode`")
+    return meta[b"tokenizer_hash"].decode()
+
+
 def read_catalog(path: str | Path, domain: str, vocab: Vocab) -> tuple[list[str], np.ndarray]:
     """One domain's item ids and codes ``[N, L]``, checked against a model's vocabulary (evaluation's retrieval)."""
     codes = read_codes(path, vocab.codebook_size)

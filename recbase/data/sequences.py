@@ -32,7 +32,7 @@ def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from recbase.data.tables import read_interactions
+    from recbase.data.tables import INTERACTIONS_FILE, read_interactions
 
     domain = domain_dir.name
     if domain not in codes.by_domain:
@@ -43,7 +43,7 @@ def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
         nulls = table[name].null_count
         if nulls:
             row = int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"{domain_dir / 'interactions.parquet'}: row {row}, field '{name}' is null")
+            raise ValueError(f"{domain_dir / INTERACTIONS_FILE}: row {row}, field '{name}' is null")
     skipped: Counter = Counter()
     rows = pc.index_in(table["item_id"], value_set=item_ids)
     known = rows.is_valid()

@@ -188,6 +188,38 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def _array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def write_npy_digest(path: Path, array: np.ndarray) -> None:
+    """Record the SHA-256 of ``array``, just saved at ``path``, beside it (``<name>.sha256``)."""
+    atomic_write_text(path.with_suffix(".sha256"), _array_sha256(array) + "\n")
+
+
+def save_verified_npy(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` and its SHA-256 beside it, for :func:`read_verified_npy`."""
+    save_npy(path, array)
+    write_npy_digest(path, array)
+
+
+def read_verified_npy(path: Path) -> np.ndarray | None:
+    """The array at ``path`` when the SHA-256 beside it matches; None when either file is missing or they differ
+    (logged: the file changed after it was written), so the caller computes it again."""
+    digest = path.with_suffix(".sha256")
+    if not (path.is_file() and digest.is_file()):
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        log.warning("%s: unreadable (%s); computing it again", path, e)
+        return None
+    if digest.read_text(encoding="utf-8").strip() == _array_sha256(array):
+        return array
+    log.warning("%s: digest mismatch with %s; computing it again", path, digest.name)
+    return None
+
+
 def catalog_meta(ids: list[str], texts: list[str]) -> dict:
     return {"n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids), "texts_sha256": item_ids_sha256(texts)}
 
