@@ -152,3 +152,58 @@ def test_export_records_weight_hashes_and_refuses_a_flipped_bit(tmp_path):
     (out / "recbase.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="no 'weights_sha256'"):
         load_model(out)
+
+
+def test_export_replaces_an_existing_folder_only_with_overwrite(tmp_path, capsys):
+    from recbase import cli
+    from recbase.train.export import check_replaceable, export_hf
+
+    folder = _write_step(tmp_path / "ckpt", 2)
+    out = export_hf(folder, tmp_path / "hf")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    later = _write_step(tmp_path / "ckpt", 4)
+    with pytest.raises(UserError, match=r"hf: already holds a model, .* pass --overwrite to replace it"):
+        export_hf(later, out)
+    capsys.readouterr()
+    assert cli.main(["export", str(later), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: already holds a model") and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # refused before anything was written
+    assert cli.main(["export", str(later), str(out), "--overwrite"]) == 0
+    assert json.loads((out / ckpt.META_FILE).read_text())["step"] == 4
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"notes: already holds other files"):
+        export_hf(later, other)
+    (tmp_path / "empty").mkdir()
+    assert export_hf(later, tmp_path / "empty").is_dir()
+
+    # the training run that wrote an export may replace it when it exports again; another run may not
+    meta = json.loads((out / ckpt.META_FILE).read_text())
+    meta["train_config"] = {"checkpoint": {"dir": str(tmp_path / "ckpt")}}
+    (out / ckpt.META_FILE).write_text(json.dumps(meta))
+    check_replaceable(out, own_checkpoints=tmp_path / "ckpt")
+    with pytest.raises(UserError, match=r"set checkpoint.export_dir to another folder"):
+        check_replaceable(out, own_checkpoints=tmp_path / "other_run" / "ckpt")
+
+
+def test_training_refuses_an_export_folder_it_did_not_write_before_any_work(tmp_path):
+    from shards_world import make_world
+
+    from recbase.data.shards import ShardConfig, build_shards
+    from recbase.train.config import load_train_config
+    from recbase.train.loop import Trainer
+
+    world = make_world(tmp_path / "world", n_users=10, n_items=20)
+    shards = build_shards(ShardConfig(data_dir=str(world / "data"), codes_path=str(world / "codes.parquet"),
+                                      out_dir=str(world / "shards"), name="s"))
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "config.json").write_text("{}")
+    cfg = load_train_config("tiny.json", [f"data.shards={shards}", f"checkpoint.dir={tmp_path / 'ckpt'}",
+                                          f"checkpoint.export_dir={served}"])
+    with pytest.raises(UserError, match=r"served: already holds other files.*checkpoint.export_dir"):
+        Trainer(cfg)
+    assert not torch.distributed.is_initialized() and not (tmp_path / "ckpt").exists()
