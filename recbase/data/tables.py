@@ -15,6 +15,7 @@ to the kept users and known items and written beside the two main tables as ``<n
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recbase.errors import UserError
-from recbase.io import atomic_path, plain_name
+from recbase.io import atomic_path, atomic_write_text, plain_name
 
 ITEM_COLUMNS = ("domain", "item_id", "text")
 INTERACTION_SCHEMA = pa.schema([
@@ -231,6 +232,40 @@ def write_domain(tables: DomainTables, out_dir: str | Path) -> Path:
         with atomic_path(d / name) as tmp:
             pq.write_table(table, tmp)
     return d
+
+
+def ingest_inputs(fmt: str, source: str | Path, min_user_interactions: int, max_history: int,
+                  interacted_items_only: bool, max_users: int) -> dict:
+    """What one ingest's tables are made from: the first keys of its ``ingest_summary.json``."""
+    return {"format": fmt, "source": str(Path(source).resolve()), "min_user_interactions": min_user_interactions,
+            "max_history": max_history, "interacted_items_only": interacted_items_only, "max_users": max_users}
+
+
+def write_summary(domain_dir: Path, inputs: dict, summary: IngestSummary) -> None:
+    atomic_write_text(domain_dir / SUMMARY_FILE, json.dumps({**inputs, **summary.to_dict()}, indent=2) + "\n")
+
+
+def check_replaceable(domain_dir: str | Path, inputs: dict, overwrite: bool = False) -> None:
+    """Refuse to replace a domain's tables that were made from other inputs (another dataset, format or filter;
+    or tables no ingest recorded, such as the demo world's) unless ``overwrite``: embeddings, codes and shards may
+    have been made from them. A rerun of the same ingest replaces its own tables."""
+    folder = Path(domain_dir)
+    if overwrite or not has_tables(folder):
+        return
+    try:
+        old = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict):
+        changed = [k for k in inputs if old.get(k) != inputs[k]]
+        if not changed:
+            return
+        what = "tables ingested with another " + ", ".join(f"{k} ({old.get(k)!r}, now {inputs[k]!r})"
+                                                            for k in changed)
+    else:
+        what = f"tables that no ingest recorded (no readable {SUMMARY_FILE})"
+    raise UserError(f"{folder}: holds {what}, which embeddings, codes and shards may be made from; choose another "
+                    f"--out or --domain, or pass --overwrite to replace them")
 
 
 def read_table(path: str | Path, columns: list[str] | None = None, required: tuple[str, ...] = ()) -> pa.Table:
