@@ -27,8 +27,9 @@ def _model_config() -> dict:
                        tie_word_embeddings=True).to_dict()
 
 
-def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True) -> Path:
-    """A stage-0 checkpoint of a tiny Qwen2 at ``step`` (weights seeded by the step)."""
+def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True, init_from: str | None = None) -> Path:
+    """A stage-0 checkpoint of a tiny Qwen2 at ``step`` (weights seeded by the step); ``init_from`` records the
+    training config's ``checkpoint.init_from``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(step)
@@ -38,6 +39,8 @@ def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True) -> Path:
                partial / "mp_rank_00_model_states.pt")
     torch.save({"loader": {"epoch": 0}, "rng": {"torch": torch.get_rng_state()}}, partial / "trainer_state_rank0.pt")
     meta = {"step": step, "tokenizer_hash": TOKENIZER, "model_config": _model_config(), "vocab": {}}
+    if init_from is not None:
+        meta["train_config"] = {"checkpoint": {"init_from": init_from}}
     (partial / ckpt.META_FILE).write_text(json.dumps(meta))
     return ckpt.publish(ckpt_dir, step) if publish else partial
 
@@ -132,6 +135,18 @@ def test_resume_refuses_another_tokenizer_or_model_before_loading(tmp_path):
     with pytest.raises(UserError, match=r"hidden_size: 32 in the checkpoint, 64 now") as err:
         ckpt.check_model_config(folder, wider)
     assert "transformers_version" not in str(err.value)
+
+
+def test_resume_refuses_checkpoints_of_a_run_started_from_other_weights(tmp_path):
+    pretraining = _write_step(tmp_path / "pre", 2, init_from="")
+    ckpt.check_init(pretraining, "")
+    with pytest.raises(UserError, match=r"global_step2/recbase.json: the checkpoint belongs to a run started from "
+                                        r"random weights, this one starts from .*hf; choose another checkpoint.dir"):
+        ckpt.check_init(pretraining, str(tmp_path / "hf"))
+    finetuning = _write_step(tmp_path / "ft", 2, init_from=str(tmp_path / "hf"))
+    ckpt.check_init(finetuning, str(tmp_path / "x" / ".." / "hf"))   # the same folder, spelled otherwise
+    with pytest.raises(UserError, match=r"started from .*hf, this one starts from random weights"):
+        ckpt.check_init(finetuning, "")
 
 
 def test_export_records_weight_hashes_and_refuses_a_flipped_bit(tmp_path):

@@ -179,6 +179,7 @@ class Trainer:
                 raise UserError(f"checkpoint.resume={target}: {why}")
             return None
         ckpt.check_tokenizer(folder, tokenizer_hash)
+        ckpt.check_init(folder, self.cfg.checkpoint.init_from)
         if int(os.environ.get("RANK", "0")) == 0:
             tqdm.write(f"resuming from {folder} ({why})")
         return folder
