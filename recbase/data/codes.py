@@ -46,24 +46,24 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
                         ) from None
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     if "tokenizer_hash" not in meta:
-        raise ValueError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")
+        raise UserError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")
     for col in ("domain", "item_id", "codes"):
         if col not in table.column_names:
-            raise ValueError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
+            raise UserError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
     lengths = pc.list_value_length(table["codes"]).to_numpy(zero_copy_only=False)
     if len(lengths) == 0:
-        raise ValueError(f"{path}: no rows")
+        raise UserError(f"{path}: no rows")
     bad = np.flatnonzero(lengths != lengths[0])
     if len(bad):
-        raise ValueError(f"{path}: row {bad[0]}, field 'codes': {lengths[bad[0]]} codes, row 0 has {lengths[0]}")
+        raise UserError(f"{path}: row {bad[0]}, field 'codes': {lengths[bad[0]]} codes, row 0 has {lengths[0]}")
     levels = int(lengths[0])
     codes = pc.list_flatten(table["codes"]).to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, levels)
     k = codebook_size or int(meta.get("codebook_size", 0))
     if not k:
-        raise ValueError(f"{path}: no 'codebook_size' in the metadata; set codebook_size in the shard config")
+        raise UserError(f"{path}: no 'codebook_size' in the metadata; set codebook_size in the shard config")
     bad = np.flatnonzero((codes < 0).any(1) | (codes >= k).any(1))
     if len(bad):
-        raise ValueError(f"{path}: row {bad[0]}, field 'codes': {codes[bad[0]].tolist()} outside [0, {k})")
+        raise UserError(f"{path}: row {bad[0]}, field 'codes': {codes[bad[0]].tolist()} outside [0, {k})")
     vocab = Vocab(levels=levels, codebook_size=k)
     domains = table["domain"].to_numpy(zero_copy_only=False)
     by_domain = {}

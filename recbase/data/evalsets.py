@@ -225,12 +225,17 @@ class EvalSet:
 
 def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet:
     """Read and validate ``eval/<domain>.parquet`` (layout in docs/formats.md) against the model's vocabulary."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     levels, bos_id = vocab.levels, vocab.bos_id
     level_lo = np.array([vocab.level_range(level)[0] for level in range(levels)])
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); rebuild the eval set with `recbase shards`"
+                        ) from None
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -239,8 +244,8 @@ def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet
     cols = {c: table.column(c).to_pylist() for c in COLUMNS}
     out = EvalSet(path.stem, path, [], [], [], [], [], [])
     for row in range(table.num_rows):
-        def bad(field: str, why: str) -> ValueError:
-            return ValueError(f"{path}: row {row} (user {cols['user_id'][row]!r}): field {field!r} {why}")
+        def bad(field: str, why: str) -> UserError:
+            return UserError(f"{path}: row {row} (user {cols['user_id'][row]!r}): field {field!r} {why}")
 
         history = np.asarray(cols["history"][row] or [], dtype=np.int64)
         if len(history) == 0 or history[0] != bos_id:

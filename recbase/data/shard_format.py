@@ -125,7 +125,7 @@ def merge_manifests(root: str | Path, num_tasks: int, missing_ok: bool = False) 
     first = tasks[0]
     for t in tasks[1:]:
         if t["tokenizer_hash"] != first["tokenizer_hash"] or t["vocab"] != first["vocab"]:
-            raise ValueError(f"{root}: task {t['task_index']} used another tokenizer than task 0")
+            raise UserError(f"{root}: task {t['task_index']} used another tokenizer than task 0")
     shards = [s for t in tasks for s in t["shards"]]
     domains: dict = {}
     for t in tasks:
