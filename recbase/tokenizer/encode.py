@@ -68,11 +68,12 @@ def write_codes(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path, out_p
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         try:
-            old = f"codes of tokenizer {read_tokenizer_hash(out_path)}"
+            old = read_tokenizer_hash(out_path)
         except UserError:
-            old = "a file that is not a codes table"
-        if old != f"codes of tokenizer {tok.hash}":
-            raise UserError(f"{out_path}: already holds {old}, not of this tokenizer ({tok.hash}); choose another "
+            old = None
+        if old != tok.hash:
+            what = f"codes of tokenizer {old}" if old else "a file that is not a codes table"
+            raise UserError(f"{out_path}: already holds {what}, not of this tokenizer ({tok.hash}); choose another "
                             f"--out, or pass --overwrite to replace it")
     table = codes_table(tok, encode_domains(tok, data_dir, emb_dir, domains))
     with atomic_path(out_path) as tmp:
