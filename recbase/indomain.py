@@ -68,6 +68,7 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
     from recbase.data.codes import read_codes
     from recbase.data.ingest import ingest
     from recbase.data.shards import ShardConfig, build_shards
+    from recbase.data.tables import has_tables
     from recbase.tokenizer.artifact import load_tokenizer
     from recbase.tokenizer.collisions import collision_rate
     from recbase.tokenizer.embed import embed_folder
@@ -77,7 +78,7 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
 
     data, emb, tok_dir, codes = out / "data", out / "embeddings", out / "tokenizer", out / "codes.parquet"
     t0 = stage_start(f"1/6 {cfg.format} tables of {cfg.source}")
-    if not (data / domain / "interactions.parquet").exists():
+    if not has_tables(data / domain):
         summary = ingest(cfg.format, cfg.source, data, domain=domain, min_user_interactions=0, max_history=0)
         print(summary.format())
     stage_done(t0, f"tables in {data / domain}")
@@ -157,7 +158,7 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     from recbase.data.codes import read_codes
     from recbase.data.readers import default_domain
     from recbase.data.sequences import load_domain
-    from recbase.eval.inputs import read_item_ids
+    from recbase.data.tables import read_item_ids
     from recbase.eval.leave_one_out import baseline_metrics, leave_one_out, model_metrics, training_counts
     from recbase.eval.model_io import check_tokenizer_hash, load_eval_model
     from recbase.eval.retrieval import Retriever

@@ -93,6 +93,7 @@ def check_config(cfg: PipelineConfig) -> dict[str, str]:
     from recbase.data.presets import preset_names, unknown_name_message
     from recbase.data.readers import FORMATS
     from recbase.data.synthetic import DOMAINS as WORLD_DOMAINS
+    from recbase.data.tables import has_tables
 
     problems = []
     sources: dict[str, str] = {}
@@ -120,7 +121,7 @@ def check_config(cfg: PipelineConfig) -> dict[str, str]:
         made_here = (Path(cfg.out) / STAGES_DIR / f"tables-{name}.started.json").exists()
         if name in WORLD_DOMAINS and (made_here or not (data / name).exists()):
             sources[name] = "world"
-        elif (data / name / "interactions.parquet").exists() and (data / name / "items.parquet").exists():
+        elif has_tables(data / name):
             sources[name] = "provided"
     available = sorted(set(sources) | set(WORLD_DOMAINS))
     for name in dict.fromkeys(cfg.pretrain_domains + cfg.heldout_domains):
@@ -275,6 +276,7 @@ def _ingest_dataset(d: DatasetConfig, data: Path) -> None:
 def _tables(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, data: Path) -> dict[str, str]:
     """Stage 1: every domain's tables; returns each domain's fingerprint (its tables' content)."""
     from recbase.data.synthetic import generate_world
+    from recbase.data.tables import INTERACTIONS_FILE, ITEMS_FILE
 
     datasets = {d.domain: d for d in cfg.datasets}
     fps = {}
@@ -294,7 +296,7 @@ def _tables(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, data: 
             stages.run(f"tables-{name}", fingerprint("world", name, params), [data / name], generate)
         else:
             print(f"[{name}] tables provided in {data / name}", flush=True)
-        fps[name] = file_fingerprint(data / name / "items.parquet", data / name / "interactions.parquet")
+        fps[name] = file_fingerprint(data / name / ITEMS_FILE, data / name / INTERACTIONS_FILE)
     return fps
 
 
@@ -416,6 +418,7 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
     """Stages 5-7: pretraining, fine-tuning on the first held-out domain, zero-shot evaluation."""
     from recbase.data.shards import ShardConfig, build_shards
     from recbase.eval.job import EvalConfig, evaluate
+    from recbase.eval.report import read_metrics
 
     t0 = _stage(5, "pretraining (DeepSpeed ZeRO-3, CPU)")
     hf_dir = run_dir / "hf"
@@ -459,7 +462,7 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
     stages.run("evaluate", fingerprint(to_dict(ecfg), model_fp, finetune_fp, shards_fp), [Path(ecfg.out_dir)],
                lambda: evaluate(ecfg))
     stage_done(t0, f"report in {ecfg.out_dir}")
-    return json.loads((Path(ecfg.out_dir) / "metrics.json").read_text(encoding="utf-8"))
+    return read_metrics(ecfg.out_dir)
 
 
 def load_pipeline_config(path: str | None, overrides: list[str]) -> PipelineConfig:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from recbase.errors import UserError
@@ -31,10 +30,9 @@ from recbase.eval.model_io import EvalModel, check_tokenizer_hash, load_eval_mod
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import CandidateScorer
 from recbase.eval.trie import CodeTrie
-from recbase.io import atomic_write_text
 from recbase.tokenizer.artifact import CONFIG_FILE, Tokenizer, load_tokenizer
 from recbase.tokenizer.embed import (check_texts, embed_items, item_ids_sha256, load_embeddings, make_embedder,
-                                     save_npy)
+                                     read_verified_npy, save_verified_npy, write_npy_digest)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +94,7 @@ def read_catalog_table(source: str | Path, fmt: str | None = None, domain: str |
     folder holding one, or, with ``fmt``, a raw dataset read by that reader (no user filters: every item with
     metadata is kept). Duplicate ids and empty texts are errors naming the file, row and field.
     """
-    from recbase.data.tables import ITEMS_FILE
+    from recbase.data.tables import ITEMS_FILE, read_table
 
     source = Path(source)
     if fmt is not None:
@@ -109,11 +107,7 @@ def read_catalog_table(source: str | Path, fmt: str | None = None, domain: str |
         if not path.is_file():
             raise UserError(f"{path}: no items table (give an items.parquet, a domain folder holding one, "
                                     f"or a raw dataset with its format)")
-        table = pq.read_table(path)
-        missing = [c for c in ("item_id", "text") if c not in table.column_names]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)} (columns: "
-                             f"{', '.join(table.column_names)})")
+        table = read_table(path, required=("item_id", "text"))
         name = domain or _table_domain(table, path)
     ids, texts = check_texts(table, path)
     first: dict[str, int] = {}
@@ -135,26 +129,6 @@ def _table_domain(table, path: Path) -> str:
         if len(values) == 1 and values[0]:
             return str(values[0])
     return path.parent.name
-
-
-def _array_digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def _read_verified(npy: Path, digest_file: Path) -> np.ndarray | None:
-    """The array in ``npy`` when ``digest_file`` holds its SHA-256; None when either is missing or they differ
-    (logged: the file changed after it was written)."""
-    if not (npy.is_file() and digest_file.is_file()):
-        return None
-    try:
-        array = np.load(npy, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        log.warning("%s: unreadable (%s); computing it again", npy, e)
-        return None
-    if digest_file.read_text(encoding="utf-8").strip() == _array_digest(array):
-        return array
-    log.warning("%s: digest mismatch with %s; computing it again", npy, digest_file.name)
-    return None
 
 
 class Recommender:
@@ -216,15 +190,15 @@ class Recommender:
     def _embeddings(self, folder: Path, domain: str, ids: list[str], texts: list[str], progress: bool) -> np.ndarray:
         """The catalog's embeddings from the cache when their digest matches, else embedded (resumably) now; the
         text encoder is only loaded when something has to be embedded."""
-        npy, digest = folder / f"{domain}.npy", folder / f"{domain}.sha256"
-        emb = _read_verified(npy, digest)
+        npy = folder / f"{domain}.npy"
+        emb = read_verified_npy(npy)
         if emb is not None and len(emb) == len(ids):
             return emb
         for stale in (npy, folder / f"{domain}.json"):
             stale.unlink(missing_ok=True)
         embed_items(domain, ids, texts, folder, self._get_embedder(), progress=progress)
         emb, _ = load_embeddings(folder, domain, ids)
-        atomic_write_text(digest, _array_digest(emb) + "\n")
+        write_npy_digest(npy, emb)
         return emb
 
     def _codes(self, folder: Path, domain: str, emb: np.ndarray) -> np.ndarray:
@@ -232,13 +206,11 @@ class Recommender:
         tok = self.tokenizer
         stats = "stored" if domain in tok.domain_stats else "catalog"   # which normalisation statistics
         npy = folder / f"codes-{tok.hash[:16]}-{stats}.npy"
-        digest = npy.with_suffix(".sha256")
-        codes = _read_verified(npy, digest)
+        codes = read_verified_npy(npy)
         if codes is not None and len(codes) == len(emb):
             return codes
         codes = tok.encode_catalog(emb, tok.stats_for(domain, emb)).astype(np.int64)
-        save_npy(npy, codes)
-        atomic_write_text(digest, _array_digest(codes) + "\n")
+        save_verified_npy(npy, codes)
         return codes
 
     # --- recommendation ------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ def _model_config() -> dict:
                        tie_word_embeddings=True).to_dict()
 
 
-def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True) -> Path:
-    """A stage-0 checkpoint of a tiny Qwen2 at ``step`` (weights seeded by the step)."""
+def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True, init_from: str | None = None) -> Path:
+    """A stage-0 checkpoint of a tiny Qwen2 at ``step`` (weights seeded by the step); ``init_from`` records the
+    training config's ``checkpoint.init_from``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(step)
@@ -38,6 +39,8 @@ def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True) -> Path:
                partial / "mp_rank_00_model_states.pt")
     torch.save({"loader": {"epoch": 0}, "rng": {"torch": torch.get_rng_state()}}, partial / "trainer_state_rank0.pt")
     meta = {"step": step, "tokenizer_hash": TOKENIZER, "model_config": _model_config(), "vocab": {}}
+    if init_from is not None:
+        meta["train_config"] = {"checkpoint": {"init_from": init_from}}
     (partial / ckpt.META_FILE).write_text(json.dumps(meta))
     return ckpt.publish(ckpt_dir, step) if publish else partial
 
@@ -134,6 +137,18 @@ def test_resume_refuses_another_tokenizer_or_model_before_loading(tmp_path):
     assert "transformers_version" not in str(err.value)
 
 
+def test_resume_refuses_checkpoints_of_a_run_started_from_other_weights(tmp_path):
+    pretraining = _write_step(tmp_path / "pre", 2, init_from="")
+    ckpt.check_init(pretraining, "")
+    with pytest.raises(UserError, match=r"global_step2/recbase.json: the checkpoint belongs to a run started from "
+                                        r"random weights, this one starts from .*hf; choose another checkpoint.dir"):
+        ckpt.check_init(pretraining, str(tmp_path / "hf"))
+    finetuning = _write_step(tmp_path / "ft", 2, init_from=str(tmp_path / "hf"))
+    ckpt.check_init(finetuning, str(tmp_path / "x" / ".." / "hf"))   # the same folder, spelled otherwise
+    with pytest.raises(UserError, match=r"started from .*hf, this one starts from random weights"):
+        ckpt.check_init(finetuning, "")
+
+
 def test_export_records_weight_hashes_and_refuses_a_flipped_bit(tmp_path):
     from recbase.train.export import export_hf, load_model
 
@@ -152,3 +167,58 @@ def test_export_records_weight_hashes_and_refuses_a_flipped_bit(tmp_path):
     (out / "recbase.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="no 'weights_sha256'"):
         load_model(out)
+
+
+def test_export_replaces_an_existing_folder_only_with_overwrite(tmp_path, capsys):
+    from recbase import cli
+    from recbase.train.export import check_replaceable, export_hf
+
+    folder = _write_step(tmp_path / "ckpt", 2)
+    out = export_hf(folder, tmp_path / "hf")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    later = _write_step(tmp_path / "ckpt", 4)
+    with pytest.raises(UserError, match=r"hf: already holds a model, .* pass --overwrite to replace it"):
+        export_hf(later, out)
+    capsys.readouterr()
+    assert cli.main(["export", str(later), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: already holds a model") and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # refused before anything was written
+    assert cli.main(["export", str(later), str(out), "--overwrite"]) == 0
+    assert json.loads((out / ckpt.META_FILE).read_text())["step"] == 4
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"notes: already holds other files"):
+        export_hf(later, other)
+    (tmp_path / "empty").mkdir()
+    assert export_hf(later, tmp_path / "empty").is_dir()
+
+    # the training run that wrote an export may replace it when it exports again; another run may not
+    meta = json.loads((out / ckpt.META_FILE).read_text())
+    meta["train_config"] = {"checkpoint": {"dir": str(tmp_path / "ckpt")}}
+    (out / ckpt.META_FILE).write_text(json.dumps(meta))
+    check_replaceable(out, own_checkpoints=tmp_path / "ckpt")
+    with pytest.raises(UserError, match=r"set checkpoint.export_dir to another folder"):
+        check_replaceable(out, own_checkpoints=tmp_path / "other_run" / "ckpt")
+
+
+def test_training_refuses_an_export_folder_it_did_not_write_before_any_work(tmp_path):
+    from shards_world import make_world
+
+    from recbase.data.shards import ShardConfig, build_shards
+    from recbase.train.config import load_train_config
+    from recbase.train.loop import Trainer
+
+    world = make_world(tmp_path / "world", n_users=10, n_items=20)
+    shards = build_shards(ShardConfig(data_dir=str(world / "data"), codes_path=str(world / "codes.parquet"),
+                                      out_dir=str(world / "shards"), name="s"))
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "config.json").write_text("{}")
+    cfg = load_train_config("tiny.json", [f"data.shards={shards}", f"checkpoint.dir={tmp_path / 'ckpt'}",
+                                          f"checkpoint.export_dir={served}"])
+    with pytest.raises(UserError, match=r"served: already holds other files.*checkpoint.export_dir"):
+        Trainer(cfg)
+    assert not torch.distributed.is_initialized() and not (tmp_path / "ckpt").exists()

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from recbase.cli import main
 from recbase.data.tables import DomainTables, IngestSummary, make_interactions_table, make_items_table, write_domain
 from recbase.errors import UserError
 from recbase.tokenizer.embed import (HashingEmbedder, chunk_owner, embed_domain, embed_folder, item_ids_sha256,
@@ -166,13 +167,26 @@ class SettingsEmbedder(HashingEmbedder):
         self.settings = {"precision": precision}
 
 
-def test_other_settings_are_not_up_to_date(tmp_path):
+def test_other_settings_replace_embeddings_only_with_overwrite(tmp_path, capsys):
     data, emb = tmp_path / "data", tmp_path / "emb"
     write_items(data, "books", texts(20, "book"))
     assert embed_domain(data / "books", emb, SettingsEmbedder("float32"), progress=False)["embedded"] == 20
     assert embed_domain(data / "books", emb, SettingsEmbedder("float32"), progress=False)["skipped"]
-    again = embed_domain(data / "books", emb, SettingsEmbedder("bfloat16"), progress=False)
+    before = (emb / "books.npy").read_bytes()
+    with pytest.raises(UserError, match=r"books.json: embedded with another precision \('float32', now 'bfloat16'\)"):
+        embed_domain(data / "books", emb, SettingsEmbedder("bfloat16"), progress=False)
+    assert (emb / "books.npy").read_bytes() == before
+    again = embed_domain(data / "books", emb, SettingsEmbedder("bfloat16"), progress=False, overwrite=True)
     assert again["embedded"] == 20 and json.loads((emb / "books.json").read_text())["precision"] == "bfloat16"
+    write_items(data, "books", texts(30, "book"))                     # changed items are embedded again anyway
+    assert embed_domain(data / "books", emb, SettingsEmbedder("bfloat16"), progress=False)["embedded"] == 30
+    # the command checks every domain before embedding any, and names the option
+    write_items(data, "films", texts(10, "film"))
+    capsys.readouterr()
+    assert main(["embed", "--data", str(data), "--out", str(emb), "--model", "hashing"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "books.json: embedded with another" in err and "--overwrite" in err
+    assert not (emb / "films.json").exists()
 
 
 def test_two_array_tasks_and_a_merge_equal_one_run(tmp_path):

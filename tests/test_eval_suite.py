@@ -9,7 +9,7 @@ from recbase.cli import main
 def write_run(root, seed, heldout, aucs):
     """A run folder as the pipeline runner leaves it; ``aucs[domain] = (model auc, model auc_pmi, bar auc)``."""
     (root / "eval").mkdir(parents=True)
-    (root / "demo_config.json").write_text(json.dumps({"seed": seed, "heldout_domains": heldout}))
+    (root / "pipeline_config.json").write_text(json.dumps({"seed": seed, "heldout_domains": heldout}))
     domains = {d: {"models": {"zero-shot": {"auc": a, "auc_pmi": p}},
                    "baselines": {"text_centred": {"auc": b}, "random": {"auc": 0.5}}} for d, (a, p, b) in aucs.items()}
     (root / "eval" / "metrics.json").write_text(json.dumps({"domains": domains}))

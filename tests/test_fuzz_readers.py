@@ -172,8 +172,12 @@ def test_valid_datasets_read_cleanly(tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_damaged_hand_off_files_give_a_user_error(tmp_path, kind):
     """The Parquet and JSON files the stages hand over, damaged the same ways, are refused with a user error."""
-    from recbase.data.codes import read_codes
+    from recbase.data.codes import read_codes, read_tokenizer_hash
+    from recbase.data.evalsets import eval_set_tokenizer_hash, read_eval_set, schema
     from recbase.data.shard_format import FORMAT, read_manifest
+    from recbase.data.tables import make_interactions_table, make_items_table, read_items, user_histories
+    from recbase.eval.report import read_metrics
+    from recbase.vocab import Vocab
 
     table = pa.table({"domain": ["d", "d"], "item_id": ["a", "b"], "codes": [[1, 2], [3, 4]]})
     codes = tmp_path / "codes.parquet"
@@ -181,8 +185,27 @@ def test_damaged_hand_off_files_give_a_user_error(tmp_path, kind):
     manifest = tmp_path / "shards" / "manifest.json"
     manifest.parent.mkdir()
     manifest.write_text(json.dumps({"format": FORMAT, "tokenizer_hash": "t"}, indent=1))
+    domain = tmp_path / "data" / "d"
+    domain.mkdir(parents=True)
+    pq.write_table(make_items_table("d", ["a", "b"], ["Describe: a", "Describe: b"]), domain / "items.parquet")
+    pq.write_table(make_interactions_table("d", ["u", "u"], ["a", "b"], [1, 2]), domain / "interactions.parquet")
+    vocab = Vocab(levels=2, codebook_size=8)
+    eval_set = tmp_path / "eval" / "d.parquet"
+    eval_set.parent.mkdir()
+    row = {"user_id": ["u"], "history": [[vocab.bos_id, 8, 17]], "candidates": [["a", "b"]],
+           "candidate_tokens": [[[8, 17], [9, 18]]], "labels": [[1, 0]], "target": ["a"]}
+    pq.write_table(pa.table(row, schema=schema()).replace_schema_metadata({"tokenizer_hash": "t"}), eval_set)
+    metrics = tmp_path / "out" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({"domains": {"d": {"models": {}}}}, indent=1))
     rng = random.Random(kind)
-    for path, read in ((codes, lambda: read_codes(codes)), (manifest, lambda: read_manifest(manifest.parent))):
+    for path, read in ((codes, lambda: read_codes(codes)), (codes, lambda: read_tokenizer_hash(codes)),
+                       (manifest, lambda: read_manifest(manifest.parent)),
+                       (domain / "items.parquet", lambda: read_items(domain)),
+                       (domain / "interactions.parquet", lambda: user_histories(domain)),
+                       (eval_set, lambda: read_eval_set(eval_set, vocab)),
+                       (eval_set, lambda: eval_set_tokenizer_hash(eval_set)),
+                       (metrics, lambda: read_metrics(metrics.parent))):
         path.write_bytes(_mutate(path.read_bytes(), kind, rng))
         try:
             read()

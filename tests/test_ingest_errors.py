@@ -187,3 +187,26 @@ def test_domain_names_are_plain_names(tmp_path, capsys, name):
     assert main(["ingest", "movielens", str(path), "--out", str(out), "--domain", name]) == 2
     assert f"domain name {name!r} is not a plain name" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not out.exists()
+
+
+def test_tables_of_other_inputs_are_replaced_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = _movielens(tmp_path / "a"), _movielens(tmp_path / "b", ratings=RATINGS + "2,1,3.0,964982000\n")
+    ingest = ["ingest", "movielens", "--out", str(out), "--domain", "ml", "--min-user-interactions", "0"]
+    assert main([*ingest[:2], str(first), *ingest[2:]]) == 0
+    before = (out / "ml" / "interactions.parquet").read_bytes()
+    assert main([*ingest[:2], str(first), *ingest[2:]]) == 0            # the same ingest again: its own tables
+    capsys.readouterr()
+    assert main([*ingest[:2], str(second), *ingest[2:]]) == 2           # another dataset into the same domain
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / 'ml'}: holds tables ingested with another source" in err
+    assert "--overwrite" in err and (out / "ml" / "interactions.parquet").read_bytes() == before
+    assert main([*ingest[:2], str(first), *ingest[2:-1], "2"]) == 2    # the same dataset, another filter
+    assert "min_user_interactions (0, now 2)" in capsys.readouterr().err
+    assert main([*ingest[:2], str(second), *ingest[2:], "--overwrite"]) == 0
+    assert (out / "ml" / "interactions.parquet").read_bytes() != before
+    (out / "ml" / "ingest_summary.json").unlink()                       # tables no ingest recorded
+    assert main([*ingest[:2], str(second), *ingest[2:]]) == 2
+    assert "no readable ingest_summary.json" in capsys.readouterr().err

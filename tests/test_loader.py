@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 from shards_world import TOKENIZER_HASH, make_world  # noqa: E402
 
-from recbase.data.loader import PackedLoader, _to_torch, make_batch, pack_rows, read_shard  # noqa: E402
-from recbase.data.shard_format import ShardError, read_manifest  # noqa: E402
+from recbase.data.loader import PackedLoader, _to_torch, make_batch, pack_rows  # noqa: E402
+from recbase.data.shard_format import ShardError, read_manifest, read_shard  # noqa: E402
 from recbase.data.shards import ShardConfig, build_shards  # noqa: E402
 
 SEQ = 96

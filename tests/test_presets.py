@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 from recbase.cli import main
+from recbase.data.shard_format import FORMAT
 from recbase.presets import CHECKOUT_DIR, preset_dir
 from recbase.vocab import Vocab
 
@@ -37,7 +38,7 @@ def test_dry_run_from_another_directory_says_where_the_vocabulary_came_from(tmp_
     shards = tmp_path / "my_shards"
     shards.mkdir()
     vocab = Vocab(levels=4, codebook_size=64)
-    (shards / "manifest.json").write_text(json.dumps({"vocab": vocab.to_dict()}))
+    (shards / "manifest.json").write_text(json.dumps({"format": FORMAT, "vocab": vocab.to_dict()}))
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain", "--config", "tiny.json", "--dry-run", "--verbose", "data.shards=my_shards"]) == 0
     out = capsys.readouterr().out

@@ -13,8 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from shards_world import LEVELS, TOKENIZER_HASH, expected_sequences, make_world  # noqa: E402
 
 from recbase.data import shards as shards_mod  # noqa: E402
-from recbase.data.loader import read_shard  # noqa: E402
-from recbase.data.shard_format import ShardError, merge_manifests, read_manifest  # noqa: E402
+from recbase.data.shard_format import ShardError, merge_manifests, read_manifest, read_shard  # noqa: E402
 from recbase.data.shards import ShardConfig, build_shards  # noqa: E402
 from recbase.errors import UserError  # noqa: E402
 

@@ -268,6 +268,20 @@ def test_commands_train_encode_report(tmp_path, capsys):
         assert codes.shape[1] == 4 and codes.max() < 16
         assert collision_rate(codes) == 0.0  # the disambiguation level separates every item
 
+    # Encoding again with the same tokenizer replaces its own codes; another tokenizer's only with --overwrite.
+    assert main(["tokenizer", "encode", "--artifact", str(art), *args, "--out", str(out)]) == 0
+    other = tmp_path / "tok2"
+    assert main(["tokenizer", "train", *args, "--out", str(other), "--domains", "books", "kind=rqkmeans", "levels=2",
+                 "codebook_size=8", "rqkmeans.iters=2"]) == 0
+    capsys.readouterr()
+    assert main(["tokenizer", "encode", "--artifact", str(other), *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: already holds codes of tokenizer {tok.hash}" in err and "--overwrite" in err
+    assert pq.read_schema(out).metadata[b"tokenizer_hash"].decode() == tok.hash
+    assert main(["tokenizer", "encode", "--artifact", str(other), *args, "--out", str(out), "--overwrite"]) == 0
+    assert pq.read_schema(out).metadata[b"tokenizer_hash"].decode() == load_tokenizer(other).hash
+    assert main(["tokenizer", "encode", "--artifact", str(art), *args, "--out", str(out), "--overwrite"]) == 0
+
     report_dir = tmp_path / "report"
     assert main(["tokenizer", "report", "--artifact", str(art), *args, "--out", str(report_dir)]) == 0
     report = json.loads((report_dir / "report.json").read_text())

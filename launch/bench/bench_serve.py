@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recbase.data.tables import INTERACTIONS_FILE
-from recbase.eval.inputs import user_sequences
+from recbase.data.tables import user_histories
 from recbase.recommend import Recommender
 
 
@@ -125,8 +124,7 @@ def main() -> int:
     rec = Recommender.from_pretrained(args.model, args.tokenizer, device=args.device, cache_dir=args.cache_dir)
     catalog = rec.load_catalog(args.catalog, progress=False)
     source = Path(args.catalog)
-    interactions = (source if source.is_dir() else source.parent) / INTERACTIONS_FILE
-    sequences = user_sequences(interactions)
+    sequences = user_histories(source if source.is_dir() else source.parent)
     histories = [sequences[u][-args.history_items:] for u in sorted(sequences)[:args.requests]]
     rng = np.random.default_rng(0)
     rec_bodies = [{"history": histories[i % len(histories)], "k": args.k} for i in range(args.requests)]

@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recbase.data.ingest import read_domain
-from recbase.data.loader import PackedLoader, read_shard
-from recbase.data.shard_format import read_manifest
+from recbase.data.loader import PackedLoader
+from recbase.data.shard_format import read_manifest, read_shard
 from recbase.data.shards import ShardConfig, build_shards
 from recbase.data.tables import DomainTables, make_interactions_table, write_domain
 from recbase.io import sha256_file

@@ -305,6 +305,7 @@ def host_info() -> dict:
 
 
 def make_shards(out: Path, shapes: Shapes) -> dict:
+    from recbase.data.shard_format import read_manifest
     from recbase.data.synthetic_shards import write_synthetic_shards
     from recbase.vocab import Vocab
 
@@ -312,8 +313,7 @@ def make_shards(out: Path, shapes: Shapes) -> dict:
     shutil.rmtree(out / "shards", ignore_errors=True)   # a rerun into DIR may use other shapes: never mix them
     root = write_synthetic_shards(out / "shards", "synthetic", Vocab(levels=4, codebook_size=shapes.codebook_size),
                                   n_users=shapes.users)
-    manifest = json.loads((root / "manifest.json").read_text())
-    return {"path": str(root), "seconds": time.perf_counter() - start, "totals": manifest["totals"]}
+    return {"path": str(root), "seconds": time.perf_counter() - start, "totals": read_manifest(root)["totals"]}
 
 
 def main_parent(args) -> int:

@@ -37,4 +37,5 @@ def run(args) -> int:
     out = args.out or str(Path(args.dest) / "tables")
     return ingest_and_report(REGISTRY[args.name].format, folder, out, domain=args.domain or args.name,
                              min_user_interactions=args.min_user_interactions, max_history=args.max_history,
-                             interacted_items_only=args.interacted_items_only, max_users=args.max_users)
+                             interacted_items_only=args.interacted_items_only, max_users=args.max_users,
+                             overwrite=args.overwrite)

@@ -19,6 +19,9 @@ def add_arguments(parser) -> None:
                         help="model weights and activations (default auto: float16 on CUDA, bfloat16 on a CPU with "
                              "bf16 units, else float32); recorded in <domain>.json")
     parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace embeddings in --out made with another model or setting (without it they are "
+                             "refused; embeddings of changed items are always made again)")
     parser.add_argument("--workers", type=int, default=0,
                         help="CPU threads, each running the model single-threaded (default 0: one per CPU, at "
                              "most 8; 1 = one model call with torch's own thread count)")
@@ -43,7 +46,7 @@ def run(args) -> int:
         return 0
     summaries = embed_folder(args.data, args.out, args.model, args.batch_size, args.chunk_size, domains,
                              precision=args.precision, device=args.device, workers=args.workers, task_index=task,
-                             num_tasks=tasks)
+                             num_tasks=tasks, overwrite=args.overwrite)
     for s in summaries:
         state = "up to date" if s["skipped"] else f"embedded {s['embedded']:,} items"
         settings = ", ".join(f"{k} {s[k]}" for k in ("precision", "max_seq_length") if k in s)

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from recbase.config import load_config
     from recbase.eval.job import EvalConfig, evaluate
-    from recbase.eval.report import compact_table
+    from recbase.eval.report import METRICS_FILE, compact_table
     from recbase.presets import preset_dir
 
     cfg = load_config(EvalConfig, args.config, args.overrides, search_dirs=[preset_dir()])
@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(cfg)
     print()
     print(compact_table(results))
-    print(f"\nwrote {Path(cfg.out_dir) / 'metrics.json'}, report.md (every metric and baseline) and charts")
+    print(f"\nwrote {Path(cfg.out_dir) / METRICS_FILE}, report.md (every metric and baseline) and charts")
     return 0

@@ -8,7 +8,7 @@ HELP = "read a public dataset (movielens, amazon, mind, ...) into items.parquet 
 
 
 def add_filter_arguments(parser) -> None:
-    """The user filters of the ingest (also used by ``recbase data fetch``)."""
+    """The user filters of the ingest and its --overwrite (also used by ``recbase data fetch``)."""
     from recbase.data.ingest import MAX_HISTORY, MIN_USER_INTERACTIONS
 
     parser.add_argument("--min-user-interactions", type=int, default=MIN_USER_INTERACTIONS,
@@ -19,6 +19,9 @@ def add_filter_arguments(parser) -> None:
                         help="keep only catalog items that a kept interaction uses")
     parser.add_argument("--max-users", type=int, default=0,
                         help="keep a random sample of N users (seed 0) and only the items they touched (0 keeps all)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the domain's tables when they were made from another dataset, format or "
+                             "filter (without it such tables are refused; a rerun of the same ingest replaces them)")
 
 
 def ingest_and_report(fmt: str, path, out, **kwargs) -> int:
@@ -76,4 +79,5 @@ def run(args) -> int:
         options["kind"] = args.kind
     return ingest_and_report(fmt, args.path, args.out, domain=domain,
                              min_user_interactions=args.min_user_interactions, max_history=args.max_history,
-                             interacted_items_only=args.interacted_items_only, max_users=args.max_users, **options)
+                             interacted_items_only=args.interacted_items_only, max_users=args.max_users,
+                             overwrite=args.overwrite, **options)

@@ -60,16 +60,16 @@ def user_history(catalog_source: str, user: str) -> list[str]:
     """A user's items in time order from the ``interactions.parquet`` beside the catalog's items table."""
     from pathlib import Path
 
-    from recbase.data.tables import INTERACTIONS_FILE
+    from recbase.data.tables import INTERACTIONS_FILE, user_histories
     from recbase.errors import UserError
-    from recbase.eval.inputs import user_sequences
 
     source = Path(catalog_source)
-    path = (source if source.is_dir() else source.parent) / INTERACTIONS_FILE
+    domain_dir = source if source.is_dir() else source.parent
+    path = domain_dir / INTERACTIONS_FILE
     if not path.is_file():
         raise UserError(f"{path}: no interactions table to take user {user!r}'s history from; "
                         f"give --history instead")
-    sequences = user_sequences(path)
+    sequences = user_histories(domain_dir)
     if user not in sequences:
         raise UserError(f"{path}: no user {user!r} ({len(sequences):,} users there)")
     return sequences[user]

@@ -16,12 +16,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import json
     import logging
     from pathlib import Path
 
     from recbase.config import load_config
-    from recbase.data.shard_format import MANIFEST, merge_manifests
+    from recbase.data.shard_format import MANIFEST, merge_manifests, read_manifest
     from recbase.data.shards import ShardConfig, build_shards
     from recbase.presets import preset_dir
 
@@ -43,7 +42,7 @@ def run(args) -> int:
             print(f"task {cfg.task_index} of {cfg.num_tasks} done in {root}/ (manifest.json is written when every "
                   f"task has finished, or by --merge)")
             return 0
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_manifest(root)
     for split, t in manifest["totals"].items():
         print(f"{split}: {t['shards']} shards, {t['users']:,} users, {t['tokens']:,} tokens, "
               f"{t['bytes'] / max(t['tokens'], 1):.2f} bytes/token")

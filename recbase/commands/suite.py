@@ -5,7 +5,7 @@ HELP = "summarise zero-shot fold runs: model − text-similarity bar per held-ou
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("runs", nargs="+", help="pipeline run folders (each with demo_config.json and eval/)")
+    parser.add_argument("runs", nargs="+", help="pipeline run folders (each with pipeline_config.json and eval/)")
     parser.add_argument("--model", default="zero-shot", help="model name in the runs' metrics.json")
     parser.add_argument("--out", help="also write the table to this Markdown file")
 

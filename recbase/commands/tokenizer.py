@@ -32,6 +32,7 @@ def add_arguments(parser) -> None:
 
     p = sub.add_parser("encode", help="encode every domain of a data folder into codes.parquet")
     _add_artifact_arguments(p, "output codes.parquet")
+    p.add_argument("--overwrite", action="store_true", help="replace codes of another tokenizer already at --out")
 
     p = sub.add_parser("report", help="code usage, collisions and reconstruction, trained vs unseen domains")
     _add_artifact_arguments(p, "folder for report.json, report.md and usage.png")
@@ -60,7 +61,7 @@ def run(args) -> int:
     if args.action == "encode":
         from recbase.tokenizer.encode import write_codes
 
-        table = write_codes(tok, args.data, args.emb, args.out, _domains(args.domains))
+        table = write_codes(tok, args.data, args.emb, args.out, _domains(args.domains), overwrite=args.overwrite)
         print(f"wrote {args.out} ({table.num_rows:,} items, {tok.code_width} codes each, tokenizer {tok.hash[:12]})")
         return 0
 

@@ -46,24 +46,24 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
                         ) from None
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     if "tokenizer_hash" not in meta:
-        raise ValueError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")
+        raise UserError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata")
     for col in ("domain", "item_id", "codes"):
         if col not in table.column_names:
-            raise ValueError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
+            raise UserError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
     lengths = pc.list_value_length(table["codes"]).to_numpy(zero_copy_only=False)
     if len(lengths) == 0:
-        raise ValueError(f"{path}: no rows")
+        raise UserError(f"{path}: no rows")
     bad = np.flatnonzero(lengths != lengths[0])
     if len(bad):
-        raise ValueError(f"{path}: row {bad[0]}, field 'codes': {lengths[bad[0]]} codes, row 0 has {lengths[0]}")
+        raise UserError(f"{path}: row {bad[0]}, field 'codes': {lengths[bad[0]]} codes, row 0 has {lengths[0]}")
     levels = int(lengths[0])
     codes = pc.list_flatten(table["codes"]).to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, levels)
     k = codebook_size or int(meta.get("codebook_size", 0))
     if not k:
-        raise ValueError(f"{path}: no 'codebook_size' in the metadata; set codebook_size in the shard config")
+        raise UserError(f"{path}: no 'codebook_size' in the metadata; set codebook_size in the shard config")
     bad = np.flatnonzero((codes < 0).any(1) | (codes >= k).any(1))
     if len(bad):
-        raise ValueError(f"{path}: row {bad[0]}, field 'codes': {codes[bad[0]].tolist()} outside [0, {k})")
+        raise UserError(f"{path}: row {bad[0]}, field 'codes': {codes[bad[0]].tolist()} outside [0, {k})")
     vocab = Vocab(levels=levels, codebook_size=k)
     domains = table["domain"].to_numpy(zero_copy_only=False)
     by_domain = {}
@@ -73,6 +73,23 @@ def read_codes(path: str | Path, codebook_size: int = 0) -> Codes:
     tokenizer = {"hash": meta["tokenizer_hash"], "kind": meta.get("tokenizer_kind"), "embedder": meta.get("embedder"),
                  "train_domains": json.loads(meta["train_domains"]) if "train_domains" in meta else None}
     return Codes(meta["tokenizer_hash"], vocab, by_domain, tokenizer)
+
+
+def read_tokenizer_hash(path: str | Path) -> str:
+    """The ``tokenizer_hash`` of ``codes.parquet`` from its metadata alone (no rows are read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase tokenizer encode`"
+                        ) from None
+    if b"tokenizer_hash" not in meta:
+        raise UserError(f"{path}: no 'tokenizer_hash' in the Parquet key-value metadata; write it again with "
+                        f"`recbase tokenizer encode`")
+    return meta[b"tokenizer_hash"].decode()
 
 
 def read_catalog(path: str | Path, domain: str, vocab: Vocab) -> tuple[list[str], np.ndarray]:

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMPRESSIONS_FILE = "impressions.parquet"   # beside the tables when the dataset has real non-clicks (MIND)
 MAX_POSITIVES = 10
 COLUMNS = ("user_id", "history", "candidates", "candidate_tokens", "labels", "target")
 
@@ -71,15 +70,12 @@ def _non_clicks(domain_dir: Path, item_ids: pa.Array) -> dict[str, np.ndarray] |
     """Catalog rows of each user's real non-clicked impressions, or None when the domain has no impressions."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    path = domain_dir / IMPRESSIONS_FILE
-    if not path.exists():
+    from recbase.data.tables import read_impressions
+
+    table = read_impressions(domain_dir)
+    if table is None:
         return None
-    table = pq.read_table(path)
-    for col in ("user_id", "item_id", "label"):
-        if col not in table.column_names:
-            raise ValueError(f"{path}: missing column '{col}' (have {', '.join(table.column_names)})")
     table = table.filter(pc.fill_null(pc.equal(pc.cast(table["label"], pa.int8()), 0), False))
     rows = pc.index_in(table["item_id"], value_set=item_ids)
     table = table.filter(rows.is_valid()).append_column("row", rows.filter(rows.is_valid()))
@@ -229,12 +225,17 @@ class EvalSet:
 
 def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet:
     """Read and validate ``eval/<domain>.parquet`` (layout in docs/formats.md) against the model's vocabulary."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     levels, bos_id = vocab.levels, vocab.bos_id
     level_lo = np.array([vocab.level_range(level)[0] for level in range(levels)])
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); rebuild the eval set with `recbase shards`"
+                        ) from None
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -243,8 +244,8 @@ def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet
     cols = {c: table.column(c).to_pylist() for c in COLUMNS}
     out = EvalSet(path.stem, path, [], [], [], [], [], [])
     for row in range(table.num_rows):
-        def bad(field: str, why: str) -> ValueError:
-            return ValueError(f"{path}: row {row} (user {cols['user_id'][row]!r}): field {field!r} {why}")
+        def bad(field: str, why: str) -> UserError:
+            return UserError(f"{path}: row {row} (user {cols['user_id'][row]!r}): field {field!r} {why}")
 
         history = np.asarray(cols["history"][row] or [], dtype=np.int64)
         if len(history) == 0 or history[0] != bos_id:
@@ -281,13 +282,33 @@ def read_eval_set(path: str | Path, vocab: Vocab, max_users: int = 0) -> EvalSet
     return out
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The eval set's Parquet key-value metadata (no rows are read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); rebuild the eval set with `recbase shards`"
+                        ) from None
+    return {k.decode(): v.decode() for k, v in meta.items()}
+
+
+def eval_set_tokenizer_hash(path: Path) -> str:
+    """The hash of the tokenizer the eval set's tokens come from."""
+    digest = read_metadata(path).get("tokenizer_hash")
+    if not digest:
+        raise UserError(f"{path}: no tokenizer_hash in the Parquet metadata, so the model's tokenizer cannot be "
+                        f"checked against it; rebuild the eval set with `recbase shards`")
+    return digest
+
+
 def eval_set_training_domains(path: Path) -> tuple[list[str] | None, list[str] | None]:
     """(domains the tokenizer was trained on, pretraining domains of the shards built beside it), as recorded in
     the eval set's metadata when it was built; ``None`` where the builder did not know."""
-    import pyarrow.parquet as pq
+    meta = read_metadata(path)
 
-    meta = pq.read_schema(path).metadata or {}
-
-    def listed(key: bytes) -> list[str] | None:
+    def listed(key: str) -> list[str] | None:
         return json.loads(meta[key]) if key in meta else None
-    return listed(b"tokenizer_train_domains"), listed(b"shard_domains")
+    return listed("tokenizer_train_domains"), listed("shard_domains")

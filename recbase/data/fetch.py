@@ -8,7 +8,6 @@ their hash is recorded in ``<dest>/recbase-fetch.lock.json``; every later downlo
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tarfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from recbase.errors import UserError
-from recbase.io import atomic_write_text
+from recbase.io import atomic_write_text, sha256_file
 
 LOCK_FILE = "recbase-fetch.lock.json"
 CHUNK = 1 << 20
@@ -89,14 +88,6 @@ REGISTRY: dict[str, Dataset] = {
     "amazon2023-video-games": _amazon_2023("Video_Games"),
     "amazon2023-industrial-and-scientific": _amazon_2023("Industrial_and_Scientific"),
 }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(url: str, target: Path, sha256: str | None = None) -> str:

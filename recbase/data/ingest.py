@@ -5,13 +5,12 @@
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from recbase.data.readers import default_domain, get_reader
-from recbase.data.tables import SUMMARY_FILE, DomainTables, IngestSummary, check_domain_name, finalize, write_domain
-from recbase.io import atomic_write_text
+from recbase.data.tables import (DomainTables, IngestSummary, check_domain_name, check_replaceable, finalize,
+                                 ingest_inputs, write_domain, write_summary)
 
 MIN_USER_INTERACTIONS = 15   # the paper's filter: users with fewer interactions are dropped
 MAX_HISTORY = 2500           # the paper's cut: only the last 2,500 interactions of a user are kept
@@ -31,25 +30,25 @@ def read_domain(fmt: str, path: str | Path, domain: str | None = None,
 
 def ingest(fmt: str, path: str | Path, out_dir: str | Path, domain: str | None = None,
            min_user_interactions: int = MIN_USER_INTERACTIONS, max_history: int = MAX_HISTORY,
-           interacted_items_only: bool = False, max_users: int = 0, **options) -> IngestSummary:
+           interacted_items_only: bool = False, max_users: int = 0, overwrite: bool = False,
+           **options) -> IngestSummary:
     """Read, filter and write one domain under ``out_dir/<domain>/``; returns its summary.
 
-    The generic format reads its interactions in chunks and finalizes them in user buckets
-    (:mod:`recbase.data.ingest_stream`), so a log larger than memory ingests; the other readers read whole files,
-    and so does a generic ingest that samples users (``max_users``: the sample is drawn over all users at once).
+    Tables already there that came from other inputs are replaced only with ``overwrite``
+    (:func:`~recbase.data.tables.check_replaceable`), checked before anything is read. The generic format reads
+    its interactions in chunks and finalizes them in user buckets (:mod:`recbase.data.ingest_stream`), so a log
+    larger than memory ingests; the other readers read whole files, and so does a generic ingest that samples
+    users (``max_users``: the sample is drawn over all users at once).
     """
+    domain = check_domain_name(domain or default_domain(path))
+    inputs = ingest_inputs(fmt, path, min_user_interactions, max_history, interacted_items_only, max_users)
+    check_replaceable(Path(out_dir) / domain, inputs, overwrite)
     if fmt == "generic" and not max_users:
         from recbase.data.ingest_stream import ingest_stream
 
-        return ingest_stream(path, out_dir, check_domain_name(domain or default_domain(path)),
-                             min_user_interactions=min_user_interactions, max_history=max_history,
-                             interacted_items_only=interacted_items_only, **options)
+        return ingest_stream(path, out_dir, domain, min_user_interactions=min_user_interactions,
+                             max_history=max_history, interacted_items_only=interacted_items_only, **options)
     tables = read_domain(fmt, path, domain, min_user_interactions, max_history, interacted_items_only, max_users,
                          **options)
-    folder = write_domain(tables, out_dir)
-    record = {"format": fmt, "source": str(Path(path).resolve()),
-              "min_user_interactions": min_user_interactions, "max_history": max_history,
-              "interacted_items_only": interacted_items_only, "max_users": max_users,
-              **tables.summary.to_dict()}
-    atomic_write_text(folder / SUMMARY_FILE, json.dumps(record, indent=2) + "\n")
+    write_summary(write_domain(tables, out_dir), inputs, tables.summary)
     return tables.summary

@@ -15,7 +15,6 @@ reads in chunks (:func:`recbase.data.readers.generic.read_chunked`).
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recbase.data.tables import (INTERACTION_SCHEMA, INTERACTIONS_FILE, ITEMS_FILE, SUMMARY_FILE, DomainTables,
-                                 IngestSummary, finalize, make_interactions_table)
-from recbase.io import atomic_path, atomic_write_text
+from recbase.data.tables import (INTERACTION_SCHEMA, INTERACTIONS_FILE, ITEMS_FILE, DomainTables, IngestSummary,
+                                 finalize, ingest_inputs, make_interactions_table, write_summary)
+from recbase.io import atomic_path
 
 ROWS_PER_BUCKET = 2_000_000   # interactions finalized at once: ~0.5 GB of working memory
 CHUNK_ROWS = 1 << 20          # rows parsed at once
@@ -113,8 +112,6 @@ def ingest_stream(path: str | Path, out_dir: str | Path, domain: str, spec, kind
         pq.write_table(items, tmp_items)
     summary.items = items.num_rows
     summary.seconds = time.perf_counter() - start
-    record = {"format": "generic", "source": str(Path(path).resolve()),
-              "min_user_interactions": min_user_interactions, "max_history": max_history,
-              "interacted_items_only": interacted_items_only, **summary.to_dict()}
-    atomic_write_text(folder / SUMMARY_FILE, json.dumps(record, indent=2) + "\n")
+    write_summary(folder, ingest_inputs("generic", path, min_user_interactions, max_history, interacted_items_only, 0),
+                  summary)
     return summary

@@ -25,9 +25,7 @@ with a few batches more or less stay in step; the trainer stops by step count.
 """
 from __future__ import annotations
 
-import os
 import random
-import tarfile
 import warnings
 from collections import deque
 from pathlib import Path
@@ -36,11 +34,9 @@ from typing import Iterator
 import numpy as np
 import torch
 import webdataset as wds
-from webdataset import tariterators
 
-from recbase.data.shard_format import ShardError, decode_block, read_manifest
+from recbase.data.shard_format import read_manifest, read_shard
 from recbase.errors import UserError
-from recbase.io import sha256_file
 from recbase.vocab import Vocab
 
 Segment = tuple[np.ndarray, int]   # chunk tokens, index of its first labelled token
@@ -241,34 +237,6 @@ def _identity(batch):
 
 def hash_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def read_shard(shard_dir: Path, shard: dict, keep: set | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
-    """Decoded blocks of one shard; a truncated or corrupt shard raises :class:`ShardError` naming it."""
-    path = shard_dir / shard["path"]
-    try:
-        size = os.path.getsize(path)
-    except OSError as e:
-        raise ShardError(f"{path}: cannot open shard ({e})") from None
-    if size != shard["bytes"]:
-        raise ShardError(f"{path}: {size} bytes but the manifest says {shard['bytes']} (truncated or overwritten "
-                         f"shard; rerun build_shards, which rebuilds it)")
-    if "sha256" not in shard:
-        raise ShardError(f"{shard_dir / 'manifest.json'}: no sha256 for {shard['path']}; the shards were built by an "
-                         f"older recbase — rebuild them")
-    if sha256_file(path) != shard["sha256"]:
-        raise ShardError(f"{path}: SHA-256 does not match the manifest (damaged shard; rerun build_shards, which "
-                         f"rebuilds it)")
-    n = 0
-    try:
-        for sample in tariterators.tarfile_samples([{"url": str(path)}]):
-            if keep is None or n in keep:
-                yield decode_block(sample, str(path))
-            n += 1
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise ShardError(f"{path}: corrupt or truncated tar ({type(e).__name__}: {e})") from None
-    if n != shard["blocks"]:
-        raise ShardError(f"{path}: {n} blocks but the manifest says {shard['blocks']} (truncated shard)")
 
 
 def _chunks(users, seq_len: int) -> Iterator[Segment]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from recbase.data.codes import Codes
 from recbase.data.shard_format import token_dtype
+from recbase.errors import UserError
 from recbase.vocab import Vocab
 
 
@@ -32,18 +33,18 @@ def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from recbase.data.tables import read_interactions
+    from recbase.data.tables import INTERACTIONS_FILE, read_interactions
 
     domain = domain_dir.name
     if domain not in codes.by_domain:
-        raise ValueError(f"{domain_dir}: domain '{domain}' has no rows in the codes file")
+        raise UserError(f"{domain_dir}: domain '{domain}' has no rows in the codes file")
     item_ids, item_codes = codes.by_domain[domain]
     table = read_interactions(domain_dir).select(["user_id", "item_id", "timestamp"])
     for name in ("user_id", "item_id", "timestamp"):
         nulls = table[name].null_count
         if nulls:
             row = int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"{domain_dir / 'interactions.parquet'}: row {row}, field '{name}' is null")
+            raise UserError(f"{domain_dir / INTERACTIONS_FILE}: row {row}, field '{name}' is null")
     skipped: Counter = Counter()
     rows = pc.index_in(table["item_id"], value_set=item_ids)
     known = rows.is_valid()

@@ -10,18 +10,22 @@ users stored as three files sharing one WebDataset key:
 Tar members carry fixed mtimes, owners and modes, so the same blocks give the same bytes. A tar is written under a
 temporary name and renamed, then ``<shard>.sha256`` beside it, which a rerun of the build checks. Each build task
 writes ``tasks/task-<n>.json``; :func:`merge_manifests` joins them into ``manifest.json``, which the trainer reads
-with :func:`read_manifest`. This module needs neither pyarrow nor the tables, so the trainer's read side runs on a
-bare GPU machine (docs/benchmarks.md).
+with :func:`read_manifest`; :func:`read_shard` checks a tar against the manifest and yields its decoded blocks.
+This module needs neither pyarrow nor the tables, so the trainer's read side runs on a bare GPU machine
+(docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+from webdataset import tariterators
 
 from recbase.errors import UserError
 from recbase.io import atomic_path, atomic_write_text, sha256_file
@@ -121,7 +125,7 @@ def merge_manifests(root: str | Path, num_tasks: int, missing_ok: bool = False) 
     first = tasks[0]
     for t in tasks[1:]:
         if t["tokenizer_hash"] != first["tokenizer_hash"] or t["vocab"] != first["vocab"]:
-            raise ValueError(f"{root}: task {t['task_index']} used another tokenizer than task 0")
+            raise UserError(f"{root}: task {t['task_index']} used another tokenizer than task 0")
     shards = [s for t in tasks for s in t["shards"]]
     domains: dict = {}
     for t in tasks:
@@ -172,3 +176,31 @@ def read_manifest(root: str | Path, expected_tokenizer_hash: str | None = None) 
         raise UserError(f"{path}: shards were built with tokenizer {manifest['tokenizer_hash']}, but "
                         f"{expected_tokenizer_hash} is expected; rebuild the shards with this tokenizer's codes")
     return manifest
+
+
+def read_shard(shard_dir: Path, shard: dict, keep: set | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """Decoded blocks of one shard; a truncated or corrupt shard raises :class:`ShardError` naming it."""
+    path = shard_dir / shard["path"]
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot open shard ({e})") from None
+    if size != shard["bytes"]:
+        raise ShardError(f"{path}: {size} bytes but the manifest says {shard['bytes']} (truncated or overwritten "
+                         f"shard; rerun build_shards, which rebuilds it)")
+    if "sha256" not in shard:
+        raise ShardError(f"{shard_dir / MANIFEST}: no sha256 for {shard['path']}; the shards were built by an "
+                         f"older recbase — rebuild them")
+    if sha256_file(path) != shard["sha256"]:
+        raise ShardError(f"{path}: SHA-256 does not match the manifest (damaged shard; rerun build_shards, which "
+                         f"rebuilds it)")
+    n = 0
+    try:
+        for sample in tariterators.tarfile_samples([{"url": str(path)}]):
+            if keep is None or n in keep:
+                yield decode_block(sample, str(path))
+            n += 1
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise ShardError(f"{path}: corrupt or truncated tar ({type(e).__name__}: {e})") from None
+    if n != shard["blocks"]:
+        raise ShardError(f"{path}: {n} blocks but the manifest says {shard['blocks']} (truncated shard)")

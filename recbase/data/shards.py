@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from recbase.config import AT_LEAST_0, AT_LEAST_1, Range, check_ranges, to_dict
 from recbase.data.codes import read_codes
-from recbase.data.evalsets import IMPRESSIONS_FILE, EvalSetConfig, build_eval_set
+from recbase.data.evalsets import EvalSetConfig, build_eval_set
 from recbase.data.sequences import DomainSequences, assemble, load_domain, stable_hash
 from recbase.data.shard_format import (FORMAT, TASK_DIR, digest_path, encode_block, merge_manifests, shard_is_intact,
                                        shard_name, token_dtype, write_shard)
@@ -255,7 +255,7 @@ def build_shards(cfg: ShardConfig) -> Path:
 
     Returns the shard folder ``<out_dir>/<name>``.
     """
-    from recbase.data.tables import INTERACTIONS_FILE
+    from recbase.data.tables import IMPRESSIONS_FILE, INTERACTIONS_FILE
 
     check_ranges(cfg, {**SHARD_RANGES, "task_index": Range(0, cfg.num_tasks - 1)})
     codes = read_codes(cfg.codes_path, cfg.codebook_size)

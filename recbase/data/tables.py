@@ -15,6 +15,7 @@ to the kept users and known items and written beside the two main tables as ``<n
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recbase.io import atomic_path, plain_name
+from recbase.errors import UserError
+from recbase.io import atomic_path, atomic_write_text, plain_name
 
 ITEM_COLUMNS = ("domain", "item_id", "text")
 INTERACTION_SCHEMA = pa.schema([
@@ -36,6 +38,7 @@ INTERACTION_SCHEMA = pa.schema([
 ])
 ITEMS_FILE = "items.parquet"
 INTERACTIONS_FILE = "interactions.parquet"
+IMPRESSIONS_FILE = "impressions.parquet"   # real shown-but-not-clicked items, where the dataset has them (MIND)
 SUMMARY_FILE = "ingest_summary.json"   # what an ingest kept and dropped
 
 
@@ -231,15 +234,94 @@ def write_domain(tables: DomainTables, out_dir: str | Path) -> Path:
     return d
 
 
-def read_items(domain_dir: str | Path) -> pa.Table:
-    return pq.read_table(Path(domain_dir) / ITEMS_FILE)
+def ingest_inputs(fmt: str, source: str | Path, min_user_interactions: int, max_history: int,
+                  interacted_items_only: bool, max_users: int) -> dict:
+    """What one ingest's tables are made from: the first keys of its ``ingest_summary.json``."""
+    return {"format": fmt, "source": str(Path(source).resolve()), "min_user_interactions": min_user_interactions,
+            "max_history": max_history, "interacted_items_only": interacted_items_only, "max_users": max_users}
 
 
-def read_interactions(domain_dir: str | Path) -> pa.Table:
-    return pq.read_table(Path(domain_dir) / INTERACTIONS_FILE)
+def write_summary(domain_dir: Path, inputs: dict, summary: IngestSummary) -> None:
+    atomic_write_text(domain_dir / SUMMARY_FILE, json.dumps({**inputs, **summary.to_dict()}, indent=2) + "\n")
+
+
+def check_replaceable(domain_dir: str | Path, inputs: dict, overwrite: bool = False) -> None:
+    """Refuse to replace a domain's tables that were made from other inputs (another dataset, format or filter;
+    or tables no ingest recorded, such as the demo world's) unless ``overwrite``: embeddings, codes and shards may
+    have been made from them. A rerun of the same ingest replaces its own tables."""
+    folder = Path(domain_dir)
+    if overwrite or not has_tables(folder):
+        return
+    try:
+        old = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict):
+        changed = [k for k in inputs if old.get(k) != inputs[k]]
+        if not changed:
+            return
+        what = "tables ingested with another " + ", ".join(f"{k} ({old.get(k)!r}, now {inputs[k]!r})"
+                                                            for k in changed)
+    else:
+        what = f"tables that no ingest recorded (no readable {SUMMARY_FILE})"
+    raise UserError(f"{folder}: holds {what}, which embeddings, codes and shards may be made from; choose another "
+                    f"--out or --domain, or pass --overwrite to replace them")
+
+
+def read_table(path: str | Path, columns: list[str] | None = None, required: tuple[str, ...] = ()) -> pa.Table:
+    """One table file (``columns`` only, when given); a missing or unreadable file, or a missing ``columns`` or
+    ``required`` column, is a user error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found (write the tables with `recbase ingest`)")
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in dict.fromkeys([*(columns or ()), *required]) if c not in names]
+        table = None if missing else pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase ingest`") from None
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(names)})")
+    return table
+
+
+def read_items(domain_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    return read_table(Path(domain_dir) / ITEMS_FILE, columns)
+
+
+def read_interactions(domain_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    return read_table(Path(domain_dir) / INTERACTIONS_FILE, columns)
+
+
+def read_item_ids(domain_dir: str | Path) -> list[str]:
+    """The domain's item ids in ``items.parquet`` order (the row order of its embeddings)."""
+    return read_items(domain_dir, ["item_id"]).column("item_id").to_pylist()
+
+
+def read_impressions(domain_dir: str | Path) -> pa.Table | None:
+    """The domain's ``impressions.parquet`` (``user_id, item_id, label``), or None when it has none."""
+    path = Path(domain_dir) / IMPRESSIONS_FILE
+    return read_table(path, required=("user_id", "item_id", "label")) if path.exists() else None
+
+
+def user_histories(domain_dir: str | Path) -> dict[str, list[str]]:
+    """Each user's items in time order (ties keep the table's order, which is by user, then time)."""
+    table = read_interactions(domain_dir, ["user_id", "item_id", "timestamp"])
+    users = np.asarray(table.column("user_id").to_pylist(), dtype=object)
+    items = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+    ts = table.column("timestamp").to_numpy()
+    order = np.lexsort((ts, users.astype(str)))
+    histories: dict[str, list[str]] = {}
+    for u, i in zip(users[order].tolist(), items[order].tolist()):
+        histories.setdefault(u, []).append(i)
+    return histories
+
+
+def has_tables(domain_dir: str | Path) -> bool:
+    """True when ``domain_dir`` holds both tables (the interactions are written last)."""
+    return (Path(domain_dir) / ITEMS_FILE).exists() and (Path(domain_dir) / INTERACTIONS_FILE).exists()
 
 
 def list_domains(data_dir: str | Path) -> list[Path]:
     """Domain folders (those holding both tables) under ``data_dir``, sorted by name."""
-    root = Path(data_dir)
-    return sorted(p for p in root.iterdir() if (p / ITEMS_FILE).exists() and (p / INTERACTIONS_FILE).exists())
+    return sorted(p for p in Path(data_dir).iterdir() if has_tables(p))

@@ -1,21 +1,22 @@
-"""What evaluation reads besides the eval sets (``recbase/data/evalsets.py``) and the codes
-(``recbase/data/codes.py``): the tokenizer hashes the inputs carry, the users' history items and the domain's
-popularity counts (both from ``interactions.parquet``).
+"""What evaluation derives from its inputs besides the eval sets themselves: the tokenizer hash each input
+states, the items behind the users' history tokens and the domain's popularity counts. Every file is read through
+the module that owns its format (docs/formats.md).
 
 Every malformed row is an error naming the file, the row and the field: a silently wrong eval set would give a
 plausible but meaningless AUC.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from recbase.data.evalsets import EvalSet
+from recbase.data.codes import read_tokenizer_hash
+from recbase.data.evalsets import EvalSet, eval_set_tokenizer_hash
+from recbase.data.shard_format import MANIFEST, read_manifest
 from recbase.errors import UserError
+from recbase.tokenizer.artifact import CONFIG_FILE, load_tokenizer
 
 
 def list_eval_domains(eval_dir: str | Path) -> list[str]:
@@ -25,55 +26,21 @@ def list_eval_domains(eval_dir: str | Path) -> list[str]:
     return domains
 
 
-def parquet_tokenizer_hash(path: Path) -> str | None:
-    meta = pq.read_schema(path).metadata or {}
-    value = meta.get(b"tokenizer_hash")
-    return value.decode() if value else None
-
-
 def input_tokenizer_hashes(eval_paths: list[Path], codes_path: str = "", tokenizer_dir: str = "") -> dict[str, str]:
     """Tokenizer hash stated by each input that states one, keyed by the file stating it.
 
     Sources: the eval sets' Parquet metadata, the shards' ``manifest.json`` beside the ``eval/`` folder,
-    ``codes.parquet`` metadata and the tokenizer artifact's ``config.json``.
+    ``codes.parquet`` metadata and the tokenizer artifact (whose content hash is verified as it loads).
     """
-    hashes: dict[str, str] = {}
-    for p in eval_paths:
-        h = parquet_tokenizer_hash(p)
-        if not h:
-            raise UserError(f"{p}: no tokenizer_hash in the Parquet metadata, so the model's tokenizer cannot be "
-                            f"checked against it; rebuild the eval set with `recbase shards`")
-        hashes[str(p)] = h
-    manifests = {p.parent.parent / "manifest.json" for p in eval_paths}
-    for m in sorted(manifests):
-        if m.exists():
-            h = json.loads(m.read_text(encoding="utf-8")).get("tokenizer_hash")
-            if h:
-                hashes[str(m)] = str(h)
+    hashes = {str(p): eval_set_tokenizer_hash(p) for p in eval_paths}
+    for shard_dir in sorted({p.parent.parent for p in eval_paths}):
+        if (shard_dir / MANIFEST).exists():
+            hashes[str(shard_dir / MANIFEST)] = str(read_manifest(shard_dir)["tokenizer_hash"])
     if codes_path:
-        h = parquet_tokenizer_hash(Path(codes_path))
-        if h:
-            hashes[str(codes_path)] = h
+        hashes[str(codes_path)] = read_tokenizer_hash(codes_path)
     if tokenizer_dir:
-        cfg = Path(tokenizer_dir) / "config.json"
-        h = json.loads(cfg.read_text(encoding="utf-8")).get("hash")
-        if not h:
-            raise UserError(f"{cfg}: missing field 'hash'")
-        hashes[str(cfg)] = str(h)
+        hashes[str(Path(tokenizer_dir) / CONFIG_FILE)] = load_tokenizer(tokenizer_dir).hash
     return hashes
-
-
-def user_sequences(interactions_path: str | Path) -> dict[str, list[str]]:
-    """Each user's items in time order (the table is sorted by user, then time)."""
-    table = pq.read_table(interactions_path, columns=["user_id", "item_id", "timestamp"])
-    users = np.asarray(table.column("user_id").to_pylist(), dtype=object)
-    items = np.asarray(table.column("item_id").to_pylist(), dtype=object)
-    ts = table.column("timestamp").to_numpy()
-    order = np.lexsort((ts, users.astype(str)))
-    seqs: dict[str, list[str]] = {}
-    for u, i in zip(users[order].tolist(), items[order].tolist()):
-        seqs.setdefault(u, []).append(i)
-    return seqs
 
 
 def history_items(eval_set: EvalSet, sequences: dict[str, list[str]], levels: int, source: str = "interactions",
@@ -129,9 +96,3 @@ def popularity_counts(sequences: dict[str, list[str]], eval_set: EvalSet) -> Cou
             if label == 1:
                 counts[item] -= 1
     return counts
-
-
-def read_item_ids(domain_dir: str | Path) -> list[str]:
-    """The domain's item ids in ``items.parquet`` order (the row order of its embeddings)."""
-    return pq.read_table(Path(domain_dir) / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
-

@@ -17,11 +17,11 @@ from tqdm import tqdm
 from recbase.config import save_config, to_dict
 from recbase.data.codes import read_catalog
 from recbase.data.evalsets import EvalSet, eval_set_training_domains, read_eval_set
+from recbase.data.tables import INTERACTIONS_FILE, read_item_ids, user_histories
 from recbase.errors import UserError
 from recbase.eval import baselines as bl
 from recbase.eval.calibrate import empty_history_logprobs, fuse
-from recbase.eval.inputs import (history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts,
-                                 read_item_ids, user_sequences)
+from recbase.eval.inputs import history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
 from recbase.eval.model_io import DTYPES, META_FILE, EvalModel, check_tokenizer_hash, load_eval_model
 from recbase.eval.report import write_pair_scores, write_report
@@ -149,9 +149,9 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int, item_tok
     needs_data = {"text_raw", "text_centred", "popularity"} & set(cfg.baselines)
     if needs_data:
         domain_dir = Path(cfg.data_dir) / eval_set.domain
-        interactions = domain_dir / "interactions.parquet"
-        sequences = user_sequences(interactions)
-        hist_items, unverified = history_items(eval_set, sequences, levels, str(interactions), item_tokens)
+        sequences = user_histories(domain_dir)
+        hist_items, unverified = history_items(eval_set, sequences, levels, str(domain_dir / INTERACTIONS_FILE),
+                                               item_tokens)
     for name in cfg.baselines:
         if name == "random":
             scores = bl.random_scores(n_cands, cfg.seed, eval_set.domain)

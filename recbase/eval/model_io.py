@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 
 from recbase.errors import UserError
+from recbase.train.export import META_FILE
 from recbase.vocab import Vocab
-
-META_FILE = "recbase.json"
 
 
 class TokenizerMismatch(UserError):

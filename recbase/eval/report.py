@@ -15,10 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recbase.errors import UserError
 from recbase.eval.baselines import LABELS
 from recbase.eval.metrics import retrieval_metrics
 from recbase.io import atomic_path, atomic_write_bytes, atomic_write_text
 
+METRICS_FILE = "metrics.json"
 RANKING_METRICS = ("auc", "gauc", "auc_len_norm")
 RETRIEVAL_CHART_METRICS = ("recall@10", "ndcg@10", "mrr")
 BAR = "text_centred"
@@ -272,7 +274,7 @@ def write_pair_scores(columns: dict, path: Path) -> None:
 def write_report(results: dict, out_dir: str | Path) -> list[Path]:
     """Write metrics.json, report.md and the charts atomically; returns the written paths."""
     out = Path(out_dir)
-    written = [out / "metrics.json", out / "report.md"]
+    written = [out / METRICS_FILE, out / "report.md"]
     atomic_write_text(written[0], json.dumps(_nan_to_none(results), indent=2, allow_nan=False) + "\n")
     atomic_write_text(written[1], render_markdown(results))
     metrics = list(RANKING_METRICS)
@@ -283,3 +285,14 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
         atomic_write_bytes(path, bar_chart(results, metric))
         written.append(path)
     return written
+
+
+def read_metrics(out_dir: str | Path) -> dict:
+    """The results an evaluation wrote into ``out_dir`` (its ``metrics.json``)."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run `recbase evaluate` with out_dir={out_dir} first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not readable as evaluation results ({e}); run the evaluation again") from None

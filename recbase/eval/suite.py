@@ -2,19 +2,19 @@
 
 A fold is a pipeline run (``recbase demo --config zeroshot_fold_a.json``) that pretrains on some domains and
 evaluates zero-shot on the others; the same fold run with two seeds shows how much of a difference is noise.
-Each run folder holds ``demo_config.json`` (its seed and held-out domains) and ``eval/metrics.json``. Every score
-a model reports (``auc``, ``auc_pmi``, ...) appears as its AUC minus the centred text similarity's AUC on the same
+Each run folder holds ``pipeline_config.json`` (its seed and held-out domains) and ``eval/metrics.json``. Every
+score a model reports (``auc``, ``auc_pmi``, ...) appears as its AUC minus the centred text similarity's AUC on the same
 pairs, as the mean over seeds ± half the range between them (the mean alone for one seed); the Overall of all
 folds uses the seeds that every fold ran.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from recbase.eval.report import BAR, VARIANTS
+from recbase.eval.report import BAR, METRICS_FILE, VARIANTS, read_metrics
+from recbase.pipeline import CONFIG_FILE, load_pipeline_config
 
 SCORES = {"auc": "log P", **{f"auc_{v}": label for v, label in VARIANTS.items() if v != "len_norm"}}
 
@@ -22,18 +22,18 @@ SCORES = {"auc": "log P", **{f"auc_{v}": label for v, label in VARIANTS.items() 
 def load_run(run_dir: str | Path, model: str) -> dict:
     """Seed, held-out domains and, per domain, the bar's AUC and every score's AUC of ``model``."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "demo_config.json").read_text())
-    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    config = load_pipeline_config(str(run_dir / CONFIG_FILE), [])
+    metrics = read_metrics(run_dir / "eval")
     domains = {}
-    for domain in config["heldout_domains"]:
+    for domain in config.heldout_domains:
         section = metrics["domains"][domain]
         if model not in section["models"]:
-            raise KeyError(f"{run_dir / 'eval' / 'metrics.json'}: no model {model!r} "
+            raise KeyError(f"{run_dir / 'eval' / METRICS_FILE}: no model {model!r} "
                            f"(have {', '.join(section['models'])})")
         result = section["models"][model]
         domains[domain] = {"bar": section["baselines"][BAR]["auc"],
                            **{k: result[k] for k in SCORES if result.get(k) is not None}}
-    return {"seed": config["seed"], "fold": tuple(config["heldout_domains"]), "domains": domains}
+    return {"seed": config.seed, "fold": tuple(config.heldout_domains), "domains": domains}
 
 
 def _cell(values: list[float], signed: bool = True) -> str:

@@ -188,6 +188,38 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def _array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def write_npy_digest(path: Path, array: np.ndarray) -> None:
+    """Record the SHA-256 of ``array``, just saved at ``path``, beside it (``<name>.sha256``)."""
+    atomic_write_text(path.with_suffix(".sha256"), _array_sha256(array) + "\n")
+
+
+def save_verified_npy(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` and its SHA-256 beside it, for :func:`read_verified_npy`."""
+    save_npy(path, array)
+    write_npy_digest(path, array)
+
+
+def read_verified_npy(path: Path) -> np.ndarray | None:
+    """The array at ``path`` when the SHA-256 beside it matches; None when either file is missing or they differ
+    (logged: the file changed after it was written), so the caller computes it again."""
+    digest = path.with_suffix(".sha256")
+    if not (path.is_file() and digest.is_file()):
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        log.warning("%s: unreadable (%s); computing it again", path, e)
+        return None
+    if digest.read_text(encoding="utf-8").strip() == _array_sha256(array):
+        return array
+    log.warning("%s: digest mismatch with %s; computing it again", path, digest.name)
+    return None
+
+
 def catalog_meta(ids: list[str], texts: list[str]) -> dict:
     return {"n_items": len(ids), "item_ids_sha256": item_ids_sha256(ids), "texts_sha256": item_ids_sha256(texts)}
 
@@ -212,6 +244,29 @@ def chunk_path(parts: Path, chunk: int) -> Path:
     return parts / f"chunk_{chunk:06d}.npy"
 
 
+def embedder_meta(embedder) -> dict:
+    """What decides an embedder's vectors besides the texts: model, dimension and settings."""
+    return {"model": embedder.name, "dim": embedder.dim, **embedder.settings}
+
+
+def check_replaceable(out_dir: Path, domain: str, embedder, overwrite: bool = False) -> None:
+    """Refuse to replace a domain's embeddings made with another model or setting unless ``overwrite``: a tokenizer
+    trained on them, and its codes, would no longer match. Embeddings of changed items are simply made again."""
+    js = Path(out_dir) / f"{domain}.json"
+    if overwrite or not js.exists():
+        return
+    try:
+        old = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return   # unreadable metadata: nothing usable to keep
+    now = embedder_meta(embedder)
+    keys = sorted(set(now) | set(old) - set(catalog_meta([], [])))
+    changed = [f"{k} ({old.get(k)!r}, now {now.get(k)!r})" for k in keys if old.get(k) != now.get(k)]
+    if changed:
+        raise UserError(f"{js}: embedded with another {', '.join(changed)}, which a tokenizer may have been trained "
+                        f"on; choose another --out, or pass --overwrite to replace these embeddings")
+
+
 def is_up_to_date(out_dir: Path, domain: str, meta: dict) -> bool:
     js, npy = out_dir / f"{domain}.json", out_dir / f"{domain}.npy"
     return (js.exists() and npy.exists() and json.loads(js.read_text()) == meta
@@ -219,17 +274,20 @@ def is_up_to_date(out_dir: Path, domain: str, meta: dict) -> bool:
 
 
 def embed_domain(domain_dir: Path, out_dir: Path, embedder, chunk_size: int = 2048, progress: bool = True,
-                 task_index: int = 0, num_tasks: int = 1) -> dict:
+                 task_index: int = 0, num_tasks: int = 1, overwrite: bool = False) -> dict:
     """Embed one domain resumably; returns its metadata plus how many items were embedded in this call."""
     ids, texts = read_texts(domain_dir)
-    return embed_items(domain_dir.name, ids, texts, out_dir, embedder, chunk_size, progress, task_index, num_tasks)
+    return embed_items(domain_dir.name, ids, texts, out_dir, embedder, chunk_size, progress, task_index, num_tasks,
+                       overwrite)
 
 
 def embed_items(domain: str, ids: list[str], texts: list[str], out_dir: Path, embedder, chunk_size: int = 2048,
-                progress: bool = True, task_index: int = 0, num_tasks: int = 1) -> dict:
-    """Embed this task's chunks of one domain; with a single task, also write ``<domain>.npy`` + ``.json``."""
+                progress: bool = True, task_index: int = 0, num_tasks: int = 1, overwrite: bool = False) -> dict:
+    """Embed this task's chunks of one domain; with a single task, also write ``<domain>.npy`` + ``.json``
+    (existing ones of another model or setting only with ``overwrite``)."""
     out_dir = Path(out_dir)
-    meta = {"model": embedder.name, "dim": embedder.dim, **embedder.settings, **catalog_meta(ids, texts)}
+    check_replaceable(out_dir, domain, embedder, overwrite)
+    meta = {**embedder_meta(embedder), **catalog_meta(ids, texts)}
     if is_up_to_date(out_dir, domain, meta):
         return {**meta, "domain": domain, "embedded": 0, "skipped": True}
 
@@ -305,10 +363,12 @@ def merge_domain(domain_dir: Path, out_dir: Path, num_tasks: int) -> dict:
 def embed_folder(data_dir: str | Path, out_dir: str | Path, model: str = DEFAULT_MODEL, batch_size: int = 64,
                  chunk_size: int = 2048, domains: list[str] | None = None, progress: bool = True,
                  precision: str = "auto", device: str | None = None, workers: int = 0,
-                 task_index: int = 0, num_tasks: int = 1) -> list[dict]:
+                 task_index: int = 0, num_tasks: int = 1, overwrite: bool = False) -> list[dict]:
     """Embed every domain under ``data_dir`` (or only ``domains``) into ``out_dir``; one summary per domain.
 
-    With ``num_tasks`` > 1 this is one array task: it writes only its chunks, and ``merge_folder`` finishes."""
+    Embeddings of another model or setting already in ``out_dir`` are replaced only with ``overwrite``, checked for
+    every domain before any is embedded. With ``num_tasks`` > 1 this is one array task: it writes only its chunks,
+    and ``merge_folder`` finishes."""
     for key, value, low in (("chunk_size", chunk_size, 1), ("batch_size", batch_size, 1), ("workers", workers, 0),
                             ("num_tasks", num_tasks, 1)):
         if value < low:
@@ -320,7 +380,10 @@ def embed_folder(data_dir: str | Path, out_dir: str | Path, model: str = DEFAULT
     out_dir.mkdir(parents=True, exist_ok=True)
     domain_dirs = select_domains(data_dir, domains)
     embedder = make_embedder(model, batch_size, precision, device, workers)
-    summaries = [embed_domain(d, out_dir, embedder, chunk_size, progress, task_index, num_tasks) for d in domain_dirs]
+    for d in domain_dirs:
+        check_replaceable(out_dir, d.name, embedder, overwrite)
+    summaries = [embed_domain(d, out_dir, embedder, chunk_size, progress, task_index, num_tasks, overwrite)
+                 for d in domain_dirs]
     remove_empty_parts(out_dir)
     return summaries
 

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recbase.data.codes import read_tokenizer_hash
 from recbase.errors import UserError
 from recbase.io import atomic_path
 from recbase.tokenizer.artifact import Tokenizer
@@ -59,8 +60,21 @@ def codes_table(tok: Tokenizer, encoded: dict[str, tuple[list[str], np.ndarray]]
 
 
 def write_codes(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path, out_path: str | Path,
-                domains: list[str] | None = None) -> pa.Table:
-    """Encode the domains and write ``codes.parquet`` atomically; returns the table."""
+                domains: list[str] | None = None, overwrite: bool = False) -> pa.Table:
+    """Encode the domains and write ``codes.parquet`` atomically; returns the table.
+
+    A file already at ``out_path`` that is not this tokenizer's codes is replaced only with ``overwrite``: shards
+    and eval sets built from it name its tokenizer."""
+    out_path = Path(out_path)
+    if out_path.exists() and not overwrite:
+        try:
+            old = read_tokenizer_hash(out_path)
+        except UserError:
+            old = None
+        if old != tok.hash:
+            what = f"codes of tokenizer {old}" if old else "a file that is not a codes table"
+            raise UserError(f"{out_path}: already holds {what}, not of this tokenizer ({tok.hash}); choose another "
+                            f"--out, or pass --overwrite to replace it")
     table = codes_table(tok, encode_domains(tok, data_dir, emb_dir, domains))
     with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)

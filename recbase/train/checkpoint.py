@@ -155,6 +155,21 @@ def check_tokenizer(folder: Path, tokenizer_hash: str) -> None:
                         f"data.shards at the shards of the checkpoint's tokenizer, or start a new checkpoint.dir")
 
 
+def check_init(folder: Path, init_from: str) -> None:
+    """Refuse to resume from ``folder`` when it belongs to a run that started from other weights
+    (``checkpoint.init_from``): a fine-tuning pointed at a pretraining's checkpoints folder, or the reverse, would
+    otherwise continue that run and write its checkpoints there."""
+    saved = read_meta(folder).get("train_config", {}).get("checkpoint", {})
+    if "init_from" not in saved:
+        return
+    same = (saved["init_from"] == init_from if not (saved["init_from"] and init_from)
+            else Path(saved["init_from"]).resolve() == Path(init_from).resolve())
+    if not same:
+        then, now = saved["init_from"] or "random weights", init_from or "random weights"
+        raise UserError(f"{folder / META_FILE}: the checkpoint belongs to a run started from {then}, this one starts "
+                        f"from {now}; choose another checkpoint.dir for this run")
+
+
 def check_model_config(folder: Path, model_config: dict) -> None:
     """Refuse to resume from ``folder`` when this run's model differs in anything but runtime settings."""
     saved, now = read_meta(folder).get("model_config", {}), json.loads(json.dumps(model_config))

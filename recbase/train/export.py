@@ -106,8 +106,35 @@ def load_model(path: str | Path, attention: str = "sdpa"):
     return _model_from(meta, state, attention), meta
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write a consolidated Hugging Face folder for ``checkpoint``; replaces ``out_dir`` only once complete."""
+def exported_from(out_dir: str | Path) -> Path | None:
+    """The checkpoints folder whose training run wrote the export in ``out_dir`` (from its ``recbase.json``), or
+    None when ``out_dir`` holds no readable export."""
+    try:
+        meta = json.loads((Path(out_dir) / META_FILE).read_text(encoding="utf-8"))
+        return Path(meta["train_config"]["checkpoint"]["dir"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_replaceable(out_dir: str | Path, overwrite: bool = False, own_checkpoints: str | Path | None = None) -> None:
+    """Refuse to replace ``out_dir`` when it holds anything, unless ``overwrite``, or it is the export of the run
+    that trains in ``own_checkpoints`` (a resumed run exports again): evaluations, fine-tunings and served models
+    may read the model there."""
+    out = Path(out_dir)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())) or overwrite:
+        return
+    if own_checkpoints is not None and exported_from(out) == Path(own_checkpoints).resolve():
+        return
+    what = "a model" if (out / META_FILE).exists() else "other files"
+    fix = ("set checkpoint.export_dir to another folder (or 'none'), or remove this one" if own_checkpoints is not None
+           else "choose another output folder, or pass --overwrite to replace it")
+    raise UserError(f"{out}: already holds {what}, which evaluations, fine-tunings or served models may read; {fix}")
+
+
+def export_hf(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write a consolidated Hugging Face folder for ``checkpoint``; an existing ``out_dir`` is replaced only with
+    ``overwrite`` (see :func:`check_replaceable`), and only once the new export is complete."""
+    check_replaceable(out_dir, overwrite)
     state, meta = load_state(checkpoint)
     model = _model_from(meta, state, "sdpa")
     out = Path(out_dir)

@@ -104,6 +104,10 @@ class Trainer:
         manifest = read_manifest(cfg.data.shards, expected_tokenizer_hash(cfg))
         cfg.check_seq_len(manifest["vocab"]["levels"])
         self.resume_from = self._resume_target(manifest["tokenizer_hash"])
+        if self.export_dir is not None:
+            from recbase.train.export import check_replaceable
+
+            check_replaceable(self.export_dir, own_checkpoints=cfg.checkpoint.dir)
         self.runtime = rt = ds.setup_runtime(cfg)
         torch.manual_seed(cfg.seed)
         self.loader = loader if loader is not None else _make_loader(cfg, rt, cfg.data.train_split)
@@ -175,6 +179,7 @@ class Trainer:
                 raise UserError(f"checkpoint.resume={target}: {why}")
             return None
         ckpt.check_tokenizer(folder, tokenizer_hash)
+        ckpt.check_init(folder, self.cfg.checkpoint.init_from)
         if int(os.environ.get("RANK", "0")) == 0:
             tqdm.write(f"resuming from {folder} ({why})")
         return folder
@@ -293,17 +298,25 @@ class Trainer:
         self.log.close()
         return TrainResult(self.step, self.last_checkpoint, export, losses)
 
+    @property
+    def export_dir(self) -> Path | None:
+        """Where the Hugging Face export goes (None: no export); checked before training, so that a folder this
+        run did not write is refused before any work."""
+        target = self.cfg.checkpoint.export_dir
+        if target == "none":
+            return None
+        return Path(target) if target else Path(self.cfg.checkpoint.dir).parent / "hf"
+
     def export(self) -> Path | None:
         """Hugging Face export of the last checkpoint, written by rank 0 while the others wait."""
-        target = self.cfg.checkpoint.export_dir
-        if target == "none" or self.last_checkpoint is None:
+        out = self.export_dir
+        if out is None or self.last_checkpoint is None:
             return None
-        out = Path(target) if target else Path(self.cfg.checkpoint.dir).parent / "hf"
         ds.barrier()
         if self.runtime.is_main:
             from recbase.train.export import export_hf
 
-            export_hf(self.last_checkpoint, out)
+            export_hf(self.last_checkpoint, out, overwrite=True)   # its folder was checked when training started
             tqdm.write(f"exported Hugging Face model to {out}")
         ds.barrier()
         return out if self.runtime.is_main else None

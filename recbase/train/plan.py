@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from recbase.config import to_dict
+from recbase.data.shard_format import MANIFEST, read_manifest
 from recbase.train.config import TrainConfig
 from recbase.train.estimates import memory_per_rank, model_size
 from recbase.train.model import qwen2_config
@@ -18,9 +19,9 @@ def vocab_for(cfg: TrainConfig) -> tuple[int, str]:
     """The model vocabulary size and where it came from: config, shard manifest, or the paper layout."""
     if cfg.model.vocab_size:
         return cfg.model.vocab_size, "set in the config (model.vocab_size)"
-    manifest = Path(cfg.data.shards) / "manifest.json"
+    manifest = Path(cfg.data.shards) / MANIFEST
     if manifest.exists():
-        vocab = Vocab.from_dict(json.loads(manifest.read_text(encoding="utf-8"))["vocab"])
+        vocab = Vocab.from_dict(read_manifest(cfg.data.shards)["vocab"])
         return vocab.model_vocab_size, (f"shard manifest found at {manifest}: L={vocab.levels} "
                                         f"K={vocab.codebook_size}")
     return PAPER_VOCAB.model_vocab_size, (f"the paper's default L=4 K=2048, because no shards were found at "
