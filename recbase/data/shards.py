@@ -17,6 +17,7 @@ Only the builder reads Parquet: pyarrow and the tables module are imported where
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -298,8 +299,9 @@ def build_shards(cfg: ShardConfig) -> Path:
                                        [p.name for p in pretrain_dirs])
                 for d in heldout_dirs}
 
-    return write_sequence_shards(cfg, codes.vocab, codes.tokenizer_hash, [d.name for d in pretrain_dirs], slices,
-                                 eval_sets, codes.tokenizer, n_slices)
+    with contextlib.closing(slices):   # a failed build deletes its slice files too
+        return write_sequence_shards(cfg, codes.vocab, codes.tokenizer_hash, [d.name for d in pretrain_dirs],
+                                     slices, eval_sets, codes.tokenizer, n_slices)
 
 
 def write_sequence_shards(cfg: ShardConfig, vocab: Vocab, tokenizer_hash: str, domain_names: list[str],

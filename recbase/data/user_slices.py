@@ -50,17 +50,19 @@ def user_slices(domain_dirs: list[Path], codes: Codes, seed: int, task_index: in
 
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    paths = [work_dir / f"{s:05d}.arrow" for s in range(n_slices)]
-    tokens, skipped = _fill_slices(domain_dirs, codes, seed, task_index, num_tasks, paths)
-    for s, path in enumerate(paths):
-        with pa.OSFile(str(path)) as source:
-            table = pa.ipc.open_file(source).read_all()
-        path.unlink()
-        domain = table["domain"].to_numpy()
-        table = table.drop_columns(["domain"])
-        yield [group_users(d.name, table.filter(pa.array(domain == i)), tokens[i], skipped[i] if s == 0 else Counter())
-               for i, d in enumerate(domain_dirs)]
-    shutil.rmtree(work_dir, ignore_errors=True)
+    try:
+        paths = [work_dir / f"{s:05d}.arrow" for s in range(n_slices)]
+        tokens, skipped = _fill_slices(domain_dirs, codes, seed, task_index, num_tasks, paths)
+        for s, path in enumerate(paths):
+            with pa.OSFile(str(path)) as source:
+                table = pa.ipc.open_file(source).read_all()
+            path.unlink()
+            domain = table["domain"].to_numpy()
+            table = table.drop_columns(["domain"])
+            yield [group_users(d.name, table.filter(pa.array(domain == i)), tokens[i],
+                               skipped[i] if s == 0 else Counter()) for i, d in enumerate(domain_dirs)]
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _fill_slices(domain_dirs: list[Path], codes: Codes, seed: int, task_index: int, num_tasks: int,
