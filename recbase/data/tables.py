@@ -239,6 +239,26 @@ def read_interactions(domain_dir: str | Path) -> pa.Table:
     return pq.read_table(Path(domain_dir) / INTERACTIONS_FILE)
 
 
+def count_users(domain_dir: str | Path, batch_rows: int = 1 << 20) -> tuple[int, int]:
+    """(users, interactions) of a domain's interactions table, reading the ``user_id`` column in batches: the
+    table is sorted by user, so users are counted as runs and memory holds one batch. A table that is not sorted
+    (written by hand) is counted whole."""
+    path = Path(domain_dir) / INTERACTIONS_FILE
+    users = rows = 0
+    last = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_rows, columns=["user_id"]):
+        ids = batch.column(0)
+        if len(ids) == 0:
+            continue
+        if pc.any(pc.less(ids[1:], ids[:-1])).as_py() or (last is not None and ids[0].as_py() < last):
+            return pc.count_distinct(pq.read_table(path, columns=["user_id"])["user_id"]).as_py(), \
+                pq.ParquetFile(path).metadata.num_rows
+        users += 1 + (pc.sum(pc.not_equal(ids[1:], ids[:-1])).as_py() or 0) - (ids[0].as_py() == last)
+        rows += len(ids)
+        last = ids[-1].as_py()
+    return users, rows
+
+
 def list_domains(data_dir: str | Path) -> list[Path]:
     """Domain folders (those holding both tables) under ``data_dir``, sorted by name."""
     root = Path(data_dir)
