@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from recbase.vocab import Vocab
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+BATCH_ROWS = 1 << 20   # interaction rows read at once where a domain is read in batches
 
 
 @dataclass
@@ -62,6 +65,23 @@ def checked_interactions(domain_dir: Path, table: pa.Table, first_row: int = 0) 
             row = first_row + int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
             raise ValueError(f"{domain_dir / 'interactions.parquet'}: row {row}, field '{name}' is null")
     return table
+
+
+def interaction_batches(domain_dir: Path, item_ids: pa.Array, skipped: Counter,
+                        batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """A domain's interactions as :func:`known_items` tables, ``batch_rows`` rows of the file at a time, so that
+    memory holds one batch whatever the size of the log."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recbase.data.tables import INTERACTIONS_FILE
+
+    first_row = 0
+    for batch in pq.ParquetFile(domain_dir / INTERACTIONS_FILE).iter_batches(
+            batch_rows, columns=["user_id", "item_id", "timestamp"]):
+        table = checked_interactions(domain_dir, pa.Table.from_batches([batch]), first_row)
+        first_row += batch.num_rows
+        yield known_items(table, item_ids, skipped)
 
 
 def known_items(table: pa.Table, item_ids: pa.Array, skipped: Counter) -> pa.Table:

@@ -20,10 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from recbase.data.codes import Codes
-from recbase.data.sequences import (DomainSequences, checked_interactions, domain_codes, group_users, item_tokens,
-                                    known_items, load_domain, stable_hash)
-
-BATCH_ROWS = 1 << 20   # interaction rows read at once in the pass that fills the slices
+from recbase.data.sequences import (BATCH_ROWS, DomainSequences, domain_codes, group_users, interaction_batches,
+                                    item_tokens, load_domain, stable_hash)
 HASH_SPACE = 1 << 63   # stable_hash values lie in [0, HASH_SPACE)
 
 
@@ -70,9 +68,6 @@ def _fill_slices(domain_dirs: list[Path], codes: Codes, seed: int, task_index: i
     """One pass over every domain's interactions: each kept row (this task's users, items with codes) appended to
     the Arrow file of its user's slice. Returns each domain's item tokens and skipped counts."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from recbase.data.tables import INTERACTIONS_FILE
 
     schema = pa.schema([("domain", pa.int32()), ("user_id", pa.string()), ("timestamp", pa.int64()),
                         ("row", pa.int64())])
@@ -86,12 +81,7 @@ def _fill_slices(domain_dirs: list[Path], codes: Codes, seed: int, task_index: i
                 item_ids, item_codes = domain_codes(domain_dir, codes)
                 tokens.append(item_tokens(codes.vocab, item_codes))
                 skipped.append(Counter())
-                first_row = 0
-                source = pq.ParquetFile(domain_dir / INTERACTIONS_FILE)
-                for batch in source.iter_batches(BATCH_ROWS, columns=["user_id", "item_id", "timestamp"]):
-                    table = checked_interactions(domain_dir, pa.Table.from_batches([batch]), first_row)
-                    table = known_items(table, item_ids, skipped[-1])
-                    first_row += batch.num_rows
+                for table in interaction_batches(domain_dir, item_ids, skipped[-1]):
                     users = table["user_id"].combine_chunks().dictionary_encode()
                     names = users.dictionary.to_pylist()
                     slice_of = np.fromiter((_slice_of(u, name, seed, width, task_index, num_tasks) for u in names),
@@ -99,7 +89,7 @@ def _fill_slices(domain_dirs: list[Path], codes: Codes, seed: int, task_index: i
                     table = table.add_column(0, "domain", pa.array(np.full(table.num_rows, i, np.int32)))
                     for s in np.unique(slice_of[slice_of >= 0]):
                         writers[s].write_table(table.filter(pa.array(slice_of == s)), max_chunksize=BATCH_ROWS)
-                    bar.update(batch.num_rows)
+                    bar.update(table.num_rows)
     finally:
         for w in writers:
             w.close()
