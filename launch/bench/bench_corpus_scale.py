@@ -6,7 +6,8 @@ same timestamps), so the catalogs stay the same size and the interactions grow N
 pipeline runner in its own process (``recbase.pipeline.run_pipeline``, hashing embedder, a small RQ-k-means
 tokenizer: embedding and tokenizer work on the catalogs, which do not grow; recipes is the held-out domain, so
 the last stage writes its eval set beside the shards) and reports that process's peak resident memory, the peak
-of each stage (Linux: the kernel's high-water mark, reset before the stage) and the wall time of each stage. Flat memory and linear time show as a memory ratio near 1 and a time ratio near N.
+of each stage (Linux: the kernel's high-water mark, reset before the stage) and the wall time of each stage.
+Flat memory and linear time show as a memory ratio near 1 and a time ratio near N.
 
     python launch/bench/bench_corpus_scale.py --scales 1 10 30 --work /tmp/corpus-scale
 """

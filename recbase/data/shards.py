@@ -50,8 +50,9 @@ SLICES_DIR = ".slices"   # <root>/.slices-t<task>: a task's slice files while it
 
 
 SHARD_RANGES = {"codebook_size": AT_LEAST_0, "tokens_per_shard": AT_LEAST_1, "tokens_per_block": AT_LEAST_1,
-                "holdout": AT_LEAST_0, "workers": AT_LEAST_1, "slice_rows": AT_LEAST_1, "num_tasks": AT_LEAST_1, "seed": AT_LEAST_0,
-                "eval.positives": Range(1, 10), "eval.negatives_per_positive": AT_LEAST_1, "eval.max_pairs": AT_LEAST_1}
+                "holdout": AT_LEAST_0, "workers": AT_LEAST_1, "slice_rows": AT_LEAST_1, "num_tasks": AT_LEAST_1,
+                "seed": AT_LEAST_0, "eval.positives": Range(1, 10), "eval.negatives_per_positive": AT_LEAST_1,
+                "eval.max_pairs": AT_LEAST_1}
 
 
 @dataclass
@@ -332,7 +333,8 @@ def write_sequence_shards(cfg: ShardConfig, vocab: Vocab, tokenizer_hash: str, d
                                else np.zeros((0, vocab.levels), token_dtype(vocab)))
                 for w in writers:
                     w.add(order_users(w.split, seqs, hashes, cfg, vocab.levels, skipped), item_tokens)
-                bar.set_postfix(tok_s=f"{sum(w.offset for w in writers) / (time.perf_counter() - t0):,.0f}", refresh=False)
+                bar.set_postfix(tok_s=f"{sum(w.offset for w in writers) / (time.perf_counter() - t0):,.0f}",
+                                refresh=False)
         for w in writers:
             w.finish()
     finally:
