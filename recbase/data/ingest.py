@@ -34,16 +34,16 @@ def ingest(fmt: str, path: str | Path, out_dir: str | Path, domain: str | None =
            interacted_items_only: bool = False, max_users: int = 0, **options) -> IngestSummary:
     """Read, filter and write one domain under ``out_dir/<domain>/``; returns its summary.
 
-    The generic format reads its interactions in chunks and finalizes them in user buckets
-    (:mod:`recbase.data.ingest_stream`), so a log larger than memory ingests; the other readers read whole files,
-    and so does a generic ingest that samples users (``max_users``: the sample is drawn over all users at once).
+    The generic format and MovieLens's CSV layout read their interactions in chunks and finalize them in user
+    buckets (:mod:`recbase.data.ingest_stream`), so a log larger than memory ingests; the other readers read whole
+    files, and so does an ingest that samples users (``max_users``: the sample is drawn over all users at once).
     """
-    if fmt == "generic" and not max_users:
-        from recbase.data.ingest_stream import ingest_stream
+    from recbase.data.ingest_stream import ingest_stream, streams
 
+    if streams(fmt, path) and not max_users:
         return ingest_stream(path, out_dir, check_domain_name(domain or default_domain(path)),
                              min_user_interactions=min_user_interactions, max_history=max_history,
-                             interacted_items_only=interacted_items_only, **options)
+                             interacted_items_only=interacted_items_only, fmt=fmt, **options)
     tables = read_domain(fmt, path, domain, min_user_interactions, max_history, interacted_items_only, max_users,
                          **options)
     folder = write_domain(tables, out_dir)
