@@ -107,7 +107,6 @@ def child(work: Path) -> None:
                                   "stage_peak_mb": peaks,
                                   "interactions": sum(r["interactions"] for r in record["domains"].values()),
                                   "train_tokens": sum(r.get("train_tokens", 0) for r in record["domains"].values()),
-                                  "eval_pairs": sum(r.get("eval_pairs", 0) for r in record["domains"].values()),
                                   # resetting the high-water mark resets ru_maxrss too: the whole run's peak is
                                   # the largest of the parts
                                   "peak_rss_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
