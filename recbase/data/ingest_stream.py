@@ -32,7 +32,7 @@ from recbase.data.tables import (INTERACTION_SCHEMA, INTERACTIONS_FILE, ITEMS_FI
 from recbase.io import atomic_path, atomic_write_text
 
 ROWS_PER_BUCKET = 2_000_000   # interactions finalized at once: ~0.5 GB of working memory
-CHUNK_ROWS = 1 << 20          # rows parsed at once
+CHUNK_ROWS = 1 << 18          # rows parsed at once: Arrow's CSV reading holds several such blocks (docs/data.md)
 
 
 def _buckets(counts: np.ndarray, rows_per_bucket: int) -> np.ndarray:
