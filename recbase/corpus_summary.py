@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
 from recbase.data.codes import read_codes
 from recbase.data.shard_format import read_manifest
-from recbase.data.tables import read_interactions, read_items
+from recbase.data.tables import count_users, read_items
 from recbase.io import atomic_path, atomic_write_text
 from recbase.tokenizer.collisions import collision_rate
 from recbase.tokenizer.report import level_usage
@@ -31,13 +30,13 @@ def domain_summary(data_dir: Path, codes_path: Path, shard_dir: Path, pretrain: 
     out = {}
     for name in pretrain + heldout:
         folder = Path(data_dir) / name
-        users = read_interactions(folder, ["user_id"])["user_id"]
+        users, interactions = count_users(folder)
         item_codes = codes.by_domain[name][1]
         first = level_usage(item_codes[:, :1], k)[0]
         row = {"role": "pretrain" if name in pretrain else "held-out",
-               "users": int(pc.count_distinct(users).as_py()),
+               "users": users,
                "items": read_items(folder, ["item_id"]).num_rows,
-               "interactions": len(users), "codebook_size": k,
+               "interactions": interactions, "codebook_size": k,
                "level1_used": first["used"], "level1_perplexity": round(first["perplexity"], 1),
                "collision_rate": round(collision_rate(item_codes[:, :levels]), 5)}
         if name in pretrain:

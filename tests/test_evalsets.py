@@ -113,3 +113,27 @@ def test_bad_options_are_refused(world, tmp_path):
         build(world, tmp_path / "x.parquet", positives=11)
     with pytest.raises(ValueError, match="negative_pool must be one of interacted, catalog"):
         build(world, tmp_path / "x.parquet", negative_pool="popular")
+
+
+def test_histories_read_a_few_users_at_a_time_equal_the_whole_domain(world):
+    """The eval set reads only the histories it visits, a chunk of users per pass: any chunk gives load_domain's."""
+    from collections import Counter
+
+    from recbase.data import evalsets
+    from recbase.data.sequences import item_tokens, load_domain
+
+    codes = read_codes(world / "codes.parquet")
+    domain = world / "data" / "news"
+    whole = load_domain(domain, codes)
+    item_ids, item_codes = codes.by_domain["news"]
+    user_ids, counts, used = evalsets._users(domain, item_ids, Counter())
+    assert user_ids == whole.user_ids and counts.tolist() == whole.counts.tolist()
+    assert used.tolist() == np.unique(whole.item_rows).tolist()
+    order = np.random.default_rng(0).permutation(len(user_ids))
+    for chunk in (3, 1000):
+        got = list(evalsets._histories(domain, item_ids, item_tokens(codes.vocab, item_codes), user_ids, order, chunk))
+        assert [g[0] for g in got] == [user_ids[u] for u in order]
+        for u, (_, rows, tokens) in zip(order, got):
+            s, c = whole.starts[u], whole.counts[u]
+            assert rows.tolist() == whole.item_rows[s:s + c].tolist()
+            assert tokens.tolist() == whole.item_tokens[s:s + c].tolist()

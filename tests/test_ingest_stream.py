@@ -59,3 +59,35 @@ def test_real_folder_in_buckets(tmp_path):
                              min_user_interactions=5, rows_per_bucket=60_000, chunk_rows=50_000)
     assert streamed.interactions == whole.summary.interactions == 241_198
     assert pq.read_table(tmp_path / "e" / "interactions.parquet").equals(whole.interactions)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared datasets not present")
+def test_movielens_csv_layout_in_buckets_gives_the_whole_file_tables(tmp_path):
+    """MovieLens's ratings.csv streams too (ml-25m-sized logs): same rows, items and summary as the whole-file
+    reader; `ingest` picks the streaming path for it."""
+    from recbase.data.ingest import ingest
+    from recbase.data.ingest_stream import streams
+
+    src = SHARED / "movielens-latest-small"
+    whole = read_domain("movielens", src, "m", 5, 2500)
+    streamed = ingest_stream(src, tmp_path, "m", min_user_interactions=5, rows_per_bucket=30_000, chunk_rows=20_000,
+                             fmt="movielens")
+    assert pq.read_table(tmp_path / "m" / "interactions.parquet").equals(whole.interactions)
+    assert pq.read_table(tmp_path / "m" / "items.parquet").equals(whole.items)
+    assert {**streamed.to_dict(), "seconds": 0} == {**whole.summary.to_dict(), "seconds": 0}
+    assert json.loads((tmp_path / "m" / "ingest_summary.json").read_text())["format"] == "movielens"
+    assert streams("movielens", src) and not list((tmp_path / "m").glob(".buckets-*"))
+    assert ingest("movielens", src, tmp_path / "via_ingest", "m", 5, 2500).to_dict()["interactions"] == 100_638
+
+
+def test_a_bad_movielens_rating_deep_in_the_file_names_its_line(tmp_path):
+    src = tmp_path / "ml"
+    src.mkdir()
+    (src / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n")
+    (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "1,1,4.0,964982703\n" * 150
+                                     + "2,1,3.0,yesterday\n")
+    with pytest.raises(InputError, match=r"ratings.csv, line 152, field 'timestamp': not a number: 'yesterday'"):
+        ingest_stream(src, tmp_path / "out", "m", chunk_rows=64, fmt="movielens")
+    (src / "ratings.csv").write_text("userId,movieId,rating\n1,1,4.0\n")
+    with pytest.raises(InputError, match=r"ratings.csv, line 1, field 'timestamp': missing column"):
+        ingest_stream(src, tmp_path / "out", "m", fmt="movielens")

@@ -88,3 +88,19 @@ def test_empty_interactions_give_empty_tables():
 def test_zero_and_one_keep_everyone(min_users):
     t = finalize(_tables([("u1", "a", 1), ("u2", "b", 1)]), min_user_interactions=min_users, max_history=0)
     assert t.summary.users == 2 and not t.summary.dropped
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 3, 1000])
+def test_count_users_reads_in_batches_and_equals_a_distinct_count(tmp_path, batch_rows):
+    """Users are counted as runs of the sorted table, across batch boundaries; an unsorted table is counted whole."""
+    import pyarrow.parquet as pq
+
+    from recbase.data.tables import INTERACTIONS_FILE, count_users
+
+    rows = [("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u2", "a", 1), ("u3", "b", 1), ("u3", "c", 2),
+            ("ü4", "a", 9)]
+    folder = write_domain(finalize(_tables(rows), min_user_interactions=0, max_history=0), tmp_path)
+    assert count_users(folder, batch_rows) == (4, 7)
+    shuffled = read_interactions(folder).take([4, 0, 6, 3, 1, 5, 2])
+    pq.write_table(shuffled, folder / INTERACTIONS_FILE)
+    assert count_users(folder, batch_rows) == (4, 7)

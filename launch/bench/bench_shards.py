@@ -7,7 +7,7 @@ MovieLens (ml-latest-small) and Amazon Scientific are ingested with the readers,
 K=2048, the paper's layout: only the number of tokens matters here). Printed, each with a baseline from the same
 run:
 
-* build throughput (tokens/s, and per process) with 1 and 2 worker processes; baseline: WebDataset's TarWriter
+* build throughput (tokens/s, and per worker) with 1 and 2 shard-writing workers; baseline: WebDataset's TarWriter
   with one user per tar entry;
 * bytes per token on disk; baselines: one user per tar entry, and Parquet ``list<int16>`` (zstd);
 * loader throughput (real tokens/s) packed with 0, 1 and 2 workers; baseline: unpacked (one user per padded row);
@@ -144,7 +144,7 @@ def main() -> int:
     for workers in (1, 2):
         root, secs = bench_build(data, codes, work / "shards", workers)
         m = read_manifest(root)["totals"]["train"]
-        results[f"build_w{workers}"] = {"tok_s": m["tokens"] / secs, "tok_s_per_process": m["tokens"] / secs / workers,
+        results[f"build_w{workers}"] = {"tok_s": m["tokens"] / secs, "tok_s_per_worker": m["tokens"] / secs / workers,
                                         "seconds": secs, "tokens": m["tokens"], "shards": m["shards"],
                                         "bytes_per_token": m["bytes"] / m["tokens"]}
     root = work / "shards" / "w1"
@@ -157,7 +157,7 @@ def main() -> int:
     b1, b2, base = results["build_w1"], results["build_w2"], results["baselines"]
     print(f"\ncorpus: {b1['tokens']:,} tokens in {b1['shards']} shards (build includes reading the tables)")
     print(f"build, 1 worker : {b1['tok_s']:>12,.0f} tokens/s  ({b1['seconds']:.1f} s)")
-    print(f"build, 2 workers: {b2['tok_s']:>12,.0f} tokens/s  ({b2['tok_s_per_process']:,.0f} per process)")
+    print(f"build, 2 workers: {b2['tok_s']:>12,.0f} tokens/s  ({b2['tok_s_per_worker']:,.0f} per worker)")
     print(f"  baseline, one user per tar entry (TarWriter): {base['per_user_tar_tok_s']:,.0f} tokens/s (write only)")
     print(f"bytes/token on disk: {b1['bytes_per_token']:.2f}  (one user per tar entry: "
           f"{base['per_user_tar_bytes_per_token']:.2f}; Parquet list<int16> zstd: {base['parquet_bytes_per_token']:.2f})")

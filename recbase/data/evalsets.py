@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recbase.data.codes import Codes
-from recbase.data.sequences import assemble, load_domain, stable_hash
+from recbase.data.sequences import (assemble, domain_codes, group_users, interaction_batches, item_tokens,
+                                    stable_hash)
 from recbase.errors import UserError
 from recbase.io import atomic_path
 
@@ -129,30 +131,32 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
         raise ValueError(f"eval.negative_pool must be one of {', '.join(NEGATIVE_POOLS)}, got {cfg.negative_pool!r}")
     if out_path.exists():
         return _stats(pq.read_table(out_path), out_path, Counter())
-    seqs = load_domain(domain_dir, codes)
     vocab = codes.vocab
-    item_ids, item_codes = codes.by_domain[seqs.domain]
+    item_ids, item_codes = domain_codes(domain_dir, codes)
     item_id_list = item_ids.to_pylist()
     cand_tokens = vocab.encode_codes(item_codes).astype(np.int32)
     impressions = _non_clicks(domain_dir, item_ids)
-    negative_rows = (np.unique(seqs.item_rows) if cfg.negative_pool == "interacted"
-                     else np.arange(len(item_id_list), dtype=np.int64))
-    rng = np.random.default_rng([seed, stable_hash(seqs.domain)])
+    skipped: Counter = Counter()
+    user_ids, counts, interacted = _users(domain_dir, item_ids, skipped)
+    negative_rows = interacted if cfg.negative_pool == "interacted" else np.arange(len(item_id_list), dtype=np.int64)
+    rng = np.random.default_rng([seed, stable_hash(domain_dir.name)])
     n_pos, n_neg = cfg.positives, cfg.positives * cfg.negatives_per_positive
-    skipped = Counter(seqs.skipped)
-    eligible = np.flatnonzero(seqs.counts > n_pos)
-    if len(eligible) < len(seqs.counts):
-        skipped[f"users with <= {n_pos} interactions"] += len(seqs.counts) - len(eligible)
+    eligible = np.flatnonzero(counts > n_pos)
+    if len(eligible) < len(counts):
+        skipped[f"users with <= {n_pos} interactions"] += len(counts) - len(eligible)
     rows = {name: [] for name in COLUMNS}
     pairs = 0
-    for u in rng.permutation(eligible):
-        start, count = int(seqs.starts[u]), int(seqs.counts[u])
-        seen = seqs.item_rows[start:start + count]
+    # the budget is spent after about max_pairs / (1 + negatives) users: their histories are read that many at a time
+    chunk = 2 * cfg.max_pairs // (n_pos + n_neg) + 1
+    users = _histories(domain_dir, item_ids, item_tokens(vocab, item_codes), user_ids, rng.permutation(eligible),
+                       chunk)
+    for user, seen, tokens in users:
+        count = len(seen)
         pos = seen[count - n_pos:]
         if impressions is None:
             neg = sample_uniform_negatives(rng, negative_rows, seen, n_neg)
         else:
-            pool = np.setdiff1d(impressions.get(seqs.user_ids[u], np.zeros(0, np.int64)), seen)
+            pool = np.setdiff1d(impressions.get(user, np.zeros(0, np.int64)), seen)
             neg = rng.choice(pool, size=min(n_neg, len(pool)), replace=False)
         if len(neg) < n_neg:
             skipped["users with fewer negatives available than asked"] += 1
@@ -161,10 +165,10 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
         if pairs + len(pos) + len(neg) > cfg.max_pairs:
             break
         pairs += len(pos) + len(neg)
-        history, _ = assemble(seqs.item_tokens, np.array([start]), np.array([count - n_pos]), np.array([False]),
-                              vocab, np.dtype(np.int32))
+        history, _ = assemble(tokens, np.array([0]), np.array([count - n_pos]), np.array([False]), vocab,
+                              np.dtype(np.int32))
         cands = np.concatenate([pos, neg])
-        rows["user_id"].append(seqs.user_ids[u])
+        rows["user_id"].append(user)
         rows["history"].append(history)
         rows["candidates"].append([item_id_list[c] for c in cands])
         rows["candidate_tokens"].append(cand_tokens[cands].tolist())
@@ -182,9 +186,44 @@ def build_eval_set(domain_dir: str | Path, codes: Codes, out_path: str | Path, c
     with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)
     stats = _stats(table, out_path, skipped)
-    log.info("eval set %s: %d users, %d pairs (%s negatives)", seqs.domain, stats["users"], stats["pairs"],
+    log.info("eval set %s: %d users, %d pairs (%s negatives)", domain_dir.name, stats["users"], stats["pairs"],
              stats["negatives"])
     return stats
+
+
+def _users(domain_dir: Path, item_ids: pa.Array, skipped: Counter) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every user of a domain in user id order with their number of interactions (items with codes), and the
+    catalog rows that occur in them, from one pass over the interactions in batches."""
+    import pyarrow.compute as pc
+
+    counts: dict[str, int] = {}
+    used = np.zeros(len(item_ids), bool)
+    for table in interaction_batches(domain_dir, item_ids, skipped):
+        per_user = pc.value_counts(table["user_id"].combine_chunks())
+        for user, n in zip(per_user.field("values").to_pylist(), per_user.field("counts").to_pylist()):
+            counts[user] = counts.get(user, 0) + n
+        used[table["row"].to_numpy()] = True
+    user_ids = sorted(counts)
+    return user_ids, np.fromiter((counts[u] for u in user_ids), np.int64, len(user_ids)), np.flatnonzero(used)
+
+
+def _histories(domain_dir: Path, item_ids: pa.Array, tokens: np.ndarray, user_ids: list[str], order: np.ndarray,
+               chunk: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(user id, catalog rows, item tokens) of the users ``order`` (indices into ``user_ids``), each history in
+    time order; every ``chunk`` users cost one pass over the interactions, so memory holds ``chunk`` histories."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for a in range(0, len(order), chunk):
+        wanted = [user_ids[u] for u in order[a:a + chunk]]
+        value_set = pa.array(wanted, pa.string())
+        parts = [t.filter(pc.is_in(t["user_id"], value_set=value_set))
+                 for t in interaction_batches(domain_dir, item_ids, Counter())]
+        seqs = group_users(domain_dir.name, pa.concat_tables(parts), tokens, Counter())
+        where = dict(zip(seqs.user_ids, zip(seqs.starts.tolist(), seqs.counts.tolist())))
+        for user in wanted:
+            start, count = where[user]
+            yield user, seqs.item_rows[start:start + count], seqs.item_tokens[start:start + count]
 
 
 def _stats(table: pa.Table, path: Path, skipped: Counter) -> dict:

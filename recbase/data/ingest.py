@@ -35,19 +35,20 @@ def ingest(fmt: str, path: str | Path, out_dir: str | Path, domain: str | None =
     """Read, filter and write one domain under ``out_dir/<domain>/``; returns its summary.
 
     Tables already there that came from other inputs are replaced only with ``overwrite``
-    (:func:`~recbase.data.tables.check_replaceable`), checked before anything is read. The generic format reads
-    its interactions in chunks and finalizes them in user buckets (:mod:`recbase.data.ingest_stream`), so a log
-    larger than memory ingests; the other readers read whole files, and so does a generic ingest that samples
-    users (``max_users``: the sample is drawn over all users at once).
+    (:func:`~recbase.data.tables.check_replaceable`), checked before anything is read. The generic format and
+    MovieLens's CSV layout read their interactions in chunks and finalize them in user buckets
+    (:mod:`recbase.data.ingest_stream`), so a log larger than memory ingests; the other readers read whole files,
+    and so does an ingest that samples users (``max_users``: the sample is drawn over all users at once).
     """
+    from recbase.data.ingest_stream import ingest_stream, streams
+
     domain = check_domain_name(domain or default_domain(path))
     inputs = ingest_inputs(fmt, path, min_user_interactions, max_history, interacted_items_only, max_users)
     check_replaceable(Path(out_dir) / domain, inputs, overwrite)
-    if fmt == "generic" and not max_users:
-        from recbase.data.ingest_stream import ingest_stream
-
+    if streams(fmt, path) and not max_users:
         return ingest_stream(path, out_dir, domain, min_user_interactions=min_user_interactions,
-                             max_history=max_history, interacted_items_only=interacted_items_only, **options)
+                             max_history=max_history, interacted_items_only=interacted_items_only, fmt=fmt,
+                             **options)
     tables = read_domain(fmt, path, domain, min_user_interactions, max_history, interacted_items_only, max_users,
                          **options)
     write_summary(write_domain(tables, out_dir), inputs, tables.summary)

@@ -10,8 +10,9 @@ user and each piece finalized alone. Two passes over the file in chunks:
 
 Then each bucket in turn is finalized and appended to ``interactions.parquet``. Buckets are consecutive runs of
 sorted users and keep file order inside, so the result holds the rows of the whole-file ingest in the same order
-(with the same summary), while memory holds one chunk, one bucket and the user ids. Only the generic reader
-reads in chunks (:func:`recbase.data.readers.generic.read_chunked`).
+(with the same summary), while memory holds one chunk, one bucket and the user ids. The generic reader and the
+MovieLens CSV layout read in chunks (``read_chunked`` in :mod:`recbase.data.readers.generic` and
+:mod:`recbase.data.readers.movielens`); :func:`streams` says which datasets go this way.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from recbase.data.tables import (INTERACTION_SCHEMA, INTERACTIONS_FILE, ITEMS_FI
 from recbase.io import atomic_path
 
 ROWS_PER_BUCKET = 2_000_000   # interactions finalized at once: ~0.5 GB of working memory
-CHUNK_ROWS = 1 << 20          # rows parsed at once
+CHUNK_ROWS = 1 << 18          # rows parsed at once: Arrow's CSV reading holds several such blocks (docs/data.md)
 
 
 def _buckets(counts: np.ndarray, rows_per_bucket: int) -> np.ndarray:
@@ -40,15 +41,25 @@ def _buckets(counts: np.ndarray, rows_per_bucket: int) -> np.ndarray:
     return bucket.astype(np.int64)
 
 
-def ingest_stream(path: str | Path, out_dir: str | Path, domain: str, spec, kind: str | None = None,
+def streams(fmt: str, path: str | Path) -> bool:
+    """Whether dataset ``path`` of format ``fmt`` reads in chunks (and so ingests through :func:`ingest_stream`)."""
+    return fmt == "generic" or (fmt == "movielens" and (Path(path) / "ratings.csv").exists())
+
+
+def ingest_stream(path: str | Path, out_dir: str | Path, domain: str, spec=None, kind: str | None = None,
                   min_user_interactions: int = 15, max_history: int = 2500, interacted_items_only: bool = False,
-                  rows_per_bucket: int = ROWS_PER_BUCKET, chunk_rows: int = CHUNK_ROWS) -> IngestSummary:
-    """Read a generic-spec dataset in chunks and write ``out_dir/<domain>/`` like :func:`recbase.data.ingest.ingest`;
-    returns the summary (also written as ``ingest_summary.json``)."""
-    from recbase.data.readers.generic import read_chunked
+                  rows_per_bucket: int = ROWS_PER_BUCKET, chunk_rows: int = CHUNK_ROWS,
+                  fmt: str = "generic") -> IngestSummary:
+    """Read a dataset of format ``fmt`` (``generic`` with its ``spec`` and ``kind``, or ``movielens``) in chunks and
+    write ``out_dir/<domain>/`` like :func:`recbase.data.ingest.ingest`; returns the summary (also written as
+    ``ingest_summary.json``)."""
+    from recbase.data.readers import generic, movielens
 
     start = time.perf_counter()
-    items, summary, chunks = read_chunked(Path(path), domain, spec, kind, chunk_rows)
+    if fmt == "generic":
+        items, summary, chunks = generic.read_chunked(Path(path), domain, spec, kind, chunk_rows)
+    else:
+        items, summary, chunks = movielens.read_chunked(Path(path), domain, chunk_rows)
     # Items once: duplicate ids keep their first row (what finalize does), so the buckets see a clean catalog.
     ids = items.column("item_id").to_pandas()
     dup = ids.duplicated().to_numpy()
@@ -112,6 +123,6 @@ def ingest_stream(path: str | Path, out_dir: str | Path, domain: str, spec, kind
         pq.write_table(items, tmp_items)
     summary.items = items.num_rows
     summary.seconds = time.perf_counter() - start
-    write_summary(folder, ingest_inputs("generic", path, min_user_interactions, max_history, interacted_items_only, 0),
+    write_summary(folder, ingest_inputs(fmt, path, min_user_interactions, max_history, interacted_items_only, 0),
                   summary)
     return summary

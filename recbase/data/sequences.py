@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +15,11 @@ from recbase.data.codes import Codes
 from recbase.data.shard_format import token_dtype
 from recbase.errors import UserError
 from recbase.vocab import Vocab
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+BATCH_ROWS = 1 << 20   # interaction rows read at once where a domain is read in batches
 
 
 @dataclass
@@ -30,29 +37,72 @@ class DomainSequences:
 
 def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
     """Map a domain's interactions to item tokens; interactions of items without codes are skipped and counted."""
-    import pyarrow as pa
+    from recbase.data.tables import read_interactions
+
+    item_ids, item_codes = domain_codes(domain_dir, codes)
+    skipped: Counter = Counter()
+    table = known_items(checked_interactions(domain_dir, read_interactions(domain_dir)), item_ids, skipped)
+    return group_users(domain_dir.name, table, item_tokens(codes.vocab, item_codes), skipped)
+
+
+def domain_codes(domain_dir: Path, codes: Codes) -> tuple[pa.Array, np.ndarray]:
+    """The item ids and codes of the domain of ``domain_dir``; a domain without codes is an error."""
+    if domain_dir.name not in codes.by_domain:
+        raise UserError(f"{domain_dir}: domain '{domain_dir.name}' has no rows in the codes file")
+    return codes.by_domain[domain_dir.name]
+
+
+def item_tokens(vocab: Vocab, item_codes: np.ndarray) -> np.ndarray:
+    """Each catalog item's L tokens ``[n_items, L]`` in the shard token dtype."""
+    return vocab.encode_codes(item_codes).astype(token_dtype(vocab))
+
+
+def checked_interactions(domain_dir: Path, table: pa.Table, first_row: int = 0) -> pa.Table:
+    """``user_id, item_id, timestamp`` of some rows of a domain's interactions (the file's rows from
+    ``first_row`` on); a null in them is an error naming the file's row and field."""
+    from recbase.data.tables import INTERACTIONS_FILE
+
+    table = table.select(["user_id", "item_id", "timestamp"])
+    for name in ("user_id", "item_id", "timestamp"):
+        if table[name].null_count:
+            row = first_row + int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
+            raise UserError(f"{domain_dir / INTERACTIONS_FILE}: row {row}, field '{name}' is null")
+    return table
+
+
+def interaction_batches(domain_dir: Path, item_ids: pa.Array, skipped: Counter,
+                        batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """A domain's interactions as :func:`known_items` tables, ``batch_rows`` rows of the file at a time, so that
+    memory holds one batch whatever the size of the log."""
+    from recbase.data.tables import interaction_batches as read_batches
+
+    first_row = 0
+    for batch in read_batches(domain_dir, ["user_id", "item_id", "timestamp"], batch_rows):
+        table = checked_interactions(domain_dir, batch, first_row)
+        first_row += batch.num_rows
+        yield known_items(table, item_ids, skipped)
+
+
+def known_items(table: pa.Table, item_ids: pa.Array, skipped: Counter) -> pa.Table:
+    """``user_id, timestamp, row`` (the item's row in the domain's codes) of the interactions whose item has
+    codes; the others are counted in ``skipped``."""
     import pyarrow.compute as pc
 
-    from recbase.data.tables import INTERACTIONS_FILE, read_interactions
-
-    domain = domain_dir.name
-    if domain not in codes.by_domain:
-        raise UserError(f"{domain_dir}: domain '{domain}' has no rows in the codes file")
-    item_ids, item_codes = codes.by_domain[domain]
-    table = read_interactions(domain_dir).select(["user_id", "item_id", "timestamp"])
-    for name in ("user_id", "item_id", "timestamp"):
-        nulls = table[name].null_count
-        if nulls:
-            row = int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
-            raise UserError(f"{domain_dir / INTERACTIONS_FILE}: row {row}, field '{name}' is null")
-    skipped: Counter = Counter()
     rows = pc.index_in(table["item_id"], value_set=item_ids)
     known = rows.is_valid()
     n_unknown = table.num_rows - pc.sum(known).as_py() if table.num_rows else 0
     if n_unknown:
         skipped["interactions whose item has no codes"] += n_unknown
         table, rows = table.filter(known), rows.filter(known)
-    table = table.append_column("row", rows)
+    return table.select(["user_id", "timestamp"]).append_column("row", rows.cast("int64"))
+
+
+def group_users(domain: str, table: pa.Table, tokens: np.ndarray, skipped: Counter) -> DomainSequences:
+    """The users of ``table`` (``user_id, timestamp, row``: whole users, rows in file order) in user id order,
+    each user's items in time order (ties keep file order); ``tokens`` are the catalog's item tokens."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     table = table.take(pc.sort_indices(table, [("user_id", "ascending"), ("timestamp", "ascending")]))
     item_rows = table["row"].to_numpy().astype(np.int64)
     user_codes = table["user_id"].combine_chunks().dictionary_encode()
@@ -60,9 +110,8 @@ def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
     starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if len(idx) else np.zeros(0, np.int64)
     counts = np.diff(np.r_[starts, len(idx)])
     user_ids = user_codes.dictionary.take(pa.array(idx[starts])).to_pylist()
-    tokens = codes.vocab.encode_codes(item_codes).astype(token_dtype(codes.vocab))[item_rows]
-    return DomainSequences(domain, user_ids, starts.astype(np.int64), counts.astype(np.int64), tokens, item_rows,
-                           skipped)
+    return DomainSequences(domain, user_ids, starts.astype(np.int64), counts.astype(np.int64), tokens[item_rows],
+                           item_rows, skipped)
 
 
 def stable_hash(*parts) -> int:

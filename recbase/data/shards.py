@@ -8,7 +8,9 @@ a seeded stable hash (which also mixes domains), blocks and shards are cut at fi
 members carry fixed mtimes, owners and modes. A task of a multi-machine build (``task_index`` of ``num_tasks``)
 takes the users whose unseeded stable hash falls in its slice and names its shards ``<split>-t<task>-<n>.tar``,
 so tasks never clash. Shards are written under a temporary name and renamed, so a rerun skips the shards that
-exist and rebuilds only the missing ones.
+exist and rebuilds only the missing ones. The users arrive in slices of bounded size (:mod:`recbase.data.user_slices`)
+and blocks and shards are cut as they stream past, so memory holds one slice and one shard per split, whatever the
+corpus size, and the bytes do not depend on the number of slices.
 
 Only the builder reads Parquet: pyarrow and the tables module are imported where the inputs are read, so
 :func:`write_sequence_shards` runs on a machine without them (a bare GPU machine, see docs/benchmarks.md).
@@ -18,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing
 import time
 from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +33,10 @@ from tqdm import tqdm
 from recbase.config import AT_LEAST_0, AT_LEAST_1, Range, check_ranges, to_dict
 from recbase.data.codes import read_codes
 from recbase.data.evalsets import EvalSetConfig, build_eval_set
-from recbase.data.sequences import DomainSequences, assemble, load_domain, stable_hash
+from recbase.data.sequences import DomainSequences, assemble, stable_hash
 from recbase.data.shard_format import (FORMAT, TASK_DIR, digest_path, encode_block, merge_manifests, shard_is_intact,
                                        shard_name, token_dtype, write_shard)
+from recbase.data.user_slices import count_slices, user_slices
 from recbase.errors import UserError
 from recbase.io import atomic_write_text, plain_name, sha256_file
 from recbase.vocab import Vocab
@@ -42,11 +46,13 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid")
 BUILD_STAMP = "build.json"
 EVAL_DIR = "eval"
+SLICES_DIR = ".slices"   # <root>/.slices-t<task>: a task's slice files while it runs
 
 
 SHARD_RANGES = {"codebook_size": AT_LEAST_0, "tokens_per_shard": AT_LEAST_1, "tokens_per_block": AT_LEAST_1,
-                "holdout": AT_LEAST_0, "workers": AT_LEAST_1, "num_tasks": AT_LEAST_1, "seed": AT_LEAST_0,
-                "eval.positives": Range(1, 10), "eval.negatives_per_positive": AT_LEAST_1, "eval.max_pairs": AT_LEAST_1}
+                "holdout": AT_LEAST_0, "workers": AT_LEAST_1, "slice_rows": AT_LEAST_1, "num_tasks": AT_LEAST_1,
+                "seed": AT_LEAST_0, "eval.positives": Range(1, 10), "eval.negatives_per_positive": AT_LEAST_1,
+                "eval.max_pairs": AT_LEAST_1}
 
 
 @dataclass
@@ -63,7 +69,9 @@ class ShardConfig:
     tokens_per_shard: int = 16_000_000                         # a shard closes after about this many tokens
     tokens_per_block: int = 65_536                             # a tar entry holds about this many tokens
     holdout: int = 1                                           # h: valid targets = items[-2h:-h], test = last h
-    workers: int = 1                                           # processes writing shards
+    workers: int = 1                                           # threads writing shard files
+    slice_rows: int = 2_000_000                                # interactions read into memory at once (the
+                                                               # shards do not depend on it)
     task_index: int = 0                                        # this task's slice of users (SLURM array index)
     num_tasks: int = 1                                         # number of slices
     seed: int = 0                                              # user order and eval-set sampling
@@ -74,26 +82,16 @@ class ShardConfig:
 
 
 @dataclass
-class SplitUsers:
-    """The users of one split of one task, in shard order, with where each of their tokens comes from."""
+class SliceUsers:
+    """One split's users of one slice, in shard order, with where each of their tokens comes from."""
 
-    split: str
-    domain: np.ndarray       # int64 index into domain_names
+    domain: np.ndarray       # int64 index into the domain names
     user_ids: list[str]
-    starts: np.ndarray       # row in the concatenated item_tokens
+    starts: np.ndarray       # row in the slice's concatenated item_tokens
     counts: np.ndarray       # items in the sequence
     eos: np.ndarray          # bool
     label_from: np.ndarray   # token offset where the held-out targets start (valid), 0 for train
     lengths: np.ndarray      # tokens per user
-    block: np.ndarray        # block index of each user (consecutive from 0)
-    shard: np.ndarray        # shard index of each block
-
-
-def _cut(lengths: np.ndarray, size: int) -> np.ndarray:
-    """Group consecutive items into runs of about ``size`` tokens: an item's run is its start offset // size."""
-    start = np.cumsum(lengths) - lengths
-    _, run = np.unique(start // max(size, 1), return_inverse=True)
-    return run.astype(np.int64)
 
 
 def user_hashes(seqs: list[DomainSequences], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -103,9 +101,9 @@ def user_hashes(seqs: list[DomainSequences], seed: int) -> list[tuple[np.ndarray
             for s in seqs]
 
 
-def layout_split(split: str, seqs: list[DomainSequences], hashes: list[tuple[np.ndarray, np.ndarray]],
-                 cfg: ShardConfig, n_levels: int, skipped: Counter) -> SplitUsers:
-    """Select this task's users, order them by their seeded hash and cut them into blocks and shards."""
+def order_users(split: str, seqs: list[DomainSequences], hashes: list[tuple[np.ndarray, np.ndarray]],
+                cfg: ShardConfig, n_levels: int, skipped: Counter) -> SliceUsers:
+    """Select this task's users of one slice and order them by their seeded hash (ties: domain, then user id)."""
     h = cfg.holdout
     parts = []
     base = 0
@@ -127,71 +125,129 @@ def layout_split(split: str, seqs: list[DomainSequences], hashes: list[tuple[np.
     order = np.argsort(keys, kind="stable")
     counts = counts[order]
     eos = np.full(len(order), h == 0)
-    lengths = 1 + counts * n_levels + eos
-    block = _cut(lengths, cfg.tokens_per_block)
-    block_tokens = np.bincount(block, weights=lengths).astype(np.int64) if len(block) else np.zeros(0, np.int64)
-    shard = _cut(block_tokens, cfg.tokens_per_shard)
-    return SplitUsers(split, dom[order], [users[i] for i in order], starts[order], counts, eos, label_from[order],
-                      lengths, block, shard)
-
-
-def _span(sorted_ids: np.ndarray, value: int) -> range:
-    """Positions holding ``value`` in a non-decreasing id array (users of a block, blocks of a shard)."""
-    return range(int(np.searchsorted(sorted_ids, value, "left")), int(np.searchsorted(sorted_ids, value, "right")))
-
-
-def _shard_users(su: SplitUsers, shard: int) -> slice:
-    blocks = _span(su.shard, shard)
-    return slice(_span(su.block, blocks.start).start, _span(su.block, blocks.stop - 1).stop)
+    return SliceUsers(dom[order], [users[i] for i in order], starts[order], counts, eos, label_from[order],
+                      1 + counts * n_levels + eos)
 
 
 # --------------------------------------------------------------------------------------------------- build
 
 
-@dataclass
-class _Work:
-    """What shard writers need; a module global so forked workers share it without pickling."""
+class _SplitWriter:
+    """Cuts one split's users, arriving slice after slice in shard order, into blocks of about
+    ``tokens_per_block`` tokens and shards of about ``tokens_per_shard``, and hands each shard to ``write`` once
+    its last block is complete. A block or shard starts with the user whose first token's offset in the split
+    enters a new multiple of the size, so the cuts depend on the order of users only, not on the slices. A shard
+    already on disk with its hash is counted, not rebuilt."""
 
-    cfg: ShardConfig
-    vocab: Vocab
-    item_tokens: np.ndarray
-    domain_names: list[str]
-    splits: dict[str, SplitUsers]
-    root: Path
+    def __init__(self, split: str, cfg: ShardConfig, vocab: Vocab, domain_names: list[str], root: Path, write):
+        self.split, self.cfg, self.vocab, self.domain_names, self.root, self.write = \
+            split, cfg, vocab, domain_names, root, write
+        self.dtype = token_dtype(vocab)
+        self.offset = 0                        # tokens of the split before the next user
+        self.block = self.shard = -1           # index of the open block and shard
+        self.block_key = self.shard_key = -1   # offset // size of the open block's and shard's first user
+        self.parts: list[tuple] = []           # pieces of the open block, one per slice it spans
+        self.blocks: list[tuple[str, dict[str, bytes]]] = []   # finished blocks of the open shard
+        self.intact = False                    # the open shard is on disk already
+        self.kept = 0                          # shards found on disk already
+        self.shards: list[dict] = []           # manifest entries, the open shard's last
+        self.domains = {name: Counter(users=0, items=0, tokens=0) for name in domain_names}
+        self.built_tokens = 0                  # tokens of the shards written by this run
+
+    def add(self, su: SliceUsers, item_tokens: np.ndarray) -> None:
+        """Append the users of one slice (``item_tokens``: that slice's)."""
+        if not len(su.lengths):
+            return
+        first = self.offset + np.cumsum(su.lengths) - su.lengths
+        self.offset += int(su.lengths.sum())
+        key = first // self.cfg.tokens_per_block
+        runs = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        for a, b in zip(runs.tolist(), np.r_[runs[1:], len(key)].tolist()):
+            if key[a] != self.block_key:
+                self._close_block()
+                self.block, self.block_key = self.block + 1, int(key[a])
+                if first[a] // self.cfg.tokens_per_shard != self.shard_key:
+                    self._close_shard()
+                    self._open_shard(int(first[a] // self.cfg.tokens_per_shard))
+                self.shards[-1]["blocks"] += 1
+            entry = self.shards[-1]
+            entry["users"] += b - a
+            entry["items"] += int(su.counts[a:b].sum())
+            entry["tokens"] += int(su.lengths[a:b].sum())
+            if not self.intact:
+                tokens, offsets = assemble(item_tokens, su.starts[a:b], su.counts[a:b], su.eos[a:b], self.vocab,
+                                           self.dtype)
+                self.parts.append((tokens, offsets, su.user_ids[a:b], su.domain[a:b], su.label_from[a:b]))
+        for d, name in enumerate(self.domain_names):
+            m = su.domain == d
+            self.domains[name].update(users=int(m.sum()), items=int(su.counts[m].sum()),
+                                      tokens=int(su.lengths[m].sum()))
+
+    def finish(self) -> None:
+        self._close_block()
+        self._close_shard()
+
+    def _open_shard(self, key: int) -> None:
+        self.shard, self.shard_key = self.shard + 1, key
+        path = Path(self.split) / shard_name(self.split, self.cfg.task_index, self.shard)
+        # a shard is kept only when it matches the hash written with it: truncated or damaged ones are rebuilt
+        self.intact = shard_is_intact(self.root / path)
+        self.kept += self.intact
+        self.shards.append({"path": path.as_posix(), "split": self.split, "users": 0, "items": 0, "tokens": 0,
+                            "blocks": 0})
+
+    def _close_block(self) -> None:
+        if not self.parts:
+            return
+        tokens = np.concatenate([p[0] for p in self.parts])
+        ends = np.cumsum([len(p[0]) for p in self.parts]) - [len(p[0]) for p in self.parts]
+        offsets = np.concatenate([[0]] + [p[1][1:] + end for p, end in zip(self.parts, ends)])
+        meta = {"users": [u for p in self.parts for u in p[2]],
+                "domains": np.concatenate([p[3] for p in self.parts]).tolist(), "domain_names": self.domain_names}
+        if self.split != "train":
+            meta["label_from"] = np.concatenate([p[4] for p in self.parts]).tolist()
+        key = f"{self.split}-t{self.cfg.task_index:03d}-{self.shard:06d}-{self.block:06d}"
+        self.blocks.append((key, encode_block(tokens, offsets, meta)))
+        self.parts = []
+
+    def _close_shard(self) -> None:
+        if self.shard < 0:
+            return
+        if not self.intact:
+            self.write(self.root / self.shards[-1]["path"], self.blocks)
+            self.built_tokens += self.shards[-1]["tokens"]
+        self.blocks = []
 
 
-_WORK: _Work | None = None
+class _ShardFiles:
+    """Writes finished shards: in this process, or with ``workers`` threads (the tar and its SHA-256 release the
+    GIL), keeping at most ``workers`` shards in flight so memory stays bounded."""
 
+    def __init__(self, workers: int):
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        self.workers = workers
+        self.pending: list = []
 
-def _shard_blocks(work: _Work, split: str, shard: int) -> list[tuple[str, dict[str, bytes]]]:
-    su = work.splits[split]
-    dtype = token_dtype(work.vocab)
-    out = []
-    for b in _span(su.shard, shard):
-        span = _span(su.block, b)
-        sel = slice(span.start, span.stop)
-        tokens, offsets = assemble(work.item_tokens, su.starts[sel], su.counts[sel], su.eos[sel], work.vocab, dtype)
-        meta = {"users": su.user_ids[sel], "domains": su.domain[sel].tolist(),
-                "domain_names": work.domain_names}
-        if split != "train":
-            meta["label_from"] = su.label_from[sel].tolist()
-        key = f"{split}-t{work.cfg.task_index:03d}-{shard:06d}-{int(b):06d}"
-        out.append((key, encode_block(tokens, offsets, meta)))
-    return out
+    def __call__(self, path: Path, blocks: list[tuple[str, dict[str, bytes]]]) -> None:
+        if self.pool is None:
+            write_shard(path, blocks)
+            return
+        self.pending.append(self.pool.submit(write_shard, path, blocks))
+        while len(self.pending) > self.workers:
+            self.pending.pop(0).result()
 
-
-def _build_one(job: tuple[str, int]) -> int:
-    """Build one shard (in a worker or in-process); returns its token count."""
-    split, shard = job
-    work = _WORK
-    blocks = _shard_blocks(work, split, shard)
-    write_shard(work.root / split / shard_name(split, work.cfg.task_index, shard), blocks)
-    return int(work.splits[split].lengths[_shard_users(work.splits[split], shard)].sum())
+    def close(self) -> None:
+        try:
+            for f in self.pending:
+                f.result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
 
 
 def _config_fingerprint(cfg: ShardConfig) -> dict:
     d = to_dict(cfg)
-    for k in ("workers", "task_index"):
+    for k in ("workers", "task_index", "slice_rows"):
         d.pop(k)
     return d
 
@@ -214,46 +270,12 @@ def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: list
         atomic_write_text(path, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
 
 
-def _split_stats(su: SplitUsers, seqs: list[DomainSequences], root: Path, task_index: int) -> tuple[list, dict]:
-    """Per-shard and per-domain counts of one split."""
-    items = su.counts
-    shards = []
-    for s in range(int(su.shard.max()) + 1 if len(su.shard) else 0):
-        users = _shard_users(su, s)
-        path = Path(su.split) / shard_name(su.split, task_index, s)
-        shards.append({"path": path.as_posix(), "split": su.split, "users": users.stop - users.start,
-                       "items": int(items[users].sum()), "tokens": int(su.lengths[users].sum()),
-                       "blocks": int(np.count_nonzero(su.shard == s)),
-                       "bytes": (root / path).stat().st_size,
-                       "sha256": digest_path(root / path).read_text().strip()})
-    domains = {}
-    for d, s in enumerate(seqs):
-        m = su.domain == d
-        domains[s.domain] = {"users": int(m.sum()), "items": int(items[m].sum()), "tokens": int(su.lengths[m].sum())}
-    return shards, domains
-
-
-def _write_shards(jobs: list[tuple[str, int]], workers: int) -> int:
-    """Write the shards ``jobs`` with ``workers`` processes, showing progress and throughput; returns tokens."""
-    start, n_tokens = time.perf_counter(), 0
-    with contextlib.ExitStack() as stack:
-        if workers > 1 and len(jobs) > 1:
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(min(workers, len(jobs))))
-            results = pool.imap_unordered(_build_one, jobs)
-        else:
-            results = map(_build_one, jobs)
-        bar = stack.enter_context(tqdm(total=len(jobs), desc="write shards", unit="shard"))
-        for n in results:
-            n_tokens += n
-            bar.update(1)
-            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - start):,.0f}")
-    return n_tokens
-
-
 def build_shards(cfg: ShardConfig) -> Path:
     """Build this task's shards (and, for task 0, the eval sets); merge the manifest once every task is done.
 
-    Returns the shard folder ``<out_dir>/<name>``.
+    The pretraining domains are read in slices of about ``slice_rows`` interactions
+    (:mod:`recbase.data.user_slices`), so memory does not grow with the logs. Returns the shard folder
+    ``<out_dir>/<name>``.
     """
     from recbase.data.tables import IMPRESSIONS_FILE, INTERACTIONS_FILE
 
@@ -265,7 +287,9 @@ def build_shards(cfg: ShardConfig) -> Path:
     _check_stamp(root, cfg, codes.tokenizer_hash, [Path(cfg.codes_path)] + [
         d / name for d in pretrain_dirs + heldout_dirs for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE)
         if (d / name).exists()])
-    seqs = [load_domain(d, codes) for d in tqdm(pretrain_dirs, desc="read domains", unit="domain")]
+    n_slices = count_slices(pretrain_dirs, cfg.slice_rows)
+    slices = user_slices(pretrain_dirs, codes, cfg.seed, cfg.task_index, cfg.num_tasks, n_slices,
+                         root / f"{SLICES_DIR}-t{cfg.task_index:03d}")
 
     def eval_sets() -> dict:
         seen = sorted({d.name for d in heldout_dirs} & set(codes.tokenizer.get("train_domains") or []))
@@ -276,54 +300,63 @@ def build_shards(cfg: ShardConfig) -> Path:
                                        [p.name for p in pretrain_dirs])
                 for d in heldout_dirs}
 
-    return write_sequence_shards(cfg, codes.vocab, codes.tokenizer_hash, seqs, eval_sets, codes.tokenizer)
+    with contextlib.closing(slices):   # a failed build deletes its slice files too
+        return write_sequence_shards(cfg, codes.vocab, codes.tokenizer_hash, [d.name for d in pretrain_dirs],
+                                     slices, eval_sets, codes.tokenizer, n_slices)
 
 
-def write_sequence_shards(cfg: ShardConfig, vocab: Vocab, tokenizer_hash: str, seqs: list[DomainSequences],
-                          eval_sets=dict, tokenizer: dict | None = None) -> Path:
-    """Lay out, write and describe the shards of ``seqs`` under ``<out_dir>/<name>``: everything the builder
-    does after reading its inputs. ``eval_sets()`` (task 0 only) builds the held-out domains' eval sets once the
-    shards are written and returns their manifest entries. ``tokenizer`` is the artifact's metadata (kind, embedder,
-    training domains) recorded in the manifest."""
-    global _WORK
+def write_sequence_shards(cfg: ShardConfig, vocab: Vocab, tokenizer_hash: str, domain_names: list[str],
+                          slices: Iterable[list[DomainSequences]], eval_sets=dict, tokenizer: dict | None = None,
+                          n_slices: int | None = None) -> Path:
+    """Lay out, write and describe the shards under ``<out_dir>/<name>``: everything the builder does after
+    reading its inputs. ``slices`` gives, slice after slice, one :class:`DomainSequences` per domain of
+    ``domain_names``; a user is in exactly one slice, and every user of a slice orders (by seeded hash) after
+    every user of the slices before it. ``eval_sets()`` (task 0 only) builds the held-out domains' eval sets once
+    the shards are written and returns their manifest entries. ``tokenizer`` is the artifact's metadata (kind,
+    embedder, training domains) recorded in the manifest."""
     t0 = time.perf_counter()
     root = Path(cfg.out_dir) / cfg.name
     root.mkdir(parents=True, exist_ok=True)
     skipped: Counter = Counter()
-    for s in seqs:
-        skipped.update({f"{s.domain}: {k}": v for k, v in s.skipped.items()})
-    hashes = user_hashes(seqs, cfg.seed)
-    splits = {sp: layout_split(sp, seqs, hashes, cfg, vocab.levels, skipped)
-              for sp in (SPLITS if cfg.holdout else SPLITS[:1])}
-    item_tokens = np.concatenate([s.item_tokens for s in seqs]) if seqs else np.zeros((0, vocab.levels), token_dtype(vocab))
-    _WORK = _Work(cfg, vocab, item_tokens, [s.domain for s in seqs], splits, root)
-
-    jobs = [(sp, s) for sp, su in splits.items() for s in range(int(su.shard.max()) + 1 if len(su.shard) else 0)]
-    # a shard is kept only when it matches the hash written with it: truncated or damaged ones are rebuilt
-    todo = [j for j in jobs if not shard_is_intact(root / j[0] / shard_name(j[0], cfg.task_index, j[1]))]
+    splits = SPLITS if cfg.holdout else SPLITS[:1]
     for sp in splits:
         (root / sp).mkdir(exist_ok=True)
-    log.info("task %d/%d: %d shards, %d to build (%d already complete)", cfg.task_index, cfg.num_tasks, len(jobs),
-             len(todo), len(jobs) - len(todo))
+    files = _ShardFiles(cfg.workers)
+    writers = [_SplitWriter(sp, cfg, vocab, domain_names, root, files) for sp in splits]
     try:
-        n_tokens = _write_shards(todo, cfg.workers)
+        with tqdm(slices, total=n_slices, desc="build shards", unit="slice") as bar:
+            for seqs in bar:
+                for s in seqs:
+                    skipped.update({f"{s.domain}: {k}": v for k, v in s.skipped.items()})
+                hashes = user_hashes(seqs, cfg.seed)
+                item_tokens = (np.concatenate([s.item_tokens for s in seqs]) if seqs
+                               else np.zeros((0, vocab.levels), token_dtype(vocab)))
+                for w in writers:
+                    w.add(order_users(w.split, seqs, hashes, cfg, vocab.levels, skipped), item_tokens)
+                bar.set_postfix(tok_s=f"{sum(w.offset for w in writers) / (time.perf_counter() - t0):,.0f}",
+                                refresh=False)
+        for w in writers:
+            w.finish()
     finally:
-        _WORK = None
+        files.close()
 
     shards, domains = [], {}
-    for sp, su in splits.items():
-        sh, dm = _split_stats(su, seqs, root, cfg.task_index)
-        shards += sh
-        for name, stats in dm.items():
-            domains.setdefault(name, {})[sp] = stats
+    for w in writers:
+        for entry in w.shards:
+            path = root / entry["path"]
+            shards.append({**entry, "bytes": path.stat().st_size, "sha256": digest_path(path).read_text().strip()})
+        for name, stats in w.domains.items():
+            domains.setdefault(name, {})[w.split] = dict(stats)
     task = {"task_index": cfg.task_index, "num_tasks": cfg.num_tasks, "tokenizer_hash": tokenizer_hash,
             "tokenizer": tokenizer or {}, "vocab": vocab.to_dict(), "token_dtype": token_dtype(vocab).name,
             "shards": shards, "domains": domains, "eval_sets": eval_sets() if cfg.task_index == 0 else {},
             "skipped": dict(sorted(skipped.items())), "config": to_dict(cfg)}
     atomic_write_text(root / TASK_DIR / f"task-{cfg.task_index:03d}.json", json.dumps(task, indent=2) + "\n")
+    n_tokens = sum(w.built_tokens for w in writers)
     elapsed = time.perf_counter() - t0
-    log.info("task %d: wrote %s tokens in %.1fs (%.0f tokens/s)", cfg.task_index, f"{n_tokens:,}", elapsed,
-             n_tokens / max(elapsed, 1e-9))
+    log.info("task %d/%d: %d shards (%d already complete); wrote %s tokens in %.1fs (%.0f tokens/s)",
+             cfg.task_index, cfg.num_tasks, len(shards), sum(w.kept for w in writers),
+             f"{n_tokens:,}", elapsed, n_tokens / max(elapsed, 1e-9))
     merge_manifests(root, cfg.num_tasks, missing_ok=True)
     return root
 

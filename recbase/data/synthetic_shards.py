@@ -46,4 +46,4 @@ def write_synthetic_shards(out_dir: str | Path, name: str, vocab: Vocab, n_users
     cfg = ShardConfig(data_dir="", codes_path="", out_dir=str(out_dir), name=name, tokens_per_shard=tokens_per_shard,
                       seed=seed)
     seqs = [synthetic_sequences(vocab, n_users, seed=seed, **shape)]
-    return write_sequence_shards(cfg, vocab, TOKENIZER_HASH, seqs)
+    return write_sequence_shards(cfg, vocab, TOKENIZER_HASH, [s.domain for s in seqs], [seqs])

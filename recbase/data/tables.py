@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,6 +294,19 @@ def read_interactions(domain_dir: str | Path, columns: list[str] | None = None) 
     return read_table(Path(domain_dir) / INTERACTIONS_FILE, columns)
 
 
+def interaction_batches(domain_dir: str | Path, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    """A domain's interactions, ``columns`` only, ``batch_rows`` rows of the file at a time (in file order), so
+    that a reader of a log of any size holds one batch; a damaged file is the same user error as in
+    :func:`read_table`."""
+    path = Path(domain_dir) / INTERACTIONS_FILE
+    read_table(path, columns=[], required=tuple(columns))
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch])
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase ingest`") from None
+
+
 def read_item_ids(domain_dir: str | Path) -> list[str]:
     """The domain's item ids in ``items.parquet`` order (the row order of its embeddings)."""
     return read_items(domain_dir, ["item_id"]).column("item_id").to_pylist()
@@ -320,6 +334,33 @@ def user_histories(domain_dir: str | Path) -> dict[str, list[str]]:
 def has_tables(domain_dir: str | Path) -> bool:
     """True when ``domain_dir`` holds both tables (the interactions are written last)."""
     return (Path(domain_dir) / ITEMS_FILE).exists() and (Path(domain_dir) / INTERACTIONS_FILE).exists()
+
+
+def count_interactions(domain_dir: str | Path) -> int:
+    """Rows of a domain's interactions table, from the Parquet footer (no data read)."""
+    path = Path(domain_dir) / INTERACTIONS_FILE
+    read_table(path, columns=[])
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def count_users(domain_dir: str | Path, batch_rows: int = 1 << 20) -> tuple[int, int]:
+    """(users, interactions) of a domain's interactions table, reading the ``user_id`` column in batches: the
+    table is sorted by user, so users are counted as runs and memory holds one batch. A table that is not sorted
+    (written by hand) is counted whole."""
+    path = Path(domain_dir) / INTERACTIONS_FILE
+    users = rows = 0
+    last = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_rows, columns=["user_id"]):
+        ids = batch.column(0)
+        if len(ids) == 0:
+            continue
+        if pc.any(pc.less(ids[1:], ids[:-1])).as_py() or (last is not None and ids[0].as_py() < last):
+            return pc.count_distinct(pq.read_table(path, columns=["user_id"])["user_id"]).as_py(), \
+                count_interactions(domain_dir)
+        users += 1 + (pc.sum(pc.not_equal(ids[1:], ids[:-1])).as_py() or 0) - (ids[0].as_py() == last)
+        rows += len(ids)
+        last = ids[-1].as_py()
+    return users, rows
 
 
 def list_domains(data_dir: str | Path) -> list[Path]:

@@ -167,7 +167,7 @@ def read(path: Path, domain: str, spec: GenericSpec, kind: str | None = None) ->
     return make_tables(domain, items, users, item_ids, ts, summary)
 
 
-def _chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
+def table_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
     """The table file in chunks of about ``rows`` rows, every column as text, with the line of each chunk's first
     row. A CSV that Arrow's streaming parser rejects is read whole by :func:`read_any`, which names the line."""
     name = path.name.lower().removesuffix(".gz")
@@ -235,7 +235,7 @@ def read_chunked(path: Path, domain: str, spec: GenericSpec, kind: str | None = 
     def chunks(counts: IngestSummary):
         """One pass over the file; rows skipped under ``bad_rows=skip`` are counted in ``counts``."""
         kept = 0
-        for df, first in _chunks(plan.inter_path, chunk_rows):
+        for df, first in table_chunks(plan.inter_path, chunk_rows):
             users, item_ids, ts = _interaction_columns(df, plan, spec, first, kept, counts)
             kept += len(users)
             yield users, item_ids, ts

@@ -58,6 +58,33 @@ def _read_csv_layout(path: Path, domain: str) -> DomainTables:
                    ratings, path / "ratings.csv", 2)
 
 
+def read_chunked(path: Path, domain: str, chunk_rows: int = 1 << 20):
+    """The CSV layout as :func:`recbase.data.readers.generic.read_chunked` gives a generic dataset: the items
+    table, the summary and the ratings as an iterator of ``(users, items, seconds)`` chunks, checked as
+    :func:`read` checks the whole file, so that :mod:`recbase.data.ingest_stream` ingests ml-25m-sized logs in
+    bounded memory."""
+    from recbase.data.readers.generic import table_chunks
+
+    path = Path(path)
+    movies = read_csv(path / "movies.csv", ["movieId", "title", "genres"])
+    summary = IngestSummary(domain)
+    items = build_items(domain, KIND, list(movies["movieId"]),
+                        {"title": list(movies["title"]), "genres": list(map(split_genres, movies["genres"]))},
+                        summary)
+    ratings_path = path / "ratings.csv"
+
+    def chunks(counts: IngestSummary):
+        for df, first in table_chunks(ratings_path, chunk_rows):
+            for col in ("userId", "movieId", "timestamp"):
+                if col not in df.columns:   # as read_csv says it
+                    raise InputError(ratings_path, f"missing column (header has: {', '.join(map(str, df.columns))})",
+                                     line=1, field=col)
+            yield (id_column(df, "userId", ratings_path, first), id_column(df, "movieId", ratings_path, first),
+                   seconds_column(df["timestamp"], ratings_path, first))
+
+    return items, summary, chunks
+
+
 def _decode(path: Path) -> str:
     data = path.read_bytes()
     try:
