@@ -9,6 +9,8 @@ baselines of the same run and the published numbers, in ``<out>/<run_name>/repor
 The protocol is :mod:`recbase.eval.leave_one_out`. Every stage writes under ``<out>/`` and is skipped when its
 output exists, so an interrupted run continues where it stopped; a seed's results (``leave_one_out.json`` beside
 its checkpoints) are reused when the protocol settings are the same, so adding a seed ranks only the new model.
+Levers are compared with ``test=false``, which stops after the validation ranking; the chosen setting run again
+with ``test=true`` ranks only the test targets, with the checkpoint selected before.
 A model change (``train_overrides``) needs a new ``run_name`` (runs of one ``out`` share its data, tokenizer and
 shards); a tokenizer change needs a new ``out``, and a folder holding another tokenizer is refused.
 """
@@ -60,6 +62,7 @@ class InDomainConfig:
     valid_users: int = 0                      # users ranked per checkpoint for the selection (0 = all)
     ks: list[int] = field(default_factory=lambda: [5, 10])
     threads: int = 0                          # torch/OpenMP threads of training and ranking (0 = torch's default)
+    test: bool = True                         # false: stop after the validation ranking (comparing levers)
 
 
 def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, Path]:
@@ -205,39 +208,47 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     expected = {str(out / "codes.parquet"): codes.tokenizer_hash}
     valid = splits["valid"]
     protocol = {k: to_dict(cfg)[k] for k in PROTOCOL_KEYS}
+
+    def retriever(ckpt: Path) -> Retriever:
+        em = load_eval_model(ckpt.name, ckpt, "auto")
+        check_tokenizer_hash(em, expected)
+        return Retriever(em.model, trie, vocab.n_special, vocab.bos_id, cfg.beam_width,
+                         batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
+
     for seed in cfg.seeds:
         run_dir = report_dir / f"seed{seed}"
         saved = _saved_results(run_dir, report_dir, seed, protocol)
-        if saved is not None and (run_dir / "hf" / "config.json").exists():
-            results["seeds"][str(seed)] = saved
+        if saved is None or not (run_dir / "hf" / "config.json").exists():
+            t0 = stage_start(f"5/6 training, seed {seed} ({cfg.train_steps} steps)")
+            checkpoints = _train(cfg, shards, run_dir, seed)
+            stage_done(t0, f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
+            t0 = stage_start(f"6/6 checkpoint selection on {len(valid):,} validation targets, seed {seed}")
+            per_checkpoint = {}
+            for ckpt in checkpoints:
+                per_checkpoint[ckpt.name] = model_metrics(retriever(ckpt), valid, item_tokens, vocab, item_ids,
+                                                          cfg.ks, desc=f"valid {ckpt.name}")
+                print(f"[seed {seed}] {ckpt.name}: valid " + ", ".join(
+                    f"{k} {per_checkpoint[ckpt.name][k]:.4f}" for k in COLUMNS))
+            best = max(per_checkpoint, key=lambda name: per_checkpoint[name][SELECT_ON])
+            saved = {"protocol": protocol, "valid": per_checkpoint, "selected": best}
+            atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
+            stage_done(t0, f"selected {best}: valid " + ", ".join(f"{k} {per_checkpoint[best][k]:.4f}"
+                                                                  for k in COLUMNS))
+        if cfg.test and "test" not in saved:
+            best = saved["selected"]
+            t0 = stage_start(f"test targets, seed {seed}, checkpoint {best} (selected on validation)")
+            saved["test"] = model_metrics(retriever(run_dir / "checkpoints" / best), splits["test"], item_tokens,
+                                          vocab, item_ids, cfg.ks, desc=f"test {best}")
+            atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
+            stage_done(t0, "test " + ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
+        elif cfg.test:
             print(f"[seed {seed}] evaluated before: selected {saved['selected']}, test " +
                   ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
-            continue
-        t0 = stage_start(f"5/6 training, seed {seed} ({cfg.train_steps} steps)")
-        checkpoints = _train(cfg, shards, run_dir, seed)
-        stage_done(t0, f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
-        t0 = stage_start(f"6/6 checkpoint selection on {len(valid):,} validation targets, then test, seed {seed}")
-        per_checkpoint = {}
-        for ckpt in checkpoints:
-            em = load_eval_model(ckpt.name, ckpt, "auto")
-            check_tokenizer_hash(em, expected)
-            retriever = Retriever(em.model, trie, vocab.n_special, vocab.bos_id, cfg.beam_width,
-                                  batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
-            per_checkpoint[ckpt.name] = model_metrics(retriever, valid, item_tokens, vocab, item_ids, cfg.ks,
-                                                      desc=f"valid {ckpt.name}")
-            print(f"[seed {seed}] {ckpt.name}: valid " + ", ".join(
-                f"{k} {per_checkpoint[ckpt.name][k]:.4f}" for k in COLUMNS))
-        best = max(per_checkpoint, key=lambda name: per_checkpoint[name][SELECT_ON])
-        em = load_eval_model(best, run_dir / "checkpoints" / best, "auto")
-        retriever = Retriever(em.model, trie, vocab.n_special, vocab.bos_id, cfg.beam_width,
-                              batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
-        test = model_metrics(retriever, splits["test"], item_tokens, vocab, item_ids, cfg.ks, desc=f"test {best}")
-        results["seeds"][str(seed)] = {"protocol": protocol, "valid": per_checkpoint, "selected": best, "test": test}
-        atomic_write_text(run_dir / SEED_RESULTS, json.dumps(results["seeds"][str(seed)], indent=2) + "\n")
-        stage_done(t0, f"selected {best}; test " + ", ".join(f"{k} {test[k]:.4f}" for k in COLUMNS))
+        results["seeds"][str(seed)] = saved
 
     results["seconds"] = round(time.perf_counter() - t_start, 1)
-    results["test"] = {k: _mean_std([s["test"][k] for s in results["seeds"].values()]) for k in COLUMNS}
+    tested = [s["test"] for s in results["seeds"].values() if "test" in s]
+    results["test"] = {k: _mean_std([t[k] for t in tested]) for k in COLUMNS} if cfg.test else None
     atomic_write_text(report_dir / "metrics.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(report_dir / "report.md", render_report(results))
     print(render_report(results))
@@ -260,8 +271,11 @@ def render_report(results: dict) -> str:
              "| test | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     spread = len(seeds) > 1
-    lines.append(_row("recbase (this run)", [f"{m:.4f}" + (f" ± {s:.4f}" if spread else "")
-                                             for m, s in (results["test"][c] for c in COLUMNS)]))
+    if results["test"] is None:
+        lines.append(_row("recbase (this run)", ["not ranked (test=false)"] * len(COLUMNS)))
+    else:
+        lines.append(_row("recbase (this run)", [f"{m:.4f}" + (f" ± {s:.4f}" if spread else "")
+                                                 for m, s in (results["test"][c] for c in COLUMNS)]))
     for name, metrics in results["baselines"]["test"].items():
         lines.append(_row(f"{name} (same run)", [f"{metrics[c]:.4f}" for c in COLUMNS]))
     for name, values in PUBLISHED.items():

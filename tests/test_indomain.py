@@ -128,11 +128,21 @@ def test_one_command_runs_the_benchmark(world, tmp_path):
     from recbase.cli import main
 
     out = tmp_path / "bench"
-    assert main(["indomain", f"source={world['src']}", f"out={out}", "embedder=hashing", "seeds=[0,1]",
-                 'tokenizer_overrides=["kind=rqkmeans","levels=2","codebook_size=4"]', "train_steps=4",
-                 "checkpoint_every=2", 'train_overrides=["optim.global_batch_tokens=1024","optim.warmup_steps=1",'
-                 '"optim.micro_batch_size=8","logging.valid_every_steps=0"]', "beam_width=3"]) == 0
+    command = ["indomain", f"source={world['src']}", f"out={out}", "embedder=hashing", "seeds=[0,1]",
+               'tokenizer_overrides=["kind=rqkmeans","levels=2","codebook_size=4"]', "train_steps=4",
+               "checkpoint_every=2", 'train_overrides=["optim.global_batch_tokens=1024","optim.warmup_steps=1",'
+               '"optim.micro_batch_size=8","logging.valid_every_steps=0"]', "beam_width=3"]
+    # a lever run: checkpoints ranked on validation, the test targets left alone
+    assert main([*command, "test=false"]) == 0
+    selection = json.loads((out / "run" / "metrics.json").read_text())
+    assert selection["test"] is None and all("test" not in r for r in selection["seeds"].values())
+    assert "| recbase (this run) | not ranked (test=false) |" in (out / "run" / "report.md").read_text()
+    # the same setting with the test: only the test targets are ranked, with the checkpoint selected before
+    assert main(command) == 0
     results = json.loads((out / "run" / "metrics.json").read_text())
+    for seed, r in selection["seeds"].items():
+        assert results["seeds"][seed]["valid"] == r["valid"]   # timings included: validation was not ranked again
+        assert results["seeds"][seed]["selected"] == r["selected"]
     assert results["users"] == {"valid": 4, "test": 4} and results["catalog_items"] == 8
     for seed in ("0", "1"):
         r = results["seeds"][seed]
