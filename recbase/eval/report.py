@@ -23,7 +23,8 @@ RANKING_METRICS = ("auc", "gauc", "auc_len_norm")
 RETRIEVAL_CHART_METRICS = ("recall@10", "ndcg@10", "mrr")
 BAR = "text_centred"
 VARIANTS = {"len_norm": "len-norm", "prefix": "prefix", "pmi": "PMI", "pmi_prefix": "PMI prefix",
-            "fused": "PMI + text"}  # other scores of a model, as metrics keys auc_<name> (recbase/eval/job.py)
+            "fused": "PMI + text", "head": "embedding head", "head_fused": "PMI + head"}
+# ^ other scores of a model, as metrics keys auc_<name> (recbase/eval/job.py)
 ADOPTED = "fused"  # the score the dev suite adopted (docs/evaluation.md), shown against the bar beside log P
 
 
