@@ -26,6 +26,7 @@ VARIANTS = {"len_norm": "len-norm", "prefix": "prefix", "pmi": "PMI", "pmi_prefi
             "fused": "PMI + text", "head": "embedding head", "head_fused": "PMI + head"}
 # ^ other scores of a model, as metrics keys auc_<name> (recbase/eval/job.py)
 ADOPTED = "fused"  # the score the dev suite adopted (docs/evaluation.md), shown against the bar beside log P
+TERMINAL_VARIANTS = (ADOPTED, "head")   # scores the terminal table shows under log P, when a model has them
 
 
 def _fmt(x) -> str:
@@ -77,19 +78,23 @@ def ranking_table(results: dict) -> str:
 def compact_table(results: dict) -> str:
     """The terminal's table: per domain and Overall, each model's AUC beside the bar's and the difference.
 
-    One row per (domain, model), so it stays narrow however many models there are; report.md has the rest.
+    One row per (domain, model, score): log P, then the adopted score and the embedding head's where the model
+    has them, so it stays narrow however many models there are; report.md has the rest.
     """
     bar = BAR in results["overall"]["baselines"]
     header = ["domain", "model", "AUC"] + (["bar", "model − bar"] if bar else [])
     rows = []
     for label, section in _rows(results):
         for m, r in section["models"].items():
-            row = [label.strip("*"), m, _fmt(r["auc"])]
-            if bar:
-                b = section["baselines"][BAR]["auc"]
-                gap = r["auc"] - b
-                row += [_fmt(b), "–" if math.isnan(gap) else f"{gap:+.4f}"]
-            rows.append(row)
+            shown = [("auc", m)] + [(f"auc_{v}", f"{m}: {VARIANTS[v]}") for v in TERMINAL_VARIANTS
+                                    if r.get(f"auc_{v}") is not None]
+            for key, name in shown:
+                row = [label.strip("*"), name, _fmt(r[key])]
+                if bar:
+                    b = section["baselines"][BAR]["auc"]
+                    gap = r[key] - b
+                    row += [_fmt(b), "–" if math.isnan(gap) else f"{gap:+.4f}"]
+                rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in [header] + rows]
