@@ -1,8 +1,8 @@
 """The next-item embedding head's score (:mod:`recbase.train.embedding_head`): cosine between the direction the
 head predicts after the user's history and each candidate's centred text embedding.
 
-The prediction is made from the history alone: the model's hidden state at the history's last token and the mean of
-the history items' centred unit embeddings (the text bar's own profile). A candidate enters only through its own
+The prediction is made from the history alone: the model's hidden state at the history's last token and the
+history items' centred unit embeddings (whose mean is the text bar's own profile). A candidate enters only through its own
 centred embedding, never through its concept tokens, so nothing about a candidate can leak into the prediction it
 is compared with. An untrained head (its correction at zero) ranks exactly like the centred text similarity.
 """
@@ -50,8 +50,21 @@ def history_states(model, histories: list[np.ndarray], levels: int, bos_id: int,
 
 @torch.no_grad()
 def head_scores(head, hidden: torch.Tensor, text: TextSimilarity, history_items: list[list[str]],
-                candidates: list[list[str]]) -> list[np.ndarray]:
-    """Per user, the cosine of each candidate's centred embedding with the head's prediction."""
-    profiles = torch.from_numpy(np.stack([text.profile(h) for h in history_items]).astype(np.float32))
-    pred = head(hidden.to(head.proj.weight.device), profiles.to(head.proj.weight.device)).cpu().numpy()
-    return [(text.vectors(c) @ p).astype(np.float64) for c, p in zip(candidates, pred)]
+                candidates: list[list[str]], users_per_batch: int = 256) -> list[np.ndarray]:
+    """Per user, the cosine of each candidate's centred embedding with the head's prediction, made from the
+    hidden state after the history and the history items' centred embeddings (latest last)."""
+    device = head.proj.weight.device
+    scores = []
+    for start in range(0, len(history_items), users_per_batch):
+        users = history_items[start:start + users_per_batch]
+        vectors = [text.vectors(h, "history") if h else np.zeros((0, text.emb.shape[1]), np.float32) for h in users]
+        owner = torch.cat([torch.full((len(v),), u) for u, v in enumerate(vectors)])
+        index = torch.cat([torch.arange(len(v)) for v in vectors])
+        lengths = torch.as_tensor([len(v) for v in vectors])
+        allowed = owner[None, :] == torch.arange(len(users))[:, None]
+        distance = (lengths[owner] - 1 - index)[None, :].expand(len(users), -1)
+        pred = head(hidden[start:start + len(users)].to(device), torch.from_numpy(np.concatenate(vectors)).to(device),
+                    allowed.to(device), distance.to(device)).cpu().numpy()
+        scores += [(text.vectors(c) @ p).astype(np.float64)
+                   for c, p in zip(candidates[start:start + len(users)], pred)]
+    return scores

@@ -3,9 +3,9 @@ text-embedding space (centred on the domain's catalog, unit length) where item t
 
 Why: a concept-ID model pretrained on other domains ranks a new catalog at random, while the cosine of a
 candidate's centred text embedding with the history's mean clears 0.6-0.75 AUC on every unseen domain. The head is
-residual on that bar: its prediction is the mean of the history items' unit vectors plus a learned correction
-(a zero-initialised linear map of the hidden state), so an untrained head ranks exactly like the bar and training
-can only move it where the sequences of many domains agree.
+residual on that bar: it starts at the mean of the history items' unit vectors (:class:`EmbeddingHead` has two
+ways to move away from it), so an untrained head ranks exactly like the bar and training can only move it where
+the sequences of many domains agree.
 
 Targets without a new shard format: an item's vector is the tokenizer's reconstruction of it from its L concept
 tokens (:meth:`recbase.tokenizer.artifact.Tokenizer.reconstruct`, in the tokenizer's per-domain centred input
@@ -13,7 +13,7 @@ space), re-normalised. At evaluation the history mean and the candidates use the
 the bar's own vectors, of which the reconstructions are the quantised approximation.
 
 No leak: the prediction after item t sees the hidden state at item t's last token (causal attention: tokens of items
-1..t only) and the mean of items 1..t; item t+1 enters only as the target.
+1..t only) and the vectors of items 1..t; item t+1 enters only as the target.
 """
 from __future__ import annotations
 
@@ -29,22 +29,53 @@ LOSSES = ("cosine", "contrastive")
 STATE_PREFIX = "embedding_head."   # parameter names of the head beside the language model's ``lm.``
 
 
-class EmbeddingHead(nn.Module):
-    """``unit(history_mean + proj(hidden))``; ``proj`` starts at zero, so the head starts as the text bar."""
+KINDS = ("linear", "attention")
+RECENCY_BUCKETS = 16   # the attention head's learned bias per item distance from the end (0..15, 15 = older)
 
-    def __init__(self, hidden_size: int, dim: int):
+
+class EmbeddingHead(nn.Module):
+    """A unit prediction from the hidden state ``hidden`` at the last history token and the history items' unit
+    vectors; both kinds start exactly at the text bar's profile (the mean of the history's vectors).
+
+    - ``linear``: ``unit(mean + proj(hidden))``, ``proj`` zero-initialised: a correction anywhere in the space.
+    - ``attention``: ``unit(sum_i a_i v_i)``, ``a = softmax(q(hidden) . k(v_i) + recency[distance_i])`` with ``q``
+      and the recency biases zero-initialised: it can only re-weight the user's own items, so it cannot learn a
+      direction of a training catalog, only which of a user's items the next one follows.
+
+    The history of prediction ``n`` is given as the rows ``m`` of ``vectors`` with ``allowed[n, m]``, each
+    ``distance[n, m]`` items before the latest (0 = the latest item itself).
+    """
+
+    def __init__(self, hidden_size: int, dim: int, kind: str = "linear", key_dim: int = 32):
         super().__init__()
-        self.proj = nn.Linear(hidden_size, dim, bias=False)
+        if kind not in KINDS:
+            raise ValueError(f"embedding head kind {kind!r} is not one of {KINDS}")
+        self.kind = kind
+        self.dim = dim
+        self.proj = nn.Linear(hidden_size, dim if kind == "linear" else key_dim, bias=False)
         with torch.no_grad():
             self.proj.weight.zero_()
+        if kind == "attention":
+            self.key = nn.Linear(dim, key_dim, bias=False)
+            self.recency = nn.Parameter(torch.zeros(RECENCY_BUCKETS))
 
-    @property
-    def dim(self) -> int:
-        return self.proj.out_features
+    def forward(self, hidden: torch.Tensor, vectors: torch.Tensor, allowed: torch.Tensor,
+                distance: torch.Tensor) -> torch.Tensor:
+        weight = self.proj.weight
+        hidden, vectors = hidden.to(weight.dtype), vectors.to(weight.dtype)
+        if self.kind == "linear":
+            counts = allowed.sum(1, keepdim=True).clamp_min(1).to(weight.dtype)
+            mean = (allowed.to(weight.dtype) @ vectors) / counts
+            return F.normalize((mean + self.proj(hidden)).float(), dim=-1)
+        logits = self.proj(hidden) @ self.key(vectors).T / self.proj.out_features ** 0.5
+        logits = logits + self.recency[distance.clamp(0, RECENCY_BUCKETS - 1)]
+        weights = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+        return F.normalize((weights @ vectors).float(), dim=-1)
 
-    def forward(self, hidden: torch.Tensor, history_mean: torch.Tensor) -> torch.Tensor:
-        correction = self.proj(hidden.to(self.proj.weight.dtype)).float()
-        return F.normalize(history_mean.float() + correction, dim=-1)
+
+def state_kind(state: dict[str, torch.Tensor]) -> str:
+    """The head kind a saved state dict belongs to."""
+    return "attention" if "recency" in state else "linear"
 
 
 class ItemVectors:
@@ -88,19 +119,12 @@ def item_ends(input_ids: torch.Tensor, segments: torch.Tensor, vocab: Vocab) -> 
     return ok.nonzero()[:, 0]
 
 
-def running_means(vectors: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Row ``i``: the mean of rows ``j <= i`` of ``vectors`` with ``groups[j] == groups[i]`` (groups sorted)."""
-    total = vectors.cumsum(0)
-    first = torch.searchsorted(groups, groups)                    # first row of each row's group
-    before = torch.where((first > 0)[:, None], total[(first - 1).clamp_min(0)], torch.zeros_like(total))
-    count = (torch.arange(len(groups), device=groups.device) - first + 1).to(vectors.dtype)
-    return (total - before) / count[:, None]
-
-
 def next_item_targets(input_ids: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor, vocab: Vocab,
                       item_vectors: ItemVectors) -> dict[str, torch.Tensor]:
-    """Where the head predicts and what: ``positions`` (flat index of item t's last token), ``history_mean``
-    (mean vector of the segment's items up to t), ``target`` (item t+1's vector) and ``group`` (segment id).
+    """Where the head predicts and what: ``positions`` (flat index of item t's last token), ``target`` (item t+1's
+    vector), ``group`` (segment id), and the history of each prediction as :class:`EmbeddingHead` takes it:
+    ``vectors`` (every complete item's vector), ``allowed`` (the items 1..t of the same segment) and
+    ``distance`` (t minus the item's index).
 
     Item t+1 must end L tokens later in the same segment with a label there (the valid split leaves a user's
     earlier items unlabelled, so only its held-out items are predicted).
@@ -110,14 +134,16 @@ def next_item_targets(input_ids: torch.Tensor, labels: torch.Tensor, segments: t
     tokens = input_ids.reshape(-1)[ends[:, None] - torch.arange(levels - 1, -1, -1, device=ends.device)]
     vectors = item_vectors(tokens)
     seg = segments.reshape(-1)[ends]
-    means = running_means(vectors, seg)
     has_next = torch.zeros(len(ends), dtype=torch.bool, device=ends.device)
     if len(ends) > 1:
         has_next[:-1] = (ends[1:] == ends[:-1] + levels) & (seg[1:] == seg[:-1])
     labelled = labels.reshape(-1)[(ends + levels).clamp_max(labels.numel() - 1)] != -100
-    keep = has_next & labelled
-    nxt = keep.nonzero()[:, 0]
-    return {"positions": ends[nxt], "history_mean": means[nxt], "target": vectors[nxt + 1], "group": seg[nxt]}
+    nxt = (has_next & labelled).nonzero()[:, 0]
+    index = torch.arange(len(ends), device=ends.device)
+    distance = nxt[:, None] - index[None, :]
+    allowed = (seg[nxt][:, None] == seg[None, :]) & (distance >= 0)
+    return {"positions": ends[nxt], "target": vectors[nxt + 1], "group": seg[nxt], "vectors": vectors,
+            "allowed": allowed, "distance": distance}
 
 
 def embedding_loss(pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor, kind: str,

@@ -85,13 +85,15 @@ def load_head_state(path: str | Path) -> dict[str, torch.Tensor] | None:
 
 def load_embedding_head(path: str | Path):
     """The model's :class:`~recbase.train.embedding_head.EmbeddingHead` in eval mode, or None without one."""
-    from recbase.train.embedding_head import EmbeddingHead
+    from recbase.train.embedding_head import EmbeddingHead, state_kind
 
     state = load_head_state(path)
     if state is None:
         return None
-    dim, hidden = state["proj.weight"].shape
-    head = EmbeddingHead(hidden, dim)
+    kind = state_kind(state)
+    out, hidden = state["proj.weight"].shape
+    dim = out if kind == "linear" else state["key.weight"].shape[1]
+    head = EmbeddingHead(hidden, dim, kind, key_dim=out)
     head.load_state_dict(state)
     return head.eval()
 

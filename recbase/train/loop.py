@@ -190,7 +190,7 @@ class Trainer:
             return None
         tok = self._shards_tokenizer("model.embedding_head", m.embedding_head)
         return EmbeddingTarget(self.vocab, ItemVectors(tok, self.vocab), m.embedding_loss, m.embedding_weight,
-                               m.embedding_temperature)
+                               m.embedding_temperature, m.embedding_head_kind)
 
     def _init_code_embeddings(self, lm, cfg: TrainConfig) -> None:
         """Concept-token embeddings from the codebooks of the tokenizer the shards were made with (its hash

@@ -233,14 +233,16 @@ class FusedHeadLoss(nn.Module):
 
 @dataclass
 class EmbeddingTarget:
-    """How the next-item embedding head is trained: targets from ``item_vectors``, ``loss`` (cosine |
-    contrastive) with ``temperature``, added to the token loss with ``weight`` per predicted item."""
+    """How the next-item embedding head is trained: a head of ``kind`` (linear | attention), targets from
+    ``item_vectors``, ``loss`` (cosine | contrastive) with ``temperature``, added to the token loss with ``weight``
+    per predicted item."""
 
     vocab: Vocab
     item_vectors: ItemVectors
     loss: str = "cosine"
     weight: float = 1.0
     temperature: float = 0.1
+    kind: str = "linear"
 
 
 class TokenLossModel(nn.Module):
@@ -260,8 +262,8 @@ class TokenLossModel(nn.Module):
         self.levels = levels
         self.head_loss = FusedHeadLoss(lm.lm_head) if fused_linear_ce else None
         self.embedding = embedding_head
-        self.embedding_head = (EmbeddingHead(lm.config.hidden_size, embedding_head.item_vectors.dim)
-                               if embedding_head is not None else None)
+        self.embedding_head = (EmbeddingHead(lm.config.hidden_size, embedding_head.item_vectors.dim,
+                                             embedding_head.kind) if embedding_head is not None else None)
         self.embedding_stats = (0.0, 0)   # the head's summed loss and predictions in the last forward
         if self.hybrid and attention == "flash_attention_2":
             raise UserError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa or "
@@ -309,7 +311,8 @@ class TokenLossModel(nn.Module):
         b, s = input_ids.shape
         spec = self.embedding
         found = next_item_targets(input_ids, labels, segment_ids(cu_seqlens, b, s), spec.vocab, spec.item_vectors)
-        pred = self.embedding_head(hidden.reshape(b * s, -1)[found["positions"]], found["history_mean"])
+        pred = self.embedding_head(hidden.reshape(b * s, -1)[found["positions"]], found["vectors"], found["allowed"],
+                                   found["distance"])
         loss = embedding_loss(pred, found["target"], found["group"], spec.loss, spec.temperature)
         self.embedding_stats = (float(loss.detach()), int(len(pred)))
         return loss
