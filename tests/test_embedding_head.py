@@ -207,3 +207,15 @@ def test_the_head_score_ignores_the_candidates_codes(world, tmp_path, model):
     _, changed = _evaluate(world, model, tmp_path / "b", eval_dir)
     np.testing.assert_allclose(changed["m/head"], pairs["m/head"], atol=1e-6)
     assert not np.allclose(changed["m/logp_1"], pairs["m/logp_1"])   # the token scores did see the change
+
+
+def test_the_head_gets_its_own_learning_rate():
+    from recbase.train.optim import param_groups
+
+    model = _model(kind="attention")
+    groups = param_groups(model, 0.1, {model.embedding_head: (1e-3, 10.0)})
+    head = {id(p) for p in model.embedding_head.parameters()}
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= head if g.get("lr") == pytest.approx(1e-2) else not ids & head
+    assert sum(len(g["params"]) for g in groups) == len({id(p) for p in model.parameters()})

@@ -38,6 +38,7 @@ class ModelConfig:
     embedding_head_kind: str = "linear"      # linear (mean + a correction) | attention (re-weights the history's items)
     embedding_loss: str = "cosine"           # the head's loss: cosine (1 - cos) | contrastive (same-user negatives)
     embedding_weight: float = 1.0            # weight of the head's loss per predicted item beside the token loss
+    embedding_lr_scale: float = 1.0          # the head's learning rate as a multiple of optim.lr
     embedding_temperature: float = 0.1       # softmax temperature of the contrastive loss
 
 
@@ -110,7 +111,7 @@ RANGES = {
     "seed": AT_LEAST_0, "model.hidden_size": AT_LEAST_1, "model.intermediate_size": AT_LEAST_1,
     "model.num_layers": AT_LEAST_1, "model.num_heads": AT_LEAST_1, "model.num_kv_heads": AT_LEAST_1,
     "model.max_position_embeddings": Range(2), "model.rope_theta": POSITIVE, "model.rms_norm_eps": POSITIVE,
-    "model.init_std": POSITIVE, "model.embedding_weight": AT_LEAST_0, "model.embedding_temperature": POSITIVE, "model.vocab_size": AT_LEAST_1, "data.seq_len": Range(2),
+    "model.init_std": POSITIVE, "model.embedding_weight": AT_LEAST_0, "model.embedding_lr_scale": POSITIVE, "model.embedding_temperature": POSITIVE, "model.vocab_size": AT_LEAST_1, "data.seq_len": Range(2),
     "data.num_workers": AT_LEAST_0, "optim.lr": POSITIVE, "optim.min_lr_ratio": Range(0, 1),
     "optim.warmup_steps": AT_LEAST_0, "optim.max_steps": AT_LEAST_1, "optim.weight_decay": AT_LEAST_0,
     "optim.beta1": Range(0, 1, hi_open=True), "optim.beta2": Range(0, 1, hi_open=True), "optim.eps": POSITIVE,

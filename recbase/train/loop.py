@@ -160,7 +160,9 @@ class Trainer:
             head = load_head_state(cfg.checkpoint.init_from)   # fine-tuning continues the pretrained head
             if head is not None:
                 model.embedding_head.load_state_dict(head)
-        self.engine = ds.initialize(cfg, rt, model, param_groups(model, cfg.optim.weight_decay),
+        scales = ({model.embedding_head: (cfg.optim.lr, cfg.model.embedding_lr_scale)}
+                  if model.embedding_head is not None else None)
+        self.engine = ds.initialize(cfg, rt, model, param_groups(model, cfg.optim.weight_decay, scales),
                                     lambda s: lr_factor(s, cfg.optim), self.ds_config)
         self.step = 0
         self.last_checkpoint: Path | None = None
