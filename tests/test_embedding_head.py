@@ -197,6 +197,8 @@ def test_an_untrained_head_scores_exactly_like_the_centred_text_similarity(world
 def test_the_head_score_ignores_the_candidates_codes(world, tmp_path, model):
     section, pairs = _evaluate(world, model, tmp_path / "a")
     assert {"auc_head", "auc_head_fused", "gauc_head"} <= set(section["models"]["m"])
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "m AUC (embedding head)" in report and "m PMI + head − bar" in report   # the adopted score with a head
     assert not np.allclose(pairs["m/head"], pairs["text_centred"])
     rows = [dict(r) for r in world["rows"]]
     for r in rows:   # every candidate's deeper codes replaced
