@@ -221,3 +221,12 @@ def test_the_head_gets_its_own_learning_rate():
         ids = {id(p) for p in g["params"]}
         assert ids <= head if g.get("lr") == pytest.approx(1e-2) else not ids & head
     assert sum(len(g["params"]) for g in groups) == len({id(p) for p in model.parameters()})
+
+
+@pytest.mark.parametrize("preset", ["zeroshot_fold_a.json", "zeroshot_fold_b.json"])
+def test_the_fold_presets_parse_and_can_train_the_head(preset):
+    from recbase.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(preset, ["embedding_head=true"])
+    assert cfg.embedding_head and cfg.heldout_domains and not set(cfg.heldout_domains) & set(cfg.pretrain_domains)
+    load_train_config(cfg.train_config, ["model.embedding_head=tokenizer", *cfg.train_overrides])
