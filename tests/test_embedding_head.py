@@ -230,3 +230,26 @@ def test_the_fold_presets_parse_and_can_train_the_head(preset):
     cfg = load_pipeline_config(preset, ["embedding_head=true"])
     assert cfg.embedding_head and cfg.heldout_domains and not set(cfg.heldout_domains) & set(cfg.pretrain_domains)
     load_train_config(cfg.train_config, ["model.embedding_head=tokenizer", *cfg.train_overrides])
+
+
+@pytest.mark.slow
+def test_the_demo_pipeline_trains_exports_fine_tunes_and_scores_the_head(tmp_path):
+    """The head through the real trainer (ZeRO-3), its export, fine-tuning and evaluation."""
+    import json
+    import subprocess
+    import sys
+
+    from test_demo import TINY
+
+    out = tmp_path / "demo"
+    run = subprocess.run([sys.executable, "-m", "recbase.cli", "demo", "--out", str(out), *TINY,
+                          "embedding_head=true"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (out / "run" / "hf" / HEAD_FILE).exists() and (out / "run" / "finetune" / "hf" / HEAD_FILE).exists()
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    for section in metrics["domains"].values():
+        for result in section["models"].values():
+            assert 0.0 <= result["auc_head"] <= 1.0 and 0.0 <= result["auc_head_fused"] <= 1.0
+    logged = [json.loads(line) for line in (out / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert any("embedding_loss" in r for r in logged)
+    assert "PMI + head" in run.stdout   # the terminal table
