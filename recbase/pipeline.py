@@ -72,7 +72,7 @@ class PipelineConfig:
     train_config: str = "tiny.json"          # launch/configs name or path
     train_steps: int = 300                   # optimizer steps of the model (0 = stop after shards and summary)
     train_overrides: list[str] = field(default_factory=list)  # extra key=value for the train config
-    embedding_head: bool = False             # train the next-item text-embedding head on this run's tokenizer
+    embedding_head: bool = True              # train the next-item text-embedding head on this run's tokenizer
     finetune_steps: int = 100                # fine-tuning steps on the first held-out domain (0 = no fine-tuning)
 
 

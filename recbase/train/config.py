@@ -35,10 +35,10 @@ class ModelConfig:
     code_init: str = ""                      # tokenizer artifact: concept-token embeddings start near its codewords
     embedding_head: str = ""                 # tokenizer artifact: also predict the next item's centred text embedding
                                              # (its reconstruction by this tokenizer); "" = no head
-    embedding_head_kind: str = "linear"      # linear (mean + a correction) | attention (re-weights the history's items)
+    embedding_head_kind: str = "attention"   # attention (re-weights the history's items) | linear (mean + a correction)
     embedding_loss: str = "cosine"           # the head's loss: cosine (1 - cos) | contrastive (same-user negatives)
     embedding_weight: float = 1.0            # weight of the head's loss per predicted item beside the token loss
-    embedding_lr_scale: float = 1.0          # the head's learning rate as a multiple of optim.lr
+    embedding_lr_scale: float = 3.0          # the head's learning rate as a multiple of optim.lr
     embedding_temperature: float = 0.1       # softmax temperature of the contrastive loss
 
 

@@ -242,7 +242,7 @@ class EmbeddingTarget:
     loss: str = "cosine"
     weight: float = 1.0
     temperature: float = 0.1
-    kind: str = "linear"
+    kind: str = "attention"
 
 
 class TokenLossModel(nn.Module):
