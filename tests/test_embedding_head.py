@@ -174,7 +174,8 @@ def world(tmp_path_factory):
         head = EmbeddingHead(32, DIM, kind)
         head = _randomise(head) if trained else head
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
-        w[name] = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", folder)
+        w[name] = save_export(tiny_model(VOCAB), VOCAB, "tok-abc", folder,
+                              train_config={"model": {"embedding_head": "tokenizer"}})
     return w
 
 

@@ -64,7 +64,9 @@ def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: st
         if key not in meta:
             raise UserError(f"model {name!r}: {path} has no {key!r} in its {META_FILE}")
     model = model.to(dev, resolve_dtype(dtype, dev)).eval()
-    head = load_embedding_head(path)
+    # only a model trained with the head has one (a checkpoint would otherwise be consolidated twice for nothing)
+    trained_with_head = meta.get("train_config", {}).get("model", {}).get("embedding_head")
+    head = load_embedding_head(path) if trained_with_head else None
     return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]),
                      meta.get("train_domains"), meta.get("tokenizer", {}).get("train_domains"),
                      bool(meta.get("train_config", {}).get("checkpoint", {}).get("init_from")),
