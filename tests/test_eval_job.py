@@ -218,13 +218,16 @@ def test_terminal_table_is_compact_and_charts_mark_bar_and_chance(world, tmp_pat
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     table = out[out.index("domain  "):].splitlines()
     assert table[0].split() == ["domain", "model", "AUC", "bar", "model", "−", "bar"]
-    assert max(len(line) for line in table[:5]) <= 80
+    assert max(len(line) for line in table[:9]) <= 80
     books = metrics["domains"]["books"]
     bar = books["baselines"]["text_centred"]["auc"]
     row = table[1].split()
     assert row[:2] == ["books", "zero_shot"] and float(row[3]) == pytest.approx(bar, abs=1e-4)
     assert float(row[4]) == pytest.approx(books["models"]["zero_shot"]["auc"] - bar, abs=1e-4)
-    assert [r.split()[:2] for r in table[3:5]] == [["Overall", "zero_shot"], ["Overall", "finetuned"]]
+    fused = table[2].split()   # the adopted score under log P
+    assert fused[:4] == ["books", "zero_shot:", "PMI", "+"]
+    assert float(fused[-1]) == pytest.approx(books["models"]["zero_shot"]["auc_fused"] - bar, abs=1e-4)
+    assert [r.split()[:2] for r in table[5:9:2]] == [["Overall", "zero_shot"], ["Overall", "finetuned"]]
 
     lines = reference_lines(metrics, "auc")
     assert lines == {"bar to clear: text sim (centred)": [bar, bar], "chance": [0.5, 0.5]}

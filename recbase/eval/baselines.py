@@ -47,12 +47,21 @@ class TextSimilarity:
             raise UserError(f"{what} item {missing[0]!r} has no embedding ({len(missing)} missing)")
         return np.fromiter((self.row[i] for i in items), dtype=np.int64, count=len(items))
 
+    def vectors(self, items: list[str], what: str = "candidate") -> np.ndarray:
+        """Unit embeddings ``[N, D]`` of ``items``."""
+        return self.emb[self._rows(items, what)]
+
+    def profile(self, history: list[str]) -> np.ndarray:
+        """The mean of the history items' unit embeddings (zeros for an empty history)."""
+        if not history:
+            return np.zeros(self.emb.shape[1], dtype=np.float32)
+        return self.vectors(history, "history").mean(axis=0)
+
     def score(self, history: list[str], candidates: list[str]) -> np.ndarray:
-        cand = self.emb[self._rows(candidates, "candidate")]
+        cand = self.vectors(candidates)
         if not history:
             return np.zeros(len(candidates))
-        profile = self.emb[self._rows(history, "history")].mean(axis=0)
-        return (cand @ _unit(profile)).astype(np.float64)
+        return (cand @ _unit(self.profile(history))).astype(np.float64)
 
 
 def popularity_scores(counts: Counter, candidates: list[list[str]]) -> list[np.ndarray]:

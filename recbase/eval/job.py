@@ -21,6 +21,7 @@ from recbase.data.tables import INTERACTIONS_FILE, read_item_ids, user_histories
 from recbase.errors import UserError
 from recbase.eval import baselines as bl
 from recbase.eval.calibrate import empty_history_logprobs, fuse
+from recbase.eval.head_score import head_scores, history_states
 from recbase.eval.inputs import history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
 from recbase.eval.model_io import DTYPES, META_FILE, EvalModel, check_tokenizer_hash, load_eval_model
@@ -137,15 +138,25 @@ def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: Code
     return result, variants["pmi"]
 
 
+@dataclass
+class TextInputs:
+    """What the centred text similarity scored with: each user's history items and the domain's centred
+    embeddings (the embedding head scores with the same)."""
+
+    history_items: list[list[str]]
+    centred: bl.TextSimilarity
+
+
 def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int, item_tokens: dict[str, np.ndarray] | None,
-                       pairs: dict[str, np.ndarray]) -> tuple[dict, int | None, dict[str, list[np.ndarray]]]:
+                       pairs: dict[str, np.ndarray]
+                       ) -> tuple[dict, int | None, dict[str, list[np.ndarray]], TextInputs | None]:
     """Baseline metrics, the number of users whose history items could not be verified against the tokens
-    (None when no baseline needed the history items), and each baseline's per-user scores (also added to
-    ``pairs``)."""
+    (None when no baseline needed the history items), each baseline's per-user scores (also added to
+    ``pairs``), and the centred text similarity's inputs (None without that baseline)."""
     out: dict[str, dict] = {}
     per_user: dict[str, list[np.ndarray]] = {}
     n_cands = [len(c) for c in eval_set.candidates]
-    unverified = embeddings = None
+    unverified = embeddings = text = None
     needs_data = {"text_raw", "text_centred", "popularity"} & set(cfg.baselines)
     if needs_data:
         domain_dir = Path(cfg.data_dir) / eval_set.domain
@@ -163,10 +174,28 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int, item_tok
                 embeddings = load_embeddings(cfg.embeddings_dir, eval_set.domain, item_ids)[0].astype(np.float32)
             sim = bl.TextSimilarity(item_ids, embeddings, centred=name == "text_centred")
             scores = [sim.score(h, c) for h, c in zip(hist_items, eval_set.candidates)]
+            if name == "text_centred":
+                text = TextInputs(hist_items, sim)
         out[name] = ranking_metrics(eval_set, scores)
         per_user[name] = scores
         pairs[name] = np.concatenate(scores)
-    return out, unverified, per_user
+    return out, unverified, per_user, text
+
+
+def evaluate_head(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, text: TextInputs, pmi: list[np.ndarray],
+                  pairs: dict[str, np.ndarray]) -> dict:
+    """Metrics of the model's next-item embedding head (:mod:`recbase.eval.head_score`): its cosine alone
+    (``head``) and fused with the model's PMI as the text similarity is in *PMI + text* (``head_fused``). The
+    head's scores are added to ``pairs``."""
+    hidden = history_states(em.model, eval_set.histories, em.vocab.levels, em.vocab.bos_id, em.vocab.pad_id,
+                            cfg.batch_tokens)
+    scores = head_scores(em.embedding_head, hidden, text.centred, text.history_items, eval_set.candidates)
+    pairs[f"{em.name}/head"] = np.concatenate(scores)
+    result = {}
+    for name, per_user in {"head": scores, "head_fused": fuse(scores, pmi, cfg.fusion_weight)}.items():
+        metrics = ranking_metrics(eval_set, per_user)
+        result.update({f"auc_{name}": metrics["auc"], f"gauc_{name}": metrics["gauc"]})
+    return result
 
 
 def _overall(domains: dict, kind: str) -> dict:
@@ -256,12 +285,14 @@ def evaluate(cfg: EvalConfig) -> dict:
         pmis = {}
         for name, em in models.items():
             section["models"][name], pmis[name] = evaluate_model(em, eval_set, cfg, trie, pairs)
-        section["baselines"], section["history_items_unverified"], baseline_scores = evaluate_baselines(
+        section["baselines"], section["history_items_unverified"], baseline_scores, text = evaluate_baselines(
             eval_set, cfg, vocab.levels, item_tokens, pairs)
-        if "text_centred" in baseline_scores:
+        if text is not None:
             for name, pmi in pmis.items():
                 fused = ranking_metrics(eval_set, fuse(baseline_scores["text_centred"], pmi, cfg.fusion_weight))
                 section["models"][name].update({"auc_fused": fused["auc"], "gauc_fused": fused["gauc"]})
+                if models[name].embedding_head is not None:
+                    section["models"][name].update(evaluate_head(models[name], eval_set, cfg, text, pmi, pairs))
         if cfg.pair_scores:
             write_pair_scores(pairs, Path(cfg.out_dir) / "pairs" / f"{domain}.parquet")
         results["domains"][domain] = section

@@ -31,6 +31,7 @@ class EvalModel:
     train_domains: list[str] | None = None             # domains the model was trained on (None: not recorded)
     tokenizer_train_domains: list[str] | None = None   # domains its tokenizer was trained on
     fine_tuned: bool = False                           # trained from other weights (checkpoint.init_from)
+    embedding_head: torch.nn.Module | None = None      # next-item text-embedding head (None: trained without)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -51,7 +52,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: str = "auto") -> EvalModel:
     """Load the model at ``path`` for inference (eval mode, SDPA attention so 4D branch masks apply)."""
-    from recbase.train.export import load_model
+    from recbase.train.export import load_embedding_head, load_model
 
     path = Path(path)
     if not path.is_dir():
@@ -62,9 +63,13 @@ def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: st
         if key not in meta:
             raise UserError(f"model {name!r}: {path} has no {key!r} in its {META_FILE}")
     model = model.to(dev, resolve_dtype(dtype, dev)).eval()
+    # only a model trained with the head has one (a checkpoint would otherwise be consolidated twice for nothing)
+    trained_with_head = meta.get("train_config", {}).get("model", {}).get("embedding_head")
+    head = load_embedding_head(path) if trained_with_head else None
     return EvalModel(name, path, model, Vocab.from_dict(meta["vocab"]), str(meta["tokenizer_hash"]),
                      meta.get("train_domains"), meta.get("tokenizer", {}).get("train_domains"),
-                     bool(meta.get("train_config", {}).get("checkpoint", {}).get("init_from")))
+                     bool(meta.get("train_config", {}).get("checkpoint", {}).get("init_from")),
+                     head.to(dev) if head is not None else None)
 
 
 def check_tokenizer_hash(model: EvalModel, expected: dict[str, str]) -> None:

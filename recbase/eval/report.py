@@ -25,8 +25,17 @@ RANKING_METRICS = ("auc", "gauc", "auc_len_norm")
 RETRIEVAL_CHART_METRICS = ("recall@10", "ndcg@10", "mrr")
 BAR = "text_centred"
 VARIANTS = {"len_norm": "len-norm", "prefix": "prefix", "pmi": "PMI", "pmi_prefix": "PMI prefix",
-            "fused": "PMI + text"}  # other scores of a model, as metrics keys auc_<name> (recbase/eval/job.py)
-ADOPTED = "fused"  # the score the dev suite adopted (docs/evaluation.md), shown against the bar beside log P
+            "fused": "PMI + text", "head": "embedding head", "head_fused": "PMI + head"}
+# ^ other scores of a model, as metrics keys auc_<name> (recbase/eval/job.py)
+# the score the dev suite adopted (docs/evaluation.md), shown against the bar beside log P: the first of these a
+# model has (PMI + head needs a model trained with the embedding head)
+ADOPTED = ("head_fused", "fused")
+TERMINAL_VARIANTS = ("fused", "head", "head_fused")   # scores the terminal table shows under log P, when present
+
+
+def adopted_variant(variants) -> str | None:
+    """The adopted score among a model's ``variants`` (None when it has none of them)."""
+    return next((v for v in ADOPTED if v in variants), None)
 
 
 def _fmt(x) -> str:
@@ -58,7 +67,8 @@ def ranking_table(results: dict) -> str:
     for m in models:
         header += [f"{m} AUC", f"{m} GAUC"] + [f"{m} AUC ({VARIANTS[v]})" for v in variants[m]]
         header += [f"{m} − bar"] if has_bar else []
-        header += [f"{m} {VARIANTS[ADOPTED]} − bar"] if has_bar and ADOPTED in variants[m] else []
+        adopted = adopted_variant(variants[m])
+        header += [f"{m} {VARIANTS[adopted]} − bar"] if has_bar and adopted else []
     header += [f"{LABELS[b]} AUC" for b in bar_first]
     rows = []
     for label, section in _rows(results):
@@ -67,7 +77,8 @@ def ranking_table(results: dict) -> str:
             r = section["models"][m]
             row += [_fmt(r["auc"]), _fmt(r["gauc"])] + [_fmt(r[f"auc_{v}"]) for v in variants[m]]
             if has_bar:
-                for key in ["auc"] + ([f"auc_{ADOPTED}"] if ADOPTED in variants[m] else []):
+                adopted = adopted_variant(variants[m])
+                for key in ["auc"] + ([f"auc_{adopted}"] if adopted else []):
                     gap = r[key] - section["baselines"][BAR]["auc"]
                     row.append("–" if math.isnan(gap) else f"{gap:+.4f}")
         row += [_fmt(section["baselines"][b]["auc"]) for b in bar_first]
@@ -78,19 +89,23 @@ def ranking_table(results: dict) -> str:
 def compact_table(results: dict) -> str:
     """The terminal's table: per domain and Overall, each model's AUC beside the bar's and the difference.
 
-    One row per (domain, model), so it stays narrow however many models there are; report.md has the rest.
+    One row per (domain, model, score): log P, then the adopted score and the embedding head's where the model
+    has them, so it stays narrow however many models there are; report.md has the rest.
     """
     bar = BAR in results["overall"]["baselines"]
     header = ["domain", "model", "AUC"] + (["bar", "model − bar"] if bar else [])
     rows = []
     for label, section in _rows(results):
         for m, r in section["models"].items():
-            row = [label.strip("*"), m, _fmt(r["auc"])]
-            if bar:
-                b = section["baselines"][BAR]["auc"]
-                gap = r["auc"] - b
-                row += [_fmt(b), "–" if math.isnan(gap) else f"{gap:+.4f}"]
-            rows.append(row)
+            shown = [("auc", m)] + [(f"auc_{v}", f"{m}: {VARIANTS[v]}") for v in TERMINAL_VARIANTS
+                                    if r.get(f"auc_{v}") is not None]
+            for key, name in shown:
+                row = [label.strip("*"), name, _fmt(r[key])]
+                if bar:
+                    b = section["baselines"][BAR]["auc"]
+                    gap = r[key] - b
+                    row += [_fmt(b), "–" if math.isnan(gap) else f"{gap:+.4f}"]
+                rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in [header] + rows]

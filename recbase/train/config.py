@@ -33,6 +33,13 @@ class ModelConfig:
     activation_checkpointing: bool = False   # recompute each layer in backward to save activation memory
     fused_linear_ce: bool = False            # kernels.fused_linear_ce instead of materialising the logits
     code_init: str = ""                      # tokenizer artifact: concept-token embeddings start near its codewords
+    embedding_head: str = ""                 # tokenizer artifact: also predict the next item's centred text embedding
+                                             # (its reconstruction by this tokenizer); "" = no head
+    embedding_head_kind: str = "attention"   # attention (re-weights the history's items) | linear (mean + a correction)
+    embedding_loss: str = "cosine"           # the head's loss: cosine (1 - cos) | contrastive (same-user negatives)
+    embedding_weight: float = 1.0            # weight of the head's loss per predicted item beside the token loss
+    embedding_lr_scale: float = 3.0          # the head's learning rate as a multiple of optim.lr
+    embedding_temperature: float = 0.1       # softmax temperature of the contrastive loss
 
 
 @dataclass
@@ -104,7 +111,8 @@ RANGES = {
     "seed": AT_LEAST_0, "model.hidden_size": AT_LEAST_1, "model.intermediate_size": AT_LEAST_1,
     "model.num_layers": AT_LEAST_1, "model.num_heads": AT_LEAST_1, "model.num_kv_heads": AT_LEAST_1,
     "model.max_position_embeddings": Range(2), "model.rope_theta": POSITIVE, "model.rms_norm_eps": POSITIVE,
-    "model.init_std": POSITIVE, "model.vocab_size": AT_LEAST_1, "data.seq_len": Range(2),
+    "model.init_std": POSITIVE, "model.embedding_weight": AT_LEAST_0, "model.embedding_lr_scale": POSITIVE,
+    "model.embedding_temperature": POSITIVE, "model.vocab_size": AT_LEAST_1, "data.seq_len": Range(2),
     "data.num_workers": AT_LEAST_0, "optim.lr": POSITIVE, "optim.min_lr_ratio": Range(0, 1),
     "optim.warmup_steps": AT_LEAST_0, "optim.max_steps": AT_LEAST_1, "optim.weight_decay": AT_LEAST_0,
     "optim.beta1": Range(0, 1, hi_open=True), "optim.beta2": Range(0, 1, hi_open=True), "optim.eps": POSITIVE,
@@ -137,6 +145,10 @@ class TrainConfig:
                               "flash_attention_2")
         if m.attention_pattern not in ("causal", "hybrid"):
             raise ConfigError(f"model.attention_pattern: {m.attention_pattern!r} is not causal | hybrid")
+        if m.embedding_head_kind not in ("linear", "attention"):
+            raise ConfigError(f"model.embedding_head_kind: {m.embedding_head_kind!r} is not linear | attention")
+        if m.embedding_loss not in ("cosine", "contrastive"):
+            raise ConfigError(f"model.embedding_loss: {m.embedding_loss!r} is not cosine | contrastive")
         if m.hidden_size % m.num_heads:
             raise ConfigError(f"model.hidden_size {m.hidden_size} is not a multiple of model.num_heads {m.num_heads}")
         if m.num_heads % (m.num_kv_heads or m.num_heads):

@@ -18,6 +18,7 @@ from recbase.io import atomic_write_text, sha256_file
 from recbase.train import checkpoint as ckpt
 
 META_FILE = ckpt.META_FILE
+HEAD_FILE = "embedding_head.safetensors"   # the next-item embedding head's weights beside the language model's
 
 
 def is_hf_export(path: Path) -> bool:
@@ -51,7 +52,8 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = read_export_meta(path)
         state = {}
         for f in sorted(path.glob("*.safetensors")):
-            state.update({k: v.float() for k, v in load_file(str(f)).items()})
+            if f.name != HEAD_FILE:
+                state.update({k: v.float() for k, v in load_file(str(f)).items()})
         return state, meta
     folder = _checkpoint_folder(path)
     return ckpt.consolidated_state_dict(folder), ckpt.read_meta(folder)
@@ -63,6 +65,37 @@ def _checkpoint_folder(path: Path) -> Path:
         raise UserError(f"{path}: neither a Hugging Face export (config.json + *.safetensors) nor a checkpoint "
                         f"folder (global_step<N>/ with {ckpt.MANIFEST_FILE}) or a folder of them ({why})")
     return folder
+
+
+def load_head_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The next-item embedding head's weights (:mod:`recbase.train.embedding_head`) of an export or a checkpoint
+    folder, or None when the model was trained without one."""
+    path = Path(path)
+    if is_hf_export(path):
+        from safetensors.torch import load_file
+
+        read_export_meta(path)   # checks the head file's hash with the others
+        head = path / HEAD_FILE
+        return {k: v.float() for k, v in load_file(str(head)).items()} if head.exists() else None
+    from recbase.train.embedding_head import STATE_PREFIX
+
+    state = ckpt.consolidated_state_dict(_checkpoint_folder(path), prefix=STATE_PREFIX)
+    return state or None
+
+
+def load_embedding_head(path: str | Path):
+    """The model's :class:`~recbase.train.embedding_head.EmbeddingHead` in eval mode, or None without one."""
+    from recbase.train.embedding_head import EmbeddingHead, state_kind
+
+    state = load_head_state(path)
+    if state is None:
+        return None
+    kind = state_kind(state)
+    out, hidden = state["proj.weight"].shape
+    dim = out if kind == "linear" else state["key.weight"].shape[1]
+    head = EmbeddingHead(hidden, dim, kind, key_dim=out)
+    head.load_state_dict(state)
+    return head.eval()
 
 
 def load_meta(path: str | Path) -> dict:
@@ -141,6 +174,11 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = Fal
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
+    head = load_head_state(checkpoint)
+    if head is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in head.items()}, str(tmp / HEAD_FILE))
     weights = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
     atomic_write_text(tmp / META_FILE, json.dumps({**meta, "weights_sha256": weights}, indent=2) + "\n")
     old = out.parent / f".{out.name}.old"

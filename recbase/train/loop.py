@@ -26,8 +26,9 @@ from recbase.train import engine as ds
 from recbase.train.config import TrainConfig
 from recbase.train.estimates import mfu, model_size, peak_flops
 from recbase.train.metrics import MetricsLogger
-from recbase.train.model import (TokenLossModel, build_model, init_code_embeddings, load_weights, qwen2_config,
-                                 resolve_attention)
+from recbase.train.embedding_head import ItemVectors
+from recbase.train.model import (EmbeddingTarget, TokenLossModel, build_model, init_code_embeddings, load_weights,
+                                 qwen2_config, resolve_attention)
 from recbase.train.optim import lr_factor, param_groups
 
 BATCH_TENSORS = ("input_ids", "labels", "position_ids", "cu_seqlens")
@@ -88,6 +89,24 @@ def expected_tokenizer_hash(cfg: TrainConfig) -> str | None:
     return configured or trained
 
 
+def _add_embedding_stats(model, head_sum: float, head_n: int) -> tuple[float, int]:
+    """Add the embedding head's loss and prediction count of the forward just run (nothing without a head)."""
+    if model.embedding_head is None:
+        return head_sum, head_n
+    loss, n = model.embedding_stats
+    return head_sum + loss, head_n + n
+
+
+def _embedding_metrics(model, head_sum: float, head_n: float, loss_sum: float, labels: float) -> dict:
+    """With an embedding head, ``loss`` includes its weighted loss: the log also gets the token loss alone
+    (comparable with a run without the head) and the head's mean loss per predicted item."""
+    if model.embedding_head is None:
+        return {}
+    token_sum = loss_sum - model.embedding.weight * head_sum
+    return {"token_loss": token_sum / max(labels, 1.0), "embedding_loss": head_sum / max(head_n, 1.0),
+            "embedding_predictions": head_n}
+
+
 def _has_split(loader, split: str) -> bool:
     return bool(split) and any(s["split"] == split for s in loader.manifest["shards"])
 
@@ -138,8 +157,16 @@ class Trainer:
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = TokenLossModel(lm, attention, cfg.model.attention_pattern, self.vocab.levels,
-                               cfg.model.fused_linear_ce)
-        self.engine = ds.initialize(cfg, rt, model, param_groups(model, cfg.optim.weight_decay),
+                               cfg.model.fused_linear_ce, self._embedding_target(cfg))
+        if model.embedding_head is not None and cfg.checkpoint.init_from:
+            from recbase.train.export import load_head_state
+
+            head = load_head_state(cfg.checkpoint.init_from)   # fine-tuning continues the pretrained head
+            if head is not None:
+                model.embedding_head.load_state_dict(head)
+        scales = ({model.embedding_head: (cfg.optim.lr, cfg.model.embedding_lr_scale)}
+                  if model.embedding_head is not None else None)
+        self.engine = ds.initialize(cfg, rt, model, param_groups(model, cfg.optim.weight_decay, scales),
                                     lambda s: lr_factor(s, cfg.optim), self.ds_config)
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -151,15 +178,30 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- state
 
+    def _shards_tokenizer(self, key: str, path: str):
+        """The tokenizer artifact at ``path`` (config key ``key``), which must be the one the shards were made
+        with."""
+        from recbase.tokenizer.artifact import load_tokenizer
+
+        tok = load_tokenizer(path)
+        if tok.hash != self.tokenizer_hash:
+            raise UserError(f"{key}={path}: tokenizer hash {tok.hash[:12]} is not the shards' "
+                            f"{self.tokenizer_hash[:12]} ({self.cfg.data.shards}/manifest.json)")
+        return tok
+
+    def _embedding_target(self, cfg: TrainConfig) -> EmbeddingTarget | None:
+        """The next-item embedding head's training setup, when ``model.embedding_head`` names the tokenizer."""
+        m = cfg.model
+        if not m.embedding_head:
+            return None
+        tok = self._shards_tokenizer("model.embedding_head", m.embedding_head)
+        return EmbeddingTarget(self.vocab, ItemVectors(tok, self.vocab), m.embedding_loss, m.embedding_weight,
+                               m.embedding_temperature, m.embedding_head_kind)
+
     def _init_code_embeddings(self, lm, cfg: TrainConfig) -> None:
         """Concept-token embeddings from the codebooks of the tokenizer the shards were made with (its hash
         must be the shards' one)."""
-        from recbase.tokenizer.artifact import load_tokenizer
-
-        tok = load_tokenizer(cfg.model.code_init)
-        if tok.hash != self.tokenizer_hash:
-            raise UserError(f"model.code_init={cfg.model.code_init}: tokenizer hash {tok.hash[:12]} is not the "
-                            f"shards' {self.tokenizer_hash[:12]} ({cfg.data.shards}/manifest.json)")
+        tok = self._shards_tokenizer("model.code_init", cfg.model.code_init)
         if tok.codebooks is None:
             raise UserError(f"model.code_init={cfg.model.code_init}: a {tok.kind} tokenizer has no codebooks")
         if tok.levels != self.vocab.levels or tok.codebook_size != self.vocab.codebook_size:
@@ -221,16 +263,19 @@ class Trainer:
         # DeepSpeed divides by the accumulation steps and averages over data-parallel ranks; undo both so the
         # gradient is d(sum of token losses) / (global label count).
         scale = self.gas * rt.dp_world / max(global_labels, 1.0)
-        loss_sum = 0.0
+        loss_sum, head_sum, head_n = 0.0, 0.0, 0
         for batch in batches:
             loss, _ = self.engine(**_to_device(batch, rt.device))
             self.engine.backward(loss * scale)
             self.engine.step()
             loss_sum += loss.item()
-        (global_loss,) = ds.all_reduce_sum([loss_sum / rt.tensor_parallel], rt.device)
+            head_sum, head_n = _add_embedding_stats(self.engine.module, head_sum, head_n)
+        global_loss, head_sum, head_n = ds.all_reduce_sum(
+            [loss_sum / rt.tensor_parallel, head_sum / rt.tensor_parallel, head_n / rt.tensor_parallel], rt.device)
         grad_norm = self.engine.get_global_grad_norm()
-        return {"loss": global_loss / max(global_labels, 1.0), "label_tokens": global_labels,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None}
+        out = {"loss": global_loss / max(global_labels, 1.0), "label_tokens": global_labels,
+               "grad_norm": float(grad_norm) if grad_norm is not None else None}
+        return {**out, **_embedding_metrics(self.engine.module, head_sum, head_n, global_loss, global_labels)}
 
     def _valid_batches(self) -> list[dict]:
         split = self.cfg.data.valid_split
@@ -246,15 +291,19 @@ class Trainer:
         if not self.valid_batches:
             return None
         self.engine.eval()
-        loss_sum = labels = 0.0
+        loss_sum = labels = head_sum = 0.0
+        head_n = 0
         for batch in self.valid_batches:
             loss, n = self.engine(**_to_device(batch, self.runtime.device))
             loss_sum += loss.item()
             labels += float(n)
+            head_sum, head_n = _add_embedding_stats(self.engine.module, head_sum, head_n)
         self.engine.train()
         tp = self.runtime.tensor_parallel
-        total, count = ds.all_reduce_sum([loss_sum / tp, labels / tp], self.runtime.device)
-        return {"loss": total / max(count, 1.0), "label_tokens": count}
+        total, count, head_sum, head_n = ds.all_reduce_sum([loss_sum / tp, labels / tp, head_sum / tp, head_n / tp],
+                                                           self.runtime.device)
+        return {"loss": total / max(count, 1.0), "label_tokens": count,
+                **_embedding_metrics(self.engine.module, head_sum, head_n, total, count)}
 
     def run(self) -> TrainResult:
         cfg, rt = self.cfg, self.runtime
@@ -283,6 +332,7 @@ class Trainer:
             if self.step % lg.every_steps == 0 or self.step == o.max_steps:
                 tps = window_tokens / window_time
                 self.log.log(self.step, "train", {
+                    **{k: out[k] for k in ("token_loss", "embedding_loss") if k in out},
                     "loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"], "tokens_per_s": tps,
                     "label_tokens_per_s": window_labels / window_time,
                     "mfu": mfu(flops_per_token, tps, rt.world_size, self.peak)})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable
 
 import torch
@@ -28,6 +29,8 @@ from torch import nn
 
 from recbase.errors import UserError
 from recbase.train.config import ModelConfig
+from recbase.train.embedding_head import EmbeddingHead, ItemVectors, embedding_loss, next_item_targets
+from recbase.vocab import Vocab
 
 IGNORE_INDEX = -100
 GatherFn = Callable[[list], ContextManager]
@@ -228,21 +231,40 @@ class FusedHeadLoss(nn.Module):
         return self._fn(hidden, self.weight, targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+@dataclass
+class EmbeddingTarget:
+    """How the next-item embedding head is trained: a head of ``kind`` (linear | attention), targets from
+    ``item_vectors``, ``loss`` (cosine | contrastive) with ``temperature``, added to the token loss with ``weight``
+    per predicted item."""
+
+    vocab: Vocab
+    item_vectors: ItemVectors
+    loss: str = "cosine"
+    weight: float = 1.0
+    temperature: float = 0.1
+    kind: str = "attention"
+
+
 class TokenLossModel(nn.Module):
     """Wraps the causal LM so one forward returns the *summed* next-token loss and the label count.
 
     Summing (not averaging) lets the loop divide by the token count of the whole global batch, so every label
-    token weighs the same however users fall into rows, micro-batches and ranks.
+    token weighs the same however users fall into rows, micro-batches and ranks. With ``embedding_head`` the
+    next-item embedding head's summed loss, times its weight, is added (its own value is in ``embedding_stats``).
     """
 
     def __init__(self, lm: nn.Module, attention: str, attention_pattern: str = "causal", levels: int = 4,
-                 fused_linear_ce: bool = False):
+                 fused_linear_ce: bool = False, embedding_head: EmbeddingTarget | None = None):
         super().__init__()
         self.lm = lm
         self.attention = attention
         self.hybrid = attention_pattern == "hybrid"
         self.levels = levels
         self.head_loss = FusedHeadLoss(lm.lm_head) if fused_linear_ce else None
+        self.embedding = embedding_head
+        self.embedding_head = (EmbeddingHead(lm.config.hidden_size, embedding_head.item_vectors.dim,
+                                             embedding_head.kind) if embedding_head is not None else None)
+        self.embedding_stats = (0.0, 0)   # the head's summed loss and predictions in the last forward
         if self.hybrid and attention == "flash_attention_2":
             raise UserError("model.attention_pattern=hybrid needs an explicit mask: use model.attention=sdpa or "
                             "flex_attention")
@@ -269,6 +291,7 @@ class TokenLossModel(nn.Module):
         if self.hybrid:
             labels = hybrid_labels(labels, position_ids, self.levels)
         hidden = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        extra = self._embedding_loss(hidden, input_ids, labels, cu_seqlens) if self.embedding_head is not None else None
         hidden, targets = hidden[:, :-1], labels[:, 1:]
         n_tokens = (targets != IGNORE_INDEX).sum()
         if self.head_loss is not None:
@@ -277,7 +300,22 @@ class TokenLossModel(nn.Module):
             logits = self.lm.lm_head(hidden).float()
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss.float(), n_tokens
+        loss = loss.float()
+        if extra is not None:
+            loss = loss + self.embedding.weight * extra
+        return loss, n_tokens
+
+    def _embedding_loss(self, hidden, input_ids, labels, cu_seqlens) -> torch.Tensor:
+        """The next-item embedding head's summed loss (:mod:`recbase.train.embedding_head`); its value and the
+        number of predictions are kept in ``embedding_stats`` for the training log."""
+        b, s = input_ids.shape
+        spec = self.embedding
+        found = next_item_targets(input_ids, labels, segment_ids(cu_seqlens, b, s), spec.vocab, spec.item_vectors)
+        pred = self.embedding_head(hidden.reshape(b * s, -1)[found["positions"]], found["vectors"], found["allowed"],
+                                   found["distance"])
+        loss = embedding_loss(pred, found["target"], found["group"], spec.loss, spec.temperature)
+        self.embedding_stats = (float(loss.detach()), int(len(pred)))
+        return loss
 
 
 def count_parameters(params: Iterable[torch.nn.Parameter]) -> int:
