@@ -13,9 +13,10 @@ once per round on its slice of the requests, the lines interleaved, many short r
 between two lines of the same round, and what is printed is the median over rounds with its interquartile range
 (and the extremes), beside the machine's load average before, during and after the run. Two ratios: HTTP over
 in-process (the server's overhead), and N clients over one client (whether concurrent requests gain throughput or
-only wait for each other). A failed call (an error status, a timeout) is counted per line, never dropped; any
-failure makes the exit status 1. Bounded: ``--requests`` calls per line, a ``--timeout`` per call, and the server
-is stopped at the end (or on any failure).
+only wait for each other). Each HTTP line also prints the server's own median ``took_ms`` (the model call, lock
+wait included): the rest of its latency is HTTP, the framework and the client. A failed call (an error status,
+a timeout) is counted per line, never dropped; any failure makes the exit status 1. Bounded: ``--requests`` calls
+per line, a ``--timeout`` per call, and the server is stopped at the end (or on any failure).
 """
 from __future__ import annotations
 
@@ -44,40 +45,43 @@ def percentiles(ms: list[float]) -> str:
     return f"p50 {np.percentile(a, 50):7.1f} ms  p99 {np.percentile(a, 99):7.1f} ms"
 
 
-def run_calls(call, payloads: list, concurrency: int) -> tuple[float, list[float], list[str]]:
+def run_calls(call, payloads: list, concurrency: int) -> tuple[float, list[float], list[str], list]:
     """Run ``call(payload)`` for every payload on ``concurrency`` threads: (wall seconds, latency ms of each
-    successful call, the error of each failed one)."""
+    successful call, the error of each failed one, the answer of each successful one)."""
     def timed(p):
         t0 = time.perf_counter()
         try:
-            call(p)
+            answer = call(p)
         except Exception as e:   # counted and reported, so one failure does not hide the rest of the run
-            return None, f"{type(e).__name__}: {e}"
-        return (time.perf_counter() - t0) * 1000, None
+            return None, f"{type(e).__name__}: {e}", None
+        return (time.perf_counter() - t0) * 1000, None, answer
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         done = list(pool.map(timed, payloads))
-    return time.perf_counter() - start, [ms for ms, _ in done if ms is not None], [e for _, e in done if e]
+    wall = time.perf_counter() - start
+    return wall, [ms for ms, _, _ in done if ms is not None], [e for _, e, _ in done if e], [a for *_, a in done]
 
 
 def measure_interleaved(plan: dict, rounds: int) -> tuple[dict[str, dict], list[float]]:
     """Every line of ``plan`` (name -> (call, payloads, concurrency)) once per round, on that round's slice of its
-    payloads, so that a change of machine load hits every line alike. Per line: requests, wall, latencies, errors
-    and the rate of each round; and the 1-minute load average after each round."""
-    out = {name: {"n": 0, "wall": 0.0, "ms": [], "errors": [], "rates": []} for name in plan}
+    payloads, so that a change of machine load hits every line alike. Per line: requests, wall, latencies, errors,
+    the server's own ``took_ms`` where the answer has one, and the rate of each round; and the 1-minute load
+    average after each round."""
+    out = {name: {"n": 0, "wall": 0.0, "ms": [], "errors": [], "server_ms": [], "rates": []} for name in plan}
     for call, payloads, _ in plan.values():
         call(payloads[0])   # warm-up, not timed
     load = []
     for r in range(rounds):
         for name, (call, payloads, concurrency) in plan.items():
             part = payloads[r::rounds]
-            wall, ms, errors = run_calls(call, part, concurrency)
+            wall, ms, errors, answers = run_calls(call, part, concurrency)
             acc = out[name]
             acc["n"] += len(part)
             acc["wall"] += wall
             acc["ms"] += ms
             acc["errors"] += errors
+            acc["server_ms"] += [a["took_ms"] for a in answers if isinstance(a, dict) and "took_ms" in a]
             acc["rates"].append(len(ms) / wall)
         load.append(os.getloadavg()[0])
     return out, load
@@ -90,13 +94,16 @@ def spread(values) -> str:
 
 
 def report(results: dict[str, dict], compare: dict[str, list[tuple[str, str]]]) -> list[str]:
-    """One line per plan line: requests, errors, overall rate, median per-round rate, latency percentiles, and
-    for each (label, other line) in ``compare[name]`` the per-round ratio of this line's rate to the other's."""
+    """One line per plan line: requests, errors, overall rate, median per-round rate, latency percentiles, the
+    server's own median time per request where it reports one, and for each (label, other line) in
+    ``compare[name]`` the per-round ratio of this line's rate to the other's."""
     lines = []
     for name, r in results.items():
         rate = len(r["ms"]) / r["wall"]
         line = (f"{name:<34} {r['n']:>5} req  {len(r['errors'])} failed  {rate:7.1f} req/s "
                 f"(round median {np.median(r['rates']):7.1f})  {percentiles(r['ms'])}")
+        if r["server_ms"]:   # the model's time inside the server, lock wait included: the rest is HTTP
+            line += f"  server p50 {np.median(r['server_ms']):7.1f} ms"
         for label, other in compare.get(name, []):
             ratios = np.asarray(r["rates"]) / np.asarray(results[other]["rates"])
             line += f"  {label} {spread(ratios)}x"
