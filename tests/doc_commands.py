@@ -19,11 +19,10 @@ def commands(block: str) -> list[list[str]]:
             if shlex.split(line, comments=True)]
 
 
-def new_shell_env(home: Path, bin_dir: Path | None = None) -> dict[str, str]:
+def new_shell_env(home: Path, bin_dir: Path) -> dict[str, str]:
     """What a new login shell has: a system PATH (``bin_dir`` first, as an activated environment puts it), a home
     of its own, no variables of the shell that runs the tests (a package index, when one is set, is kept)."""
-    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin" if bin_dir else "/usr/local/bin:/usr/bin:/bin",
-           "HOME": str(home), "LANG": "C.UTF-8"}
+    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
     if "PIP_INDEX_URL" in os.environ:
         env["PIP_INDEX_URL"] = os.environ["PIP_INDEX_URL"]
     return env
