@@ -35,7 +35,7 @@ def run_line(block: str) -> list[str]:
     """The block's ``recbase demo|run --config demo_real.json`` line; the ingest lines must come before it."""
     lines = commands(block)
     runs = [i for i, c in enumerate(lines) if c[:2] in (["recbase", "demo"], ["recbase", "run"])
-            and c[c.index("--config") + 1] == CONFIG]
+            and "--config" in c and c[c.index("--config") + 1] == CONFIG]
     assert len(runs) == 1
     assert all(i < runs[0] for i, c in enumerate(lines) if c[:2] == ["recbase", "ingest"])
     return lines[runs[0]]
