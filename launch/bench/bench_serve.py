@@ -11,7 +11,7 @@ the catalog's real users (``interactions.parquet`` beside the items), cycled.
 On a shared machine the load changes within seconds, so no single timing of a line means much. Every line runs
 once per round on its slice of the requests, the lines interleaved, many short rounds; each ratio is taken
 between two lines of the same round, and what is printed is the median over rounds with its interquartile range
-(and the extremes), beside the machine's load average before, during and after the run. Two ratios: HTTP over
+(and the extremes), beside the load average at the start and after each round. Two ratios: HTTP over
 in-process (the server's overhead), and N clients over one client (whether concurrent requests gain throughput or
 only wait for each other). Each HTTP line also prints the server's own median ``took_ms`` (the model call, lock
 wait included): the rest of its latency is HTTP, the framework and the client. A failed call (an error status,
