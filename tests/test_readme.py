@@ -1,41 +1,27 @@
 """The README's commands: every ``recbase`` line parses with the real command line, every preset and script it
 names exists, and (slow) its first screen runs as written in a fresh shell on a fresh copy of the repository."""
-import os
 import re
-import shlex
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from doc_commands import REPO, base_python_dir, code_blocks, commands, new_shell_env
 from recbase.cli import build_parser
 from recbase.presets import preset_dir
 
-REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
-def code_blocks(lang: str = "bash") -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
-
-
-def commands(block: str) -> list[list[str]]:
-    """The block's commands as argument lists: continuations joined, comments dropped."""
-    return [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()
-            if shlex.split(line, comments=True)]
-
-
 def test_first_screen_is_the_two_commands_then_the_environment():
-    first = commands(code_blocks()[0])
+    first = commands(code_blocks(README)[0])
     assert first[:3] == [["make", "demo"], ["make", "test"], ["source", ".venv/bin/activate"]]
     assert all(c[0] == "recbase" for c in first[3:])
 
 
 def test_every_recbase_line_parses_and_names_real_presets_and_scripts():
     parser = build_parser()
-    lines = [c for block in code_blocks() for c in commands(block)]
+    lines = [c for block in code_blocks(README) for c in commands(block)]
     recbase_lines = [c for c in lines if c[0] == "recbase"]
     assert len(recbase_lines) >= 10
     for c in recbase_lines:
@@ -60,11 +46,8 @@ def test_first_screen_runs_as_written(tmp_path):
         if (REPO / name).is_file():
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, clone / name)
-    python_dir = Path(getattr(sys, "_base_executable", sys.executable)).parent   # a python3, outside any venv
-    env = {"PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    if "PIP_INDEX_URL" in os.environ:
-        env["PIP_INDEX_URL"] = os.environ["PIP_INDEX_URL"]
-    script = "set -e\n" + code_blocks()[0]
+    env = new_shell_env(tmp_path, base_python_dir())   # python3 found first is one outside any venv
+    script = "set -e\n" + code_blocks(README)[0]
     done = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=5400)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert "pipeline finished in" in done.stdout

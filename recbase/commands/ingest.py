@@ -34,6 +34,15 @@ def ingest_and_report(fmt: str, path, out, **kwargs) -> int:
     return 0
 
 
+def target_domain(args) -> str:
+    """The domain an ingest with these arguments writes: ``--domain``, else the preset's, else PATH's name."""
+    from recbase.data.presets import load_preset, preset_names
+    from recbase.data.readers import default_domain
+
+    preset_domain = load_preset(args.format).domain if args.format in preset_names() else ""
+    return args.domain or preset_domain or default_domain(args.path)
+
+
 def add_arguments(parser) -> None:
     from recbase.data.presets import preset_names
     from recbase.data.readers import FORMATS
@@ -56,7 +65,7 @@ def run(args) -> int:
     from recbase.data.presets import load_preset, preset_names, reader_options
 
     options = {}
-    fmt, domain = args.format, args.domain
+    fmt = args.format
     from_preset = fmt in preset_names()
     if from_preset:
         if args.spec or args.overrides:
@@ -66,7 +75,6 @@ def run(args) -> int:
             fmt, options = reader_options(preset, args.kind)
         except ValueError as e:
             raise SystemExit(str(e)) from None
-        domain = domain or preset.domain or None
     elif args.format == "generic":
         from recbase.data.readers.generic import load_spec
 
@@ -77,7 +85,7 @@ def run(args) -> int:
         if args.format not in ("recbole", "generic"):
             raise SystemExit(f"--kind applies to recbole and generic only; {args.format} has a fixed kind")
         options["kind"] = args.kind
-    return ingest_and_report(fmt, args.path, args.out, domain=domain,
+    return ingest_and_report(fmt, args.path, args.out, domain=target_domain(args),
                              min_user_interactions=args.min_user_interactions, max_history=args.max_history,
                              interacted_items_only=args.interacted_items_only, max_users=args.max_users,
                              overwrite=args.overwrite, **options)
