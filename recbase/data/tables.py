@@ -273,17 +273,28 @@ def read_table(path: str | Path, columns: list[str] | None = None, required: tup
     """One table file (``columns`` only, when given); a missing or unreadable file, or a missing ``columns`` or
     ``required`` column, is a user error naming the file."""
     path = Path(path)
+    check_table(path, (*(columns or ()), *required))
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, e) from None
+
+
+def check_table(path: Path, columns: tuple[str, ...] = ()) -> None:
+    """A user error naming ``path`` unless it is a readable Parquet file holding ``columns`` (footer only)."""
     if not path.is_file():
         raise UserError(f"{path}: not found (write the tables with `recbase ingest`)")
     try:
         names = pq.read_schema(path).names
-        missing = [c for c in dict.fromkeys([*(columns or ()), *required]) if c not in names]
-        table = None if missing else pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase ingest`") from None
+        raise _unreadable(path, e) from None
+    missing = [c for c in dict.fromkeys(columns) if c not in names]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(names)})")
-    return table
+
+
+def _unreadable(path: Path, error: Exception) -> UserError:
+    return UserError(f"{path}: not a readable Parquet file ({error}); write it again with `recbase ingest`")
 
 
 def read_items(domain_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -299,12 +310,12 @@ def interaction_batches(domain_dir: str | Path, columns: list[str], batch_rows: 
     that a reader of a log of any size holds one batch; a damaged file is the same user error as in
     :func:`read_table`."""
     path = Path(domain_dir) / INTERACTIONS_FILE
-    read_table(path, columns=[], required=tuple(columns))
+    check_table(path, tuple(columns))
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_rows, columns=columns):
             yield pa.Table.from_batches([batch])
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({e}); write it again with `recbase ingest`") from None
+        raise _unreadable(path, e) from None
 
 
 def read_item_ids(domain_dir: str | Path) -> list[str]:
@@ -339,7 +350,7 @@ def has_tables(domain_dir: str | Path) -> bool:
 def count_interactions(domain_dir: str | Path) -> int:
     """Rows of a domain's interactions table, from the Parquet footer (no data read)."""
     path = Path(domain_dir) / INTERACTIONS_FILE
-    read_table(path, columns=[])
+    check_table(path)
     return pq.ParquetFile(path).metadata.num_rows
 
 
