@@ -9,6 +9,9 @@ baselines of the same run and the published numbers, in ``<out>/<run_name>/repor
 The protocol is :mod:`recbase.eval.leave_one_out`. Every stage writes under ``<out>/`` and is skipped when its
 output exists, so an interrupted run continues where it stopped; a seed's results (``leave_one_out.json`` beside
 its checkpoints) are reused when the protocol settings are the same, so adding a seed ranks only the new model.
+With ``fusion``, the selected checkpoint's beam is also fused with text similarity (:mod:`recbase.eval.fusion`):
+its text profile, scale and weight are chosen on the same validation targets, and the test targets are ranked once
+with that choice; the report leads with the fused row and keeps the generative-only one.
 Levers are compared with ``test=false``, which stops after the validation ranking; the chosen setting run again
 with ``test=true`` ranks only the test targets, with the checkpoint selected before.
 A model change (``train_overrides``) needs a new ``run_name`` (runs of one ``out`` share its data, tokenizer and
@@ -67,10 +70,11 @@ class InDomainConfig:
     test: bool = True                         # false: stop after the validation ranking (comparing levers)
     fusion: bool = False                      # also rank the beam's items ∪ text candidates by log P + alpha * text
     fusion_text_items: int = 100              # text candidates per user added to the beam's items
-    fusion_decays: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.5])  # text profile weights decay**j
-    #                                           on the j-th most recent history item (0 = the last item only)
-    fusion_scales: list[str] = field(default_factory=lambda: ["raw", "z"])   # raw scores or per-user standardised
-    fusion_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    # text profile: weight decay**j on the j-th most recent history item (0 = the last item only, text kNN's)
+    fusion_decays: list[float] = field(default_factory=lambda: [0.0, 0.5])
+    fusion_scales: list[str] = field(default_factory=lambda: ["raw", "z"])   # raw scores, or standardised per user
+    fusion_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0,
+                                                                12.0, 16.0, 32.0, 64.0])   # weights of the text score
 
     def validate(self) -> "InDomainConfig":
         """Reject settings that cannot run, naming the key, in one line."""
@@ -182,7 +186,8 @@ def _saved_results(run_dir: Path, report_dir: Path, seed: int, protocol: dict) -
 
 
 def _cost(cands) -> dict:
-    """What a fused ranking pass cost: seconds per part, (user, candidate) pairs scored, candidates per user."""
+    """What a fused ranking pass cost: seconds per part, and the text candidates per user scored by teacher forcing
+    (the beam's items come with their log P)."""
     users = len(cands.n_beam)
     return {**cands.seconds, "users": users, "pairs": cands.pairs, "candidates_per_user": round(cands.pairs / users, 1),
             "users_per_s": round(users / max(sum(cands.seconds.values()), 1e-9), 1)}
@@ -382,6 +387,13 @@ def render_report(results: dict) -> str:
                 mark = " (chosen)" if setting == f["chosen"] else ""
                 lines.append(f"| {seed} | {setting}{mark} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS) +
                              f" | {f['valid_cost']['users_per_s']:.1f} |")
+        lines.append("")
+        for seed, f in fused.items():
+            for split, cost in (("validation", f["valid_cost"]), ("test", f.get("test", {}).get("cost"))):
+                if cost:
+                    lines.append(f"- seed {seed}, {split} pass: beam {cost['beam']:.0f} s, text scores "
+                                 f"{cost['text']:.0f} s, teacher-forced log P of {cost['pairs']:,} text candidates "
+                                 f"({cost['candidates_per_user']:.0f} per user) {cost['scoring']:.0f} s")
     return "\n".join(lines) + "\n"
 
 

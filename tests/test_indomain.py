@@ -158,3 +158,13 @@ def test_one_command_runs_the_benchmark(world, tmp_path):
     report = (out / "run" / "report.md").read_text()
     assert "TIGER (Rajput et al. 2023), published | 0.0454 | 0.0648 | 0.0321 | 0.0384" in report
     assert "popularity (same run)" in report and "text_knn (same run)" in report
+    # fusion with text on the selected checkpoints: chosen on validation, the generative test numbers kept
+    assert main([*command, "fusion=true", "fusion_text_items=2", "fusion_decays=[0,0.5]", "fusion_alphas=[0,1]"]) == 0
+    fused = json.loads((out / "run" / "metrics.json").read_text())
+    for seed in ("0", "1"):
+        r = fused["seeds"][seed]
+        assert r["test"] == results["seeds"][seed]["test"] and len(r["fusion"]["valid"]) == 2 * 2 * 2
+        assert r["fusion"]["chosen"] in r["fusion"]["valid"] and 0 <= r["fusion"]["test"]["recall@10"] <= 1
+    report = (out / "run" / "report.md").read_text()
+    assert "| recbase, generative + text fusion (this run) |" in report
+    assert "| recbase, generative only (this run) |" in report and "(chosen)" in report

@@ -5,8 +5,10 @@ resemble the history's. The two signals differ (one is learned from sequences, t
 user's candidates are the union of the beam's items and the ``text_items`` best items of the text score, and every
 candidate gets both scores:
 
-- the model's exact log P(item | history), by teacher forcing with :class:`~recbase.eval.scoring.CandidateScorer`
-  (beam items are scored again too, so every candidate's log P comes from the same computation);
+- the model's exact log P(item | history): for the beam's items, the score the beam computed (the sum of each
+  level's log-probability of the item's token after the history and the item's earlier tokens, which is what
+  teacher forcing computes); for the text candidates the beam did not return, by teacher forcing with
+  :class:`~recbase.eval.scoring.CandidateScorer`, batched over users;
 - its text score: the cosine of the item's title embedding with a recency-weighted profile of the history,
   ``sum_j decay**j * e(h[-1-j])`` (``decay`` 0 keeps the last item only: the text-kNN baseline's score). The
   user's own history items get the lowest score, -1, and are never text candidates (on P5 Beauty no target
@@ -74,7 +76,7 @@ class Candidates:
     n_beam: np.ndarray                    # [U]
     beam_ranks: np.ndarray                # [U] rank of the target in the beam's list (inf = not returned)
     seconds: dict[str, float]             # wall time of the beam, the text scores and the teacher-forced scoring
-    pairs: int                            # (user, candidate) pairs scored
+    pairs: int                            # (user, text candidate) pairs scored by teacher forcing
 
     def candidate_mask(self, decay: float) -> np.ndarray:
         beam = np.arange(self.rows.shape[1])[None, :] < self.n_beam[:, None]
@@ -126,6 +128,7 @@ def collect_candidates(retriever: Retriever, scorer: CandidateScorer, loo: Leave
         t1 = time.perf_counter()
         chunk_hist = loo.histories[start:stop]
         chunk_rows = [np.array([row_of[i] for i in f.items], np.int64) for f in found]
+        beam_logp = [np.array(f.scores, np.float64) for f in found]
         n_beam += [len(r) for r in chunk_rows]
         beam_ranks += [f.rank_of(item_ids[t]) for f, t in zip(found, loo.targets[start:stop].tolist())]
         scores = {}
@@ -137,10 +140,13 @@ def collect_candidates(retriever: Retriever, scorer: CandidateScorer, loo: Leave
         for d in decays:
             texts[d] += [s[r] for s, r in zip(scores[d], chunk_rows)]
         t2 = time.perf_counter()
-        scored = scorer.score_users(histories[start:stop], [item_tokens[r] for r in chunk_rows])
-        logps += [s.sum(1) for s in scored]
+        extra = [r[len(b):] for r, b in zip(chunk_rows, beam_logp)]
+        todo = [i for i, e in enumerate(extra) if len(e)]
+        scored = scorer.score_users([histories[start + i] for i in todo], [item_tokens[extra[i]] for i in todo])
+        extra_logp = {i: s.sum(1) for i, s in zip(todo, scored)}
+        logps += [np.concatenate([b, extra_logp.get(i, np.empty(0))]) for i, b in enumerate(beam_logp)]
         rows += chunk_rows
-        pairs += sum(len(r) for r in chunk_rows)
+        pairs += sum(len(e) for e in extra)
         t3 = time.perf_counter()
         seconds["beam"] += t1 - t0
         seconds["text"] += t2 - t1

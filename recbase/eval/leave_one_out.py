@@ -13,6 +13,7 @@ an item the beam never returns is a miss); the baselines rank every catalog item
 - ``random``: a seeded uniform rank, the floor (Recall@K = K / catalog size in expectation).
 
 Ties between baseline scores go to the earlier catalog row, so a rank is exact and reproducible.
+:mod:`recbase.eval.fusion` re-ranks the beam's items together with the text score's best items.
 """
 from __future__ import annotations
 
