@@ -68,7 +68,7 @@ class InDomainConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10])
     threads: int = 0                          # torch/OpenMP threads of training and ranking (0 = torch's default)
     test: bool = True                         # false: stop after the validation ranking (comparing levers)
-    fusion: bool = False                      # also rank the beam's items ∪ text candidates by log P + alpha * text
+    fusion: bool = True                       # also rank the beam's items ∪ text candidates by log P + alpha * text
     fusion_text_items: int = 100              # text candidates per user added to the beam's items
     # text profile: weight decay**j on the j-th most recent history item (0 = the last item only, text kNN's)
     fusion_decays: list[float] = field(default_factory=lambda: [0.0, 0.5])
