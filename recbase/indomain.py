@@ -9,6 +9,9 @@ baselines of the same run and the published numbers, in ``<out>/<run_name>/repor
 The protocol is :mod:`recbase.eval.leave_one_out`. Every stage writes under ``<out>/`` and is skipped when its
 output exists, so an interrupted run continues where it stopped; a seed's results (``leave_one_out.json`` beside
 its checkpoints) are reused when the protocol settings are the same, so adding a seed ranks only the new model.
+With ``fusion``, the selected checkpoint's beam is also fused with text similarity (:mod:`recbase.eval.fusion`):
+its text profile, scale and weight are chosen on the same validation targets, and the test targets are ranked once
+with that choice; the report leads with the fused row and keeps the generative-only one.
 Levers are compared with ``test=false``, which stops after the validation ranking; the chosen setting run again
 with ``test=true`` ranks only the test targets, with the checkpoint selected before.
 A model change (``train_overrides``) needs a new ``run_name`` (runs of one ``out`` share its data, tokenizer and
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recbase.config import save_config, to_dict
+from recbase.config import AT_LEAST_0, AT_LEAST_1, ConfigError, Range, check_ranges, save_config, to_dict
 from recbase.pipeline import run_command, stage_done, stage_start
 from recbase.io import atomic_write_text
 
@@ -38,6 +41,8 @@ COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 SELECT_ON = "ndcg@10"
 SEED_RESULTS = "leave_one_out.json"   # a seed's validation and test results, beside its checkpoints
 PROTOCOL_KEYS = ("max_history", "beam_width", "valid_users", "ks")   # settings a seed's results depend on
+FUSION_KEYS = ("fusion_text_items", "fusion_decays", "fusion_scales", "fusion_alphas")   # and its fused ranking
+FUSED_ROW, GENERATIVE_ROW = "recbase, generative + text fusion", "recbase, generative only"
 
 
 @dataclass
@@ -63,6 +68,36 @@ class InDomainConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10])
     threads: int = 0                          # torch/OpenMP threads of training and ranking (0 = torch's default)
     test: bool = True                         # false: stop after the validation ranking (comparing levers)
+    fusion: bool = True                       # also rank the beam's items ∪ text candidates by log P + alpha * text
+    fusion_text_items: int = 100              # text candidates per user added to the beam's items
+    # text profile: weight decay**j on the j-th most recent history item (0 = the last item only, text kNN's)
+    fusion_decays: list[float] = field(default_factory=lambda: [0.0, 0.5])
+    fusion_scales: list[str] = field(default_factory=lambda: ["raw", "z"])   # raw scores, or standardised per user
+    fusion_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0,
+                                                                12.0, 16.0, 32.0, 64.0])   # weights of the text score
+
+    def validate(self) -> "InDomainConfig":
+        """Reject settings that cannot run, naming the key, in one line."""
+        from recbase.eval.fusion import SCALES
+
+        if not self.seeds:
+            raise ConfigError("seeds is empty: give at least one model seed")
+        check_ranges(self, {"beam_width": AT_LEAST_1, "max_history": AT_LEAST_1, "valid_users": AT_LEAST_0,
+                            "fusion_text_items": AT_LEAST_0})
+        if self.fusion:
+            for key in ("fusion_decays", "fusion_scales", "fusion_alphas"):
+                if not getattr(self, key):
+                    raise ConfigError(f"{key} is empty: give at least one value to choose from on validation")
+            for d in self.fusion_decays:
+                if d not in Range(0, 1):
+                    raise ConfigError(f"fusion_decays: {d} is outside the allowed range {Range(0, 1)}")
+            for a in self.fusion_alphas:
+                if a not in AT_LEAST_0:
+                    raise ConfigError(f"fusion_alphas: {a} is outside the allowed range {AT_LEAST_0}")
+            for scale in self.fusion_scales:
+                if scale not in SCALES:
+                    raise ConfigError(f"fusion_scales: {scale!r} is not {' | '.join(SCALES)}")
+        return self
 
 
 def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, Path]:
@@ -150,6 +185,14 @@ def _saved_results(run_dir: Path, report_dir: Path, seed: int, protocol: dict) -
     return None
 
 
+def _cost(cands) -> dict:
+    """What a fused ranking pass cost: seconds per part, and the text candidates per user scored by teacher forcing
+    (the beam's items come with their log P)."""
+    users = len(cands.n_beam)
+    return {**cands.seconds, "users": users, "pairs": cands.pairs, "candidates_per_user": round(cands.pairs / users, 1),
+            "users_per_s": round(users / max(sum(cands.seconds.values()), 1e-9), 1)}
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -162,14 +205,17 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     from recbase.data.readers import default_domain
     from recbase.data.sequences import load_domain
     from recbase.data.tables import read_item_ids
-    from recbase.eval.leave_one_out import baseline_metrics, leave_one_out, model_metrics, training_counts
+    from recbase.eval.fusion import Setting, collect_candidates, fused_ranks, grid
+    from recbase.eval.leave_one_out import (baseline_metrics, beam_metrics, leave_one_out, model_metrics,
+                                            training_counts)
+    from recbase.eval.metrics import retrieval_metrics
     from recbase.eval.model_io import check_tokenizer_hash, load_eval_model
     from recbase.eval.retrieval import Retriever
+    from recbase.eval.scoring import CandidateScorer
     from recbase.eval.trie import CodeTrie
     from recbase.tokenizer.embed import load_embeddings
 
-    if not cfg.seeds:
-        raise ValueError("seeds is empty: give at least one model seed")
+    cfg.validate()
     if cfg.threads:
         # On a shared machine a second intra-op thread of a model this small mostly spin-waits: one thread ranked
         # users ten times faster than two on the 2-core machine of docs/evaluation.md.
@@ -215,6 +261,14 @@ def run_indomain(cfg: InDomainConfig) -> dict:
         return Retriever(em.model, trie, vocab.n_special, vocab.bos_id, cfg.beam_width,
                          batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
 
+    def candidates(ckpt: Path, loo, decays: list[float], desc: str):
+        beam = retriever(ckpt)
+        scorer = CandidateScorer(beam.model, item_tokens.shape[1], vocab.bos_id, pad_id=vocab.pad_id)
+        return collect_candidates(beam, scorer, loo, item_tokens, vocab, item_ids, embeddings, decays,
+                                  cfg.fusion_text_items, desc=desc)
+
+    fusion_protocol = {k: to_dict(cfg)[k] for k in FUSION_KEYS}
+    settings = grid(cfg.fusion_decays, cfg.fusion_scales, cfg.fusion_alphas)
     for seed in cfg.seeds:
         run_dir = report_dir / f"seed{seed}"
         saved = _saved_results(run_dir, report_dir, seed, protocol)
@@ -234,21 +288,47 @@ def run_indomain(cfg: InDomainConfig) -> dict:
             atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
             stage_done(t0, f"selected {best}: valid " + ", ".join(f"{k} {per_checkpoint[best][k]:.4f}"
                                                                   for k in COLUMNS))
-        if cfg.test and "test" not in saved:
-            best = saved["selected"]
+        best = saved["selected"]
+        if cfg.fusion and saved.get("fusion", {}).get("protocol") != fusion_protocol:
+            t0 = stage_start(f"fusion with text: {len(settings)} settings on {len(valid):,} validation targets, "
+                             f"seed {seed}, checkpoint {best}")
+            cands = candidates(run_dir / "checkpoints" / best, valid, cfg.fusion_decays, f"fuse valid {best}")
+            per_setting = {s.name: retrieval_metrics(fused_ranks(cands, valid.targets, s), cfg.ks) for s in settings}
+            chosen = max(per_setting, key=lambda name: per_setting[name][SELECT_ON])
+            saved["fusion"] = {"protocol": fusion_protocol, "valid": per_setting, "chosen": chosen,
+                               "valid_cost": _cost(cands)}
+            atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
+            stage_done(t0, f"chosen {chosen}: valid " + ", ".join(f"{k} {per_setting[chosen][k]:.4f}"
+                                                                for k in COLUMNS))
+        if cfg.test and cfg.fusion and "test" not in saved["fusion"]:
+            chosen = Setting.parse(saved["fusion"]["chosen"])
+            t0 = stage_start(f"test targets, seed {seed}, checkpoint {best}, fused with {chosen.name} "
+                             f"(both selected on validation)")
+            cands = candidates(run_dir / "checkpoints" / best, splits["test"], [chosen.decay], f"fuse test {best}")
+            saved["fusion"]["test"] = {**retrieval_metrics(fused_ranks(cands, splits["test"].targets, chosen),
+                                                           cfg.ks), "cost": _cost(cands)}
+            # the beam of this pass is the generative ranking of the test targets
+            saved.setdefault("test", beam_metrics(cands.beam_ranks, cfg.ks, cands.seconds["beam"], cfg.beam_width))
+            atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
+            stage_done(t0, "test, fused " + ", ".join(f"{k} {saved['fusion']['test'][k]:.4f}" for k in COLUMNS) +
+                       "; generative only " + ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
+        elif cfg.test and "test" not in saved:
             t0 = stage_start(f"test targets, seed {seed}, checkpoint {best} (selected on validation)")
             saved["test"] = model_metrics(retriever(run_dir / "checkpoints" / best), splits["test"], item_tokens,
                                           vocab, item_ids, cfg.ks, desc=f"test {best}")
             atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
             stage_done(t0, "test " + ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
         elif cfg.test:
-            print(f"[seed {seed}] evaluated before: selected {saved['selected']}, test " +
+            print(f"[seed {seed}] evaluated before: selected {best}, test " +
                   ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
         results["seeds"][str(seed)] = saved
 
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     tested = [s["test"] for s in results["seeds"].values() if "test" in s]
     results["test"] = {k: _mean_std([t[k] for t in tested]) for k in COLUMNS} if cfg.test else None
+    fused = [s["fusion"]["test"] for s in results["seeds"].values() if "test" in s.get("fusion", {})]
+    results["fusion_test"] = ({k: _mean_std([t[k] for t in fused]) for k in COLUMNS}
+                              if cfg.test and cfg.fusion else None)
     atomic_write_text(report_dir / "metrics.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(report_dir / "report.md", render_report(results))
     print(render_report(results))
@@ -271,11 +351,17 @@ def render_report(results: dict) -> str:
              "| test | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     spread = len(seeds) > 1
-    if results["test"] is None:
-        lines.append(_row("recbase (this run)", ["not ranked (test=false)"] * len(COLUMNS)))
+
+    def model_row(name: str, test: dict | None) -> str:
+        if test is None:
+            return _row(name, ["not ranked (test=false)"] * len(COLUMNS))
+        return _row(name, [f"{m:.4f}" + (f" ± {s:.4f}" if spread else "") for m, s in (test[c] for c in COLUMNS)])
+
+    if results["config"].get("fusion"):
+        lines.append(model_row(f"{FUSED_ROW} (this run)", results.get("fusion_test")))
+        lines.append(model_row(f"{GENERATIVE_ROW} (this run)", results["test"]))
     else:
-        lines.append(_row("recbase (this run)", [f"{m:.4f}" + (f" ± {s:.4f}" if spread else "")
-                                                 for m, s in (results["test"][c] for c in COLUMNS)]))
+        lines.append(model_row("recbase (this run)", results["test"]))
     for name, metrics in results["baselines"]["test"].items():
         lines.append(_row(f"{name} (same run)", [f"{metrics[c]:.4f}" for c in COLUMNS]))
     for name, values in PUBLISHED.items():
@@ -290,4 +376,35 @@ def render_report(results: dict) -> str:
                          f" | {m['users'] / max(m['seconds'], 1e-9):.1f} |")
     for name, metrics in results["baselines"]["valid"].items():
         lines.append(f"| - | {name} | " + " | ".join(f"{metrics[c]:.4f}" for c in COLUMNS) + " | - |")
+    fused = {seed: r["fusion"] for seed, r in results["seeds"].items() if "fusion" in r}
+    if fused:
+        lines += ["", f"Fusion with text on the selected checkpoint: candidates = the beam's items ∪ the "
+                  f"{results['config']['fusion_text_items']} best of the text score, ranked by log P + alpha * text; "
+                  f"the best alpha of each text profile (decay) and scale, on the same validation users:", "",
+                  "| seed | setting | " + " | ".join(COLUMNS) + " | users/s |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+        for seed, f in fused.items():
+            for setting, m in _best_alphas(f["valid"]).items():
+                mark = " (chosen)" if setting == f["chosen"] else ""
+                lines.append(f"| {seed} | {setting}{mark} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS) +
+                             f" | {f['valid_cost']['users_per_s']:.1f} |")
+        lines.append("")
+        for seed, f in fused.items():
+            for split, cost in (("validation", f["valid_cost"]), ("test", f.get("test", {}).get("cost"))):
+                if cost:
+                    lines.append(f"- seed {seed}, {split} pass: beam {cost['beam']:.0f} s, text scores "
+                                 f"{cost['text']:.0f} s, teacher-forced log P of {cost['pairs']:,} text candidates "
+                                 f"({cost['candidates_per_user']:.0f} per user) {cost['scoring']:.0f} s")
     return "\n".join(lines) + "\n"
+
+
+def _best_alphas(per_setting: dict) -> dict:
+    """The best alpha (by the selection metric) of each decay and scale, in grid order."""
+    from recbase.eval.fusion import Setting
+
+    best: dict[tuple, str] = {}
+    for name, m in per_setting.items():
+        s = Setting.parse(name)
+        key = (s.decay, s.scale)
+        if key not in best or m[SELECT_ON] > per_setting[best[key]][SELECT_ON]:
+            best[key] = name
+    return {name: per_setting[name] for name in best.values()}

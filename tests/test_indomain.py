@@ -128,33 +128,46 @@ def test_one_command_runs_the_benchmark(world, tmp_path):
     from recbase.cli import main
 
     out = tmp_path / "bench"
+    fusion = ["fusion_text_items=2", "fusion_decays=[0,0.5]", "fusion_alphas=[0,1]"]
     command = ["indomain", f"source={world['src']}", f"out={out}", "embedder=hashing", "seeds=[0,1]",
                'tokenizer_overrides=["kind=rqkmeans","levels=2","codebook_size=4"]', "train_steps=4",
                "checkpoint_every=2", 'train_overrides=["optim.global_batch_tokens=1024","optim.warmup_steps=1",'
-               '"optim.micro_batch_size=8","logging.valid_every_steps=0"]', "beam_width=3"]
-    # a lever run: checkpoints ranked on validation, the test targets left alone
+               '"optim.micro_batch_size=8","logging.valid_every_steps=0"]', "beam_width=3", *fusion]
+    # a lever run: checkpoints ranked on validation, the fusion chosen there, the test targets left alone
     assert main([*command, "test=false"]) == 0
     selection = json.loads((out / "run" / "metrics.json").read_text())
     assert selection["test"] is None and all("test" not in r for r in selection["seeds"].values())
-    assert "| recbase (this run) | not ranked (test=false) |" in (out / "run" / "report.md").read_text()
-    # the same setting with the test: only the test targets are ranked, with the checkpoint selected before
+    assert all("test" not in r["fusion"] and len(r["fusion"]["valid"]) == 2 * 2 * 2
+               for r in selection["seeds"].values())
+    report = (out / "run" / "report.md").read_text()
+    assert "| recbase, generative + text fusion (this run) | not ranked (test=false) |" in report
+    assert "| recbase, generative only (this run) | not ranked (test=false) |" in report
+    # the same setting with the test: only the test targets are ranked, with the checkpoint and fusion chosen before
     assert main(command) == 0
     results = json.loads((out / "run" / "metrics.json").read_text())
     for seed, r in selection["seeds"].items():
         assert results["seeds"][seed]["valid"] == r["valid"]   # timings included: validation was not ranked again
         assert results["seeds"][seed]["selected"] == r["selected"]
+        assert {k: v for k, v in results["seeds"][seed]["fusion"].items() if k != "test"} == r["fusion"]
     assert results["users"] == {"valid": 4, "test": 4} and results["catalog_items"] == 8
     for seed in ("0", "1"):
         r = results["seeds"][seed]
         assert set(r["valid"]) == {"global_step2", "global_step4"} and r["selected"] in r["valid"]
         assert 0 <= r["test"]["recall@5"] <= 1 and r["test"]["recall@5"] == r["test"]["recall@10"]   # 3 returned
+        assert r["fusion"]["chosen"] in r["fusion"]["valid"] and 0 <= r["fusion"]["test"]["recall@10"] <= 1
     # a rerun trains and ranks nothing again: every seed's results are read back
     before = (out / "run" / "seed0" / "leave_one_out.json").read_text()
     assert main(["indomain", f"source={world['src']}", f"out={out}", "embedder=hashing", "seeds=[0,1]",
                  'tokenizer_overrides=["kind=rqkmeans","levels=2","codebook_size=4"]', "train_steps=4",
-                 "checkpoint_every=2", "beam_width=3"]) == 0
+                 "checkpoint_every=2", "beam_width=3", *fusion]) == 0
     assert json.loads((out / "run" / "metrics.json").read_text())["seeds"] == results["seeds"]
     assert (out / "run" / "seed0" / "leave_one_out.json").read_text() == before
     report = (out / "run" / "report.md").read_text()
     assert "TIGER (Rajput et al. 2023), published | 0.0454 | 0.0648 | 0.0321 | 0.0384" in report
     assert "popularity (same run)" in report and "text_knn (same run)" in report
+    assert "| recbase, generative + text fusion (this run) |" in report and "(chosen)" in report
+    # without fusion the table has the one generative row, with the same numbers
+    assert main([*command, "fusion=false"]) == 0
+    plain = json.loads((out / "run" / "metrics.json").read_text())
+    assert plain["fusion_test"] is None and plain["test"] == results["test"]
+    assert "| recbase (this run) |" in (out / "run" / "report.md").read_text()

@@ -13,6 +13,7 @@ an item the beam never returns is a miss); the baselines rank every catalog item
 - ``random``: a seeded uniform rank, the floor (Recall@K = K / catalog size in expectation).
 
 Ties between baseline scores go to the earlier catalog row, so a rank is exact and reproducible.
+:mod:`recbase.eval.fusion` re-ranks the beam's items together with the text score's best items.
 """
 from __future__ import annotations
 
@@ -121,6 +122,17 @@ def baseline_metrics(loo: LeaveOneOutSet, counts: np.ndarray, embeddings: np.nda
     return {name: retrieval_metrics(ranks[name], ks) for name in BASELINES}
 
 
+def user_chunks(n_users: int, desc: str):
+    """``(start, stop)`` of consecutive chunks of ``USERS_PER_CALL`` users, with a progress bar of users per second."""
+    t0 = time.perf_counter()
+    with tqdm(total=n_users, desc=desc, unit="user") as bar:
+        for start in range(0, n_users, USERS_PER_CALL):
+            stop = min(start + USERS_PER_CALL, n_users)
+            yield start, stop
+            bar.update(stop - start)
+            bar.set_postfix(users_per_s=f"{stop / (time.perf_counter() - t0):.1f}", refresh=False)
+
+
 def model_metrics(retriever: Retriever, loo: LeaveOneOutSet, item_tokens: np.ndarray, vocab: Vocab,
                   item_ids: list[str], ks: list[int], desc: str = "retrieve") -> dict:
     """Recall/NDCG@K of beam-search retrieval on ``loo``, with the time it took and the users per second."""
@@ -128,12 +140,13 @@ def model_metrics(retriever: Retriever, loo: LeaveOneOutSet, item_tokens: np.nda
     targets = [item_ids[t] for t in loo.targets.tolist()]
     ranks: list[float] = []
     t0 = time.perf_counter()
-    with tqdm(total=len(loo), desc=desc, unit="user") as bar:
-        for start in range(0, len(loo), USERS_PER_CALL):
-            found = retriever.retrieve_batch(histories[start:start + USERS_PER_CALL])
-            ranks += [r.rank_of(t) for r, t in zip(found, targets[start:start + USERS_PER_CALL])]
-            bar.update(len(found))
-            bar.set_postfix(users_per_s=f"{len(ranks) / (time.perf_counter() - t0):.1f}", refresh=False)
-    seconds = time.perf_counter() - t0
-    return {**retrieval_metrics(ranks, ks), "users": len(loo), "seconds": round(seconds, 1),
-            "returned_at_least": retriever.beam_width}
+    for start, stop in user_chunks(len(loo), desc):
+        found = retriever.retrieve_batch(histories[start:stop])
+        ranks += [r.rank_of(t) for r, t in zip(found, targets[start:stop])]
+    return beam_metrics(ranks, ks, time.perf_counter() - t0, retriever.beam_width)
+
+
+def beam_metrics(ranks, ks: list[int], seconds: float, beam_width: int) -> dict:
+    """The generative ranking's record: Recall/NDCG@K of the beam's ranks, users, seconds and the beam width."""
+    return {**retrieval_metrics(ranks, ks), "users": len(ranks), "seconds": round(seconds, 1),
+            "returned_at_least": beam_width}

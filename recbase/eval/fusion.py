@@ -1,0 +1,195 @@
+"""Fusing the generative ranking with text similarity, for the leave-one-out protocol.
+
+The beam returns the items the model ranks highest after a history; a text score returns the items whose titles
+resemble the history's. The two signals differ (one is learned from sequences, the other from titles), so each
+user's candidates are the union of the beam's items and the ``text_items`` best items of the text score, and every
+candidate gets both scores:
+
+- the model's exact log P(item | history): for the beam's items, the score the beam computed (the sum of each
+  level's log-probability of the item's token after the history and the item's earlier tokens, which is what
+  teacher forcing computes); for the text candidates the beam did not return, by teacher forcing with
+  :class:`~recbase.eval.scoring.CandidateScorer`, batched over users;
+- its text score: the cosine of the item's title embedding with a recency-weighted profile of the history,
+  ``sum_j decay**j * e(h[-1-j])`` (``decay`` 0 keeps the last item only: the text-kNN baseline's score). The
+  user's own history items get the lowest score, -1, and are never text candidates (on P5 Beauty no target
+  repeats an item of its history).
+
+The fused score of a candidate is ``log P + alpha * text`` (scale ``raw``), or the same sum after each score is
+standardised over the user's candidates to mean 0 and standard deviation 1 (scale ``z``). Candidates are ranked
+by it, ties to the earlier candidate (beam items first, in beam order, then text candidates best first); a target
+outside the union is a miss, as for the beam alone. The decay, scale and alpha are a :class:`Setting`, chosen on
+validation targets from a grid: :func:`collect_candidates` runs the beam and the scorer once per user for every
+decay of the grid, and :func:`fused_ranks` ranks any setting of it from those scores without the model.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from recbase.eval.leave_one_out import LeaveOneOutSet, history_tokens, ranks_from_scores, user_chunks
+from recbase.eval.retrieval import Retriever
+from recbase.eval.scoring import CandidateScorer
+from recbase.vocab import Vocab
+
+SCALES = ("raw", "z")
+HISTORY_TEXT_SCORE = -1.0   # text score of the user's own history items: the lowest cosine
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One fused ranking: the text profile's decay, the scale of the two scores, and the text score's weight."""
+
+    decay: float
+    scale: str
+    alpha: float
+
+    @property
+    def name(self) -> str:
+        return f"decay={self.decay:g} scale={self.scale} alpha={self.alpha:g}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Setting":
+        fields = dict(part.split("=") for part in name.split())
+        return cls(float(fields["decay"]), fields["scale"], float(fields["alpha"]))
+
+
+def grid(decays: list[float], scales: list[str], alphas: list[float]) -> list[Setting]:
+    return [Setting(d, s, a) for d, s, a in itertools.product(decays, scales, alphas)]
+
+
+@dataclass
+class Candidates:
+    """Every user's candidates of one split, as rows of padded ``[users, C]`` arrays (padding: row -1).
+
+    Per user, the beam's items come first in beam order (``n_beam`` of them), then the text candidates the beam did
+    not return. ``text_top[decay]`` marks the candidates among that decay's ``text_items`` best, so one collection
+    serves every decay: a decay's candidate set is the beam's items and its own text top.
+    """
+
+    rows: np.ndarray                      # [U, C] catalog rows, -1 = padding
+    logp: np.ndarray                      # [U, C] exact log P(item | history), float64
+    text: dict[float, np.ndarray]         # decay -> [U, C] text score
+    text_top: dict[float, np.ndarray]     # decay -> [U, C] bool
+    n_beam: np.ndarray                    # [U]
+    beam_ranks: np.ndarray                # [U] rank of the target in the beam's list (inf = not returned)
+    seconds: dict[str, float]             # wall time of the beam, the text scores and the teacher-forced scoring
+    pairs: int                            # (user, text candidate) pairs scored by teacher forcing
+
+    def candidate_mask(self, decay: float) -> np.ndarray:
+        beam = np.arange(self.rows.shape[1])[None, :] < self.n_beam[:, None]
+        return beam | self.text_top[decay]
+
+
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    emb = np.asarray(embeddings, np.float32)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def text_scores(unit_emb: np.ndarray, histories: list[np.ndarray], decay: float) -> np.ndarray:
+    """``[users, items]`` cosine of every item with each history's profile; history items score -1."""
+    profiles = np.stack([(decay ** np.arange(len(h) - 1, -1, -1, dtype=np.float64)) @ unit_emb[h]
+                         for h in histories]).astype(np.float32)
+    scores = unit_rows(profiles) @ unit_emb.T
+    for i, h in enumerate(histories):
+        scores[i, h] = HISTORY_TEXT_SCORE
+    return scores
+
+
+def top_rows(scores: np.ndarray, n: int, exclude: list[np.ndarray]) -> list[np.ndarray]:
+    """Per row of ``scores``, the ``n`` best columns not in ``exclude``, best first, ties to the earlier column."""
+    out = []
+    for s, ex in zip(scores, exclude):
+        s = s.copy()
+        s[ex] = -np.inf
+        k = min(n, len(s) - len(np.unique(ex)))
+        part = np.argpartition(-s, k - 1)[:k] if k else np.empty(0, np.int64)
+        out.append(part[np.lexsort((part, -s[part]))])
+    return out
+
+
+def collect_candidates(retriever: Retriever, scorer: CandidateScorer, loo: LeaveOneOutSet,
+                       item_tokens: np.ndarray, vocab: Vocab, item_ids: list[str], embeddings: np.ndarray,
+                       decays: list[float], text_items: int, desc: str = "fuse") -> Candidates:
+    """The beam's items and each decay's text top for every user of ``loo``, all scored by the model."""
+    row_of = {item: r for r, item in enumerate(item_ids)}
+    unit_emb = unit_rows(embeddings)
+    histories = history_tokens(loo.histories, item_tokens, vocab)
+    rows, logps, n_beam, beam_ranks = [], [], [], []
+    tops: dict[float, list[set]] = {d: [] for d in decays}
+    texts: dict[float, list[np.ndarray]] = {d: [] for d in decays}
+    seconds = {"beam": 0.0, "text": 0.0, "scoring": 0.0}
+    pairs = 0
+    for start, stop in user_chunks(len(loo), desc):
+        t0 = time.perf_counter()
+        found = retriever.retrieve_batch(histories[start:stop])
+        t1 = time.perf_counter()
+        chunk_hist = loo.histories[start:stop]
+        chunk_rows = [np.array([row_of[i] for i in f.items], np.int64) for f in found]
+        beam_logp = [np.array(f.scores, np.float64) for f in found]
+        n_beam += [len(r) for r in chunk_rows]
+        beam_ranks += [f.rank_of(item_ids[t]) for f, t in zip(found, loo.targets[start:stop].tolist())]
+        scores = {}
+        for d in decays:
+            scores[d] = text_scores(unit_emb, chunk_hist, d)
+            best = top_rows(scores[d], text_items, chunk_hist)
+            tops[d] += [set(b.tolist()) for b in best]
+            chunk_rows = [np.concatenate([r, b[~np.isin(b, r)]]) for r, b in zip(chunk_rows, best)]
+        for d in decays:
+            texts[d] += [s[r] for s, r in zip(scores[d], chunk_rows)]
+        t2 = time.perf_counter()
+        extra = [r[len(b):] for r, b in zip(chunk_rows, beam_logp)]
+        todo = [i for i, e in enumerate(extra) if len(e)]
+        scored = scorer.score_users([histories[start + i] for i in todo], [item_tokens[extra[i]] for i in todo])
+        extra_logp = {i: s.sum(1) for i, s in zip(todo, scored)}
+        logps += [np.concatenate([b, extra_logp.get(i, np.empty(0))]) for i, b in enumerate(beam_logp)]
+        rows += chunk_rows
+        pairs += sum(len(e) for e in extra)
+        t3 = time.perf_counter()
+        seconds["beam"] += t1 - t0
+        seconds["text"] += t2 - t1
+        seconds["scoring"] += t3 - t2
+    width = max(len(r) for r in rows)
+    return Candidates(
+        rows=_padded(rows, width, -1, np.int64), logp=_padded(logps, width, -np.inf, np.float64),
+        text={d: _padded(texts[d], width, HISTORY_TEXT_SCORE, np.float32) for d in decays},
+        text_top={d: _padded([np.isin(r, list(t)) for r, t in zip(rows, tops[d])], width, False, bool)
+                  for d in decays},
+        n_beam=np.array(n_beam, np.int64), beam_ranks=np.array(beam_ranks, np.float64),
+        seconds={k: round(v, 1) for k, v in seconds.items()}, pairs=pairs)
+
+
+def _padded(arrays: list[np.ndarray], width: int, fill, dtype) -> np.ndarray:
+    out = np.full((len(arrays), width), fill, dtype)
+    for i, a in enumerate(arrays):
+        out[i, :len(a)] = a
+    return out
+
+
+def _standardised(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``x`` standardised per row over its ``mask``ed entries (a constant row becomes 0)."""
+    n = np.maximum(mask.sum(1, keepdims=True), 1)
+    mean = np.where(mask, x, 0).sum(1, keepdims=True) / n
+    std = np.sqrt(np.where(mask, (x - mean) ** 2, 0).sum(1, keepdims=True) / n)
+    return (x - mean) / np.where(std > 0, std, 1)
+
+
+def fused_scores(cands: Candidates, setting: Setting) -> np.ndarray:
+    """``[U, C]`` fused score of every candidate under ``setting``; -inf outside the setting's candidate set."""
+    mask = cands.candidate_mask(setting.decay)
+    logp, text = np.where(mask, cands.logp, 0.0), cands.text[setting.decay].astype(np.float64)
+    if setting.scale == "z":
+        logp, text = _standardised(logp, mask), _standardised(text, mask)
+    return np.where(mask, logp + setting.alpha * text, -np.inf)
+
+
+def fused_ranks(cands: Candidates, targets: np.ndarray, setting: Setting) -> np.ndarray:
+    """1-based rank of each user's target under ``setting``; inf when it is not among the user's candidates."""
+    scores = fused_scores(cands, setting)
+    hit = (cands.rows == np.asarray(targets)[:, None]) & np.isfinite(scores)
+    column = hit.argmax(1)
+    ranks = ranks_from_scores(scores, column).astype(np.float64)
+    ranks[~hit.any(1)] = np.inf
+    return ranks
