@@ -102,6 +102,7 @@ def test_mfu_uses_device_table_and_is_na_on_cpu():
     ("optim.warmup_steps=-1", r"optim.warmup_steps=-1 is outside the allowed range >= 0"),
     ("data.num_workers=-2", r"data.num_workers=-2 is outside the allowed range >= 0"),
     ("optim.min_lr_ratio=1.5", r"optim.min_lr_ratio=1.5 is outside the allowed range \[0, 1\]"),
+    ("model.dropout=1.0", r"model.dropout=1.0 is outside the allowed range \[0, 1\)"),
 ])
 def test_numeric_fields_out_of_range_name_key_and_range(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from recbase.data.loader import make_batch, pack_rows
 from recbase.train.config import ModelConfig
-from recbase.train.model import (IGNORE_INDEX, TokenLossModel, build_model, hybrid_labels, init_weights,
-                                 qwen2_config)
+from recbase.train.model import (IGNORE_INDEX, TokenLossModel, add_dropout, build_model, hybrid_labels,
+                                 init_weights, qwen2_config)
 from recbase.vocab import Vocab
 
 VOCAB = Vocab(levels=4, codebook_size=16)
@@ -141,6 +141,26 @@ def test_init_is_a_function_of_seed_and_names_only():
             assert not torch.equal(pa, pc), name
             assert pa.std().item() == pytest.approx(TINY.init_std, rel=0.2), name
     assert torch.equal(a.model.norm.weight, torch.ones_like(a.model.norm.weight))
+
+
+def test_dropout_changes_outputs_in_training_only():
+    cfg = ModelConfig(**{**TINY.__dict__, "dropout": 0.2})
+    plain = _model()
+    dropped = build_model(qwen2_config(cfg, VOCAB.model_vocab_size, "sdpa"), seed=0)
+    add_dropout(dropped, cfg.dropout)
+    assert dropped.config.attention_dropout == 0.2
+    assert list(dropped.state_dict()) == list(plain.state_dict())    # the export is the same model
+    ids = torch.as_tensor(_users(n=1)[0])[None]
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=0)
+    dropped.train()
+    torch.manual_seed(0)
+    first = dropped(input_ids=ids).logits
+    second = dropped(input_ids=ids).logits
+    assert not torch.allclose(first, second)
+    assert not torch.allclose(first, plain(input_ids=ids).logits)
+    torch.manual_seed(0)
+    torch.testing.assert_close(dropped(input_ids=ids).logits, first, rtol=0, atol=0)   # seeded: reproducible
 
 
 def test_code_init_adds_a_linear_image_of_the_codewords_per_level():

@@ -26,6 +26,8 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6               # RMSNorm epsilon
     tie_word_embeddings: bool = True         # share the input embedding and the output projection
     init_std: float = 0.02                   # std of the normal init of every weight matrix
+    dropout: float = 0.0                     # in training, dropout on the attention weights, the token embeddings
+                                             # and each residual branch's output (0 = none)
     vocab_size: int | None = None            # None = Vocab.model_vocab_size of the shard manifest
     attention: str = "auto"                  # auto | sdpa | eager | flex_attention | flash_attention_2 (auto: FA2 on
                                              # CUDA if importable, else flex_attention on CUDA, sdpa on CPU)
@@ -111,7 +113,8 @@ RANGES = {
     "seed": AT_LEAST_0, "model.hidden_size": AT_LEAST_1, "model.intermediate_size": AT_LEAST_1,
     "model.num_layers": AT_LEAST_1, "model.num_heads": AT_LEAST_1, "model.num_kv_heads": AT_LEAST_1,
     "model.max_position_embeddings": Range(2), "model.rope_theta": POSITIVE, "model.rms_norm_eps": POSITIVE,
-    "model.init_std": POSITIVE, "model.embedding_weight": AT_LEAST_0, "model.embedding_lr_scale": POSITIVE,
+    "model.init_std": POSITIVE, "model.dropout": Range(0, 1, hi_open=True),
+    "model.embedding_weight": AT_LEAST_0, "model.embedding_lr_scale": POSITIVE,
     "model.embedding_temperature": POSITIVE, "model.vocab_size": AT_LEAST_1, "data.seq_len": Range(2),
     "data.num_workers": AT_LEAST_0, "optim.lr": POSITIVE, "optim.min_lr_ratio": Range(0, 1),
     "optim.warmup_steps": AT_LEAST_0, "optim.max_steps": AT_LEAST_1, "optim.weight_decay": AT_LEAST_0,

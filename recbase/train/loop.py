@@ -27,8 +27,8 @@ from recbase.train.config import TrainConfig
 from recbase.train.estimates import mfu, model_size, peak_flops
 from recbase.train.metrics import MetricsLogger
 from recbase.train.embedding_head import ItemVectors
-from recbase.train.model import (EmbeddingTarget, TokenLossModel, build_model, init_code_embeddings, load_weights,
-                                 qwen2_config, resolve_attention)
+from recbase.train.model import (EmbeddingTarget, TokenLossModel, add_dropout, build_model, init_code_embeddings,
+                                 load_weights, qwen2_config, resolve_attention)
 from recbase.train.optim import lr_factor, param_groups
 
 BATCH_TENSORS = ("input_ids", "labels", "position_ids", "cu_seqlens")
@@ -154,6 +154,7 @@ class Trainer:
 
                 state, _ = load_state(cfg.checkpoint.init_from)
                 load_weights(lm, state, gather=ds.gathered)
+        add_dropout(lm, cfg.model.dropout)
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = TokenLossModel(lm, attention, cfg.model.attention_pattern, self.vocab.levels,

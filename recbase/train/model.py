@@ -68,7 +68,7 @@ def qwen2_config(cfg: ModelConfig, vocab_size: int, attention: str = "sdpa", pad
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads or cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
         rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.init_std, attention_dropout=0.0, use_cache=False, pad_token_id=pad_token_id,
+        initializer_range=cfg.init_std, attention_dropout=cfg.dropout, use_cache=False, pad_token_id=pad_token_id,
         bos_token_id=1, eos_token_id=2,
     )
     config._attn_implementation = attention
@@ -88,6 +88,25 @@ def build_model(config, seed: int, gather: GatherFn | None = None):
     model = Qwen2ForCausalLM._from_config(config, attn_implementation=config._attn_implementation)
     init_weights(model, seed, config.initializer_range, gather)
     return model
+
+
+def add_dropout(model, p: float) -> None:
+    """Dropout with probability ``p`` on the token embeddings and on the output of every attention and MLP block
+    before it joins the residual stream, active only in training mode.
+
+    Qwen2 itself drops out attention weights only (``attention_dropout``, set from the same option by
+    :func:`qwen2_config`). The rest is added as forward hooks, so the parameter names, the Hugging Face export and
+    the evaluation model (which runs in eval mode) stay exactly as without dropout.
+    """
+    def drop(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        return F.dropout(output, p, training=module.training)
+
+    if not p:
+        return
+    model.get_input_embeddings().register_forward_hook(drop)
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.register_forward_hook(drop)
+        layer.mlp.down_proj.register_forward_hook(drop)
 
 
 def _param_generator(seed: int, name: str) -> torch.Generator:
