@@ -294,3 +294,32 @@ def test_the_export_and_the_checkpoint_load_with_their_text_inputs(trained, tmp_
     _tokenizer(seed=1).save(other)
     with pytest.raises(UserError, match="its text inputs cannot come from tokenizer"):
         load_model(out, tokenizer=other)
+
+
+@pytest.mark.slow
+def test_the_demo_pipeline_trains_exports_fine_tunes_and_scores_with_text_inputs(tmp_path):
+    """Text inputs through the real trainer (ZeRO-3), its checkpoint and export, fine-tuning and evaluation."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    from test_demo import TINY
+
+    out = tmp_path / "demo"
+    run = subprocess.run([sys.executable, "-m", "recbase.cli", "demo", "--out", str(out), *TINY, "text_inputs=true"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    pretrained = load_file(str(out / "run" / "hf" / TEXT_INPUTS_FILE))["proj.weight"]
+    finetuned = load_file(str(out / "run" / "finetune" / "hf" / TEXT_INPUTS_FILE))["proj.weight"]
+    assert pretrained.abs().sum() > 0 and not torch.equal(pretrained, finetuned)   # trained, then fine-tuned on
+    model, meta = load_model(out / "run" / "hf")
+    assert isinstance(model.get_input_embeddings(), TextInputEmbedding)
+    assert meta["train_config"]["model"]["text_inputs"] == str(out / "tokenizer")
+    from_ckpt, _ = load_model(out / "run" / "checkpoints")
+    vocab = Vocab.from_dict(meta["vocab"])
+    codes = np.random.default_rng(0).integers(0, vocab.codebook_size, size=(3, vocab.levels))
+    probe = torch.as_tensor(np.concatenate([[vocab.bos_id], vocab.encode_codes(codes).ravel()]))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(from_ckpt(input_ids=probe).logits, model(input_ids=probe).logits)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert all(0.0 <= r["auc"] <= 1.0 for s in metrics["domains"].values() for r in s["models"].values())
