@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from recbase.train import checkpoint as ckpt
 from recbase.train.config import ModelConfig, load_train_config
 from recbase.train.embedding_head import ItemVectors
 from recbase.train.export import TEXT_INPUTS_FILE, export_hf, load_model
-from recbase.train.model import TokenLossModel, build_model, qwen2_config, segment_ids
+from recbase.train.model import TokenLossModel, build_model, qwen2_config
 from recbase.train.text_inputs import TextInputEmbedding, TextInputs, install
 from recbase.vocab import Vocab
 
@@ -136,7 +137,7 @@ def test_the_training_loss_is_the_reference_models_on_packed_users(trained):
 def test_an_items_vector_never_reaches_the_predictions_of_its_own_codes(trained):
     """Changing item t's vector leaves the logits of every position before item t's last token as they were (those
     predict item t's codes and earlier ones); from item t's last token on, the logits change."""
-    tok, text = trained["tok"], trained["text"]
+    text = trained["text"]
     user = torch.as_tensor(_users(1, seed=5, min_items=5)[0])
     t = 2
     end = t * VOCAB.levels                                 # position of item t's last token (items from 1)
@@ -249,7 +250,7 @@ def test_an_item_completed_in_a_cached_continuation_is_refused(trained):
 
 # ------------------------------------------------------------------------------------------------- save and load
 
-def _checkpoint_with_text_inputs(root, tok_dir, tok_hash: str, trained) -> "Path":  # noqa: F821
+def _checkpoint_with_text_inputs(root: Path, tok_dir: Path, tok_hash: str, trained) -> Path:
     """A stage-0 checkpoint folder (what DeepSpeed writes without ZeRO: one file holding the whole training
     module) of the trained model, written with the checkpoint module's own functions."""
     state = {f"lm.{k}": v for k, v in trained["plain"].state_dict().items()}
