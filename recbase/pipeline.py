@@ -73,6 +73,7 @@ class PipelineConfig:
     train_steps: int = 300                   # optimizer steps of the model (0 = stop after shards and summary)
     train_overrides: list[str] = field(default_factory=list)  # extra key=value for the train config
     embedding_head: bool = True              # train the next-item text-embedding head on this run's tokenizer
+    text_inputs: bool = False                # give the model the items' text vectors (this run's tokenizer) as inputs
     finetune_steps: int = 100                # fine-tuning steps on the first held-out domain (0 = no fine-tuning)
 
 
@@ -426,7 +427,8 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
     pretrain_args = ["--config", cfg.train_config, f"data.shards={shard_dir}", f"seed={cfg.seed}",
                      f"optim.max_steps={cfg.train_steps}", f"checkpoint.dir={run_dir / 'checkpoints'}",
                      f"checkpoint.export_dir={hf_dir}", f"logging.dir={run_dir / 'logs'}",
-                     *([f"model.embedding_head={tok_dir}"] if cfg.embedding_head else []), *cfg.train_overrides]
+                     *([f"model.embedding_head={tok_dir}"] if cfg.embedding_head else []),
+                     *([f"model.text_inputs={tok_dir}"] if cfg.text_inputs else []), *cfg.train_overrides]
     model_fp = stages.run("pretrain", fingerprint(pretrain_args, shards_fp),
                           [run_dir / "checkpoints", hf_dir, run_dir / "logs"],
                           lambda: run_command("pretrain", *pretrain_args))

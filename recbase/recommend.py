@@ -153,7 +153,7 @@ class Recommender:
                         **kwargs) -> "Recommender":
         """Load the model at ``model`` and the tokenizer artifact at ``tokenizer``; their hashes must agree."""
         tok = load_tokenizer(tokenizer)
-        em = load_eval_model("model", model, device, dtype)
+        em = load_eval_model("model", model, device, dtype, tok)
         check_tokenizer_hash(em, {str(Path(tokenizer) / CONFIG_FILE): tok.hash})
         return cls(em, tok, **kwargs)
 

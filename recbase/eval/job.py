@@ -247,7 +247,7 @@ def evaluate(cfg: EvalConfig) -> dict:
               "given); the models' tokenizers cannot be checked")
     models = {}
     for name, path in cfg.models.items():
-        em = load_eval_model(name, path, cfg.device, cfg.dtype)
+        em = load_eval_model(name, path, cfg.device, cfg.dtype, cfg.tokenizer_dir or None)
         check_tokenizer_hash(em, expected)
         models[name] = em
     seen = {d: training_exposure(d, p, models) for d, p in zip(domains, eval_paths)}

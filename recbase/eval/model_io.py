@@ -50,15 +50,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: str = "auto") -> EvalModel:
-    """Load the model at ``path`` for inference (eval mode, SDPA attention so 4D branch masks apply)."""
+def load_eval_model(name: str, path: str | Path, device: str = "auto", dtype: str = "auto",
+                    tokenizer=None) -> EvalModel:
+    """Load the model at ``path`` for inference (eval mode, SDPA attention so 4D branch masks apply).
+
+    ``tokenizer`` (an artifact folder or a loaded one) gives a model trained with text inputs its item vectors;
+    without it they come from the tokenizer folder the model's training config names."""
     from recbase.train.export import load_embedding_head, load_model
 
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"model {name!r}: {path} is not a folder")
     dev = resolve_device(device)
-    model, meta = load_model(path, attention="sdpa")
+    model, meta = load_model(path, attention="sdpa", tokenizer=tokenizer)
     for key in ("tokenizer_hash", "vocab"):
         if key not in meta:
             raise UserError(f"model {name!r}: {path} has no {key!r} in its {META_FILE}")

@@ -42,6 +42,8 @@ class ModelConfig:
     embedding_weight: float = 1.0            # weight of the head's loss per predicted item beside the token loss
     embedding_lr_scale: float = 3.0          # the head's learning rate as a multiple of optim.lr
     embedding_temperature: float = 0.1       # softmax temperature of the contrastive loss
+    text_inputs: str = ""                    # tokenizer artifact: add each item's text vector (its reconstruction by
+                                             # this tokenizer, projected) at the item's last token; "" = codes only
 
 
 @dataclass

@@ -113,8 +113,8 @@ def item_ends(input_ids: torch.Tensor, segments: torch.Tensor, vocab: Vocab) -> 
                         torch.full_like(flat, -1))
     ok = level == levels - 1
     for back in range(1, levels):
-        prev_level = torch.cat([torch.full((back,), -1, dtype=level.dtype, device=level.device), level[:-back]])
-        prev_seg = torch.cat([torch.full((back,), -1, dtype=seg.dtype, device=seg.device), seg[:-back]])
+        prev_level = torch.cat([torch.full((back,), -1, dtype=level.dtype, device=level.device), level])[:len(level)]
+        prev_seg = torch.cat([torch.full((back,), -1, dtype=seg.dtype, device=seg.device), seg])[:len(seg)]
         ok &= (prev_level == levels - 1 - back) & (prev_seg == seg)
     return ok.nonzero()[:, 0]
 

@@ -19,6 +19,7 @@ from recbase.train import checkpoint as ckpt
 
 META_FILE = ckpt.META_FILE
 HEAD_FILE = "embedding_head.safetensors"   # the next-item embedding head's weights beside the language model's
+TEXT_INPUTS_FILE = "text_inputs.safetensors"   # the projection of the items' text vectors into the input embeddings
 
 
 def is_hf_export(path: Path) -> bool:
@@ -52,7 +53,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = read_export_meta(path)
         state = {}
         for f in sorted(path.glob("*.safetensors")):
-            if f.name != HEAD_FILE:
+            if f.name not in (HEAD_FILE, TEXT_INPUTS_FILE):
                 state.update({k: v.float() for k, v in load_file(str(f)).items()})
         return state, meta
     folder = _checkpoint_folder(path)
@@ -67,20 +68,34 @@ def _checkpoint_folder(path: Path) -> Path:
     return folder
 
 
-def load_head_state(path: str | Path) -> dict[str, torch.Tensor] | None:
-    """The next-item embedding head's weights (:mod:`recbase.train.embedding_head`) of an export or a checkpoint
-    folder, or None when the model was trained without one."""
+def _module_state(path: str | Path, file: str, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The weights of a module trained beside the language model (``file`` in an export, keys under ``prefix``
+    in a checkpoint folder), or None when the model was trained without it."""
     path = Path(path)
     if is_hf_export(path):
         from safetensors.torch import load_file
 
-        read_export_meta(path)   # checks the head file's hash with the others
-        head = path / HEAD_FILE
-        return {k: v.float() for k, v in load_file(str(head)).items()} if head.exists() else None
+        read_export_meta(path)   # checks the module's file's hash with the others
+        extra = path / file
+        return {k: v.float() for k, v in load_file(str(extra)).items()} if extra.exists() else None
+    state = ckpt.consolidated_state_dict(_checkpoint_folder(path), prefix=prefix)
+    return state or None
+
+
+def load_head_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The next-item embedding head's weights (:mod:`recbase.train.embedding_head`) of an export or a checkpoint
+    folder, or None when the model was trained without one."""
     from recbase.train.embedding_head import STATE_PREFIX
 
-    state = ckpt.consolidated_state_dict(_checkpoint_folder(path), prefix=STATE_PREFIX)
-    return state or None
+    return _module_state(path, HEAD_FILE, STATE_PREFIX)
+
+
+def load_text_inputs_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The text inputs' projection (:mod:`recbase.train.text_inputs`) of an export or a checkpoint folder, or None
+    when the model was trained without text inputs."""
+    from recbase.train.text_inputs import STATE_PREFIX
+
+    return _module_state(path, TEXT_INPUTS_FILE, STATE_PREFIX)
 
 
 def load_embedding_head(path: str | Path):
@@ -121,11 +136,13 @@ def _model_from(meta: dict, state: dict[str, torch.Tensor], attention: str):
     return model.eval()
 
 
-def load_model(path: str | Path, attention: str = "sdpa"):
+def load_model(path: str | Path, attention: str = "sdpa", tokenizer=None):
     """Load a trained model from a Hugging Face export or a DeepSpeed checkpoint folder.
 
     Returns ``(model, recbase_meta)``: a float32 ``Qwen2ForCausalLM`` in eval mode on the CPU, and the dict of
     ``recbase.json`` (``tokenizer_hash``, ``vocab`` (``Vocab.to_dict()``), ``step``, ``train_config``, ...).
+    A model trained with text inputs gets them back (:func:`with_text_inputs`), from ``tokenizer`` (an artifact
+    folder or a loaded one) or else the tokenizer folder its training config names.
     """
     path = Path(path)
     if is_hf_export(path):
@@ -134,9 +151,43 @@ def load_model(path: str | Path, attention: str = "sdpa"):
         meta = read_export_meta(path)
         model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attention,
                                                      dtype=torch.float32, use_safetensors=True)
-        return model.eval(), meta
-    state, meta = load_state(path)
-    return _model_from(meta, state, attention), meta
+    else:
+        state, meta = load_state(path)
+        model = _model_from(meta, state, attention)
+    return with_text_inputs(model.eval(), path, meta, tokenizer), meta
+
+
+def with_text_inputs(model, path: Path, meta: dict, tokenizer=None):
+    """``model`` with the text inputs it was trained with put back into its input embedding
+    (:func:`recbase.train.text_inputs.install`); a model trained without them is returned as it is.
+
+    The item vectors come from the tokenizer the model was trained with: ``tokenizer`` (a folder or a loaded
+    artifact), or the folder its training config names; either must have the model's tokenizer hash.
+    """
+    recorded = meta.get("train_config", {}).get("model", {}).get("text_inputs")
+    if not recorded:
+        return model
+    from recbase.tokenizer.artifact import Tokenizer, load_tokenizer
+    from recbase.train.embedding_head import ItemVectors
+    from recbase.train.text_inputs import TextInputs, install
+    from recbase.vocab import Vocab
+
+    if tokenizer is None and not Path(recorded).is_dir():
+        raise UserError(f"{path} was trained with text inputs from the tokenizer at {recorded}, which is not "
+                        f"there: pass the tokenizer artifact the model was trained with")
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = load_tokenizer(tokenizer or recorded)
+    if tokenizer.hash != meta.get("tokenizer_hash"):
+        raise UserError(f"{path} was trained with tokenizer {meta.get('tokenizer_hash')}, its text inputs cannot come "
+                        f"from tokenizer {tokenizer.hash}")
+    state = load_text_inputs_state(path)
+    if state is None:
+        raise UserError(f"{path}: trained with text inputs (model.text_inputs) but holds no weights for them")
+    vocab = Vocab.from_dict(meta["vocab"])
+    vectors = ItemVectors(tokenizer, vocab)
+    text = TextInputs(model.config.hidden_size, vectors.dim, vocab, vectors)
+    text.load_state_dict(state)
+    return install(model, text)
 
 
 def exported_from(out_dir: str | Path) -> Path | None:
@@ -179,6 +230,11 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = Fal
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in head.items()}, str(tmp / HEAD_FILE))
+    if meta.get("train_config", {}).get("model", {}).get("text_inputs"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in load_text_inputs_state(checkpoint).items()},
+                  str(tmp / TEXT_INPUTS_FILE))
     weights = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
     atomic_write_text(tmp / META_FILE, json.dumps({**meta, "weights_sha256": weights}, indent=2) + "\n")
     old = out.parent / f".{out.name}.old"

@@ -30,6 +30,7 @@ from recbase.train.embedding_head import ItemVectors
 from recbase.train.model import (EmbeddingTarget, TokenLossModel, add_dropout, build_model, init_code_embeddings,
                                  load_weights, qwen2_config, resolve_attention)
 from recbase.train.optim import lr_factor, param_groups
+from recbase.train.text_inputs import TextInputs
 
 BATCH_TENSORS = ("input_ids", "labels", "position_ids", "cu_seqlens")
 
@@ -158,13 +159,19 @@ class Trainer:
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = TokenLossModel(lm, attention, cfg.model.attention_pattern, self.vocab.levels,
-                               cfg.model.fused_linear_ce, self._embedding_target(cfg))
+                               cfg.model.fused_linear_ce, self._embedding_target(cfg), self._text_inputs(cfg))
         if model.embedding_head is not None and cfg.checkpoint.init_from:
             from recbase.train.export import load_head_state
 
             head = load_head_state(cfg.checkpoint.init_from)   # fine-tuning continues the pretrained head
             if head is not None:
                 model.embedding_head.load_state_dict(head)
+        if model.text_inputs is not None and cfg.checkpoint.init_from:
+            from recbase.train.export import load_text_inputs_state
+
+            projection = load_text_inputs_state(cfg.checkpoint.init_from)   # and the pretrained text inputs
+            if projection is not None:
+                model.text_inputs.load_state_dict(projection)
         scales = ({model.embedding_head: (cfg.optim.lr, cfg.model.embedding_lr_scale)}
                   if model.embedding_head is not None else None)
         self.engine = ds.initialize(cfg, rt, model, param_groups(model, cfg.optim.weight_decay, scales),
@@ -198,6 +205,14 @@ class Trainer:
         tok = self._shards_tokenizer("model.embedding_head", m.embedding_head)
         return EmbeddingTarget(self.vocab, ItemVectors(tok, self.vocab), m.embedding_loss, m.embedding_weight,
                                m.embedding_temperature, m.embedding_head_kind)
+
+    def _text_inputs(self, cfg: TrainConfig) -> TextInputs | None:
+        """The items' text vectors as inputs, when ``model.text_inputs`` names the tokenizer."""
+        if not cfg.model.text_inputs:
+            return None
+        tok = self._shards_tokenizer("model.text_inputs", cfg.model.text_inputs)
+        vectors = ItemVectors(tok, self.vocab)
+        return TextInputs(cfg.model.hidden_size, vectors.dim, self.vocab, vectors)
 
     def _init_code_embeddings(self, lm, cfg: TrainConfig) -> None:
         """Concept-token embeddings from the codebooks of the tokenizer the shards were made with (its hash

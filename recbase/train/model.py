@@ -30,6 +30,7 @@ from torch import nn
 from recbase.errors import UserError
 from recbase.train.config import ModelConfig
 from recbase.train.embedding_head import EmbeddingHead, ItemVectors, embedding_loss, next_item_targets
+from recbase.train.text_inputs import TextInputs
 from recbase.vocab import Vocab
 
 IGNORE_INDEX = -100
@@ -270,12 +271,16 @@ class TokenLossModel(nn.Module):
     Summing (not averaging) lets the loop divide by the token count of the whole global batch, so every label
     token weighs the same however users fall into rows, micro-batches and ranks. With ``embedding_head`` the
     next-item embedding head's summed loss, times its weight, is added (its own value is in ``embedding_stats``).
+    With ``text_inputs`` (:mod:`recbase.train.text_inputs`) the items' text vectors are added to the input
+    embeddings.
     """
 
     def __init__(self, lm: nn.Module, attention: str, attention_pattern: str = "causal", levels: int = 4,
-                 fused_linear_ce: bool = False, embedding_head: EmbeddingTarget | None = None):
+                 fused_linear_ce: bool = False, embedding_head: EmbeddingTarget | None = None,
+                 text_inputs: TextInputs | None = None):
         super().__init__()
         self.lm = lm
+        self.text_inputs = text_inputs
         self.attention = attention
         self.hybrid = attention_pattern == "hybrid"
         self.levels = levels
@@ -309,7 +314,11 @@ class TokenLossModel(nn.Module):
         mask = self.attention_mask(input_ids, position_ids, cu_seqlens, dtype)
         if self.hybrid:
             labels = hybrid_labels(labels, position_ids, self.levels)
-        hidden = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        inputs = {"input_ids": input_ids}
+        if self.text_inputs is not None:
+            segments = segment_ids(cu_seqlens, *input_ids.shape)
+            inputs = {"inputs_embeds": self.text_inputs(input_ids, self.lm.model.embed_tokens(input_ids), segments)}
+        hidden = self.lm.model(**inputs, attention_mask=mask, position_ids=position_ids).last_hidden_state
         extra = self._embedding_loss(hidden, input_ids, labels, cu_seqlens) if self.embedding_head is not None else None
         hidden, targets = hidden[:, :-1], labels[:, 1:]
         n_tokens = (targets != IGNORE_INDEX).sum()
