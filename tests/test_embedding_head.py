@@ -17,7 +17,8 @@ from recbase.eval.job import EvalConfig, evaluate
 from recbase.tokenizer.artifact import Tokenizer
 from recbase.train.config import ModelConfig, load_train_config
 from recbase.eval.head_score import history_layout
-from recbase.train.embedding_head import EmbeddingHead, ItemVectors, history_features, next_item_targets
+from recbase.train.embedding_head import (EmbeddingHead, ItemVectors, history_features, next_item_targets,
+                                          piecewise_linear)
 from recbase.train.export import HEAD_FILE
 from recbase.train.model import EmbeddingTarget, TokenLossModel, build_model, qwen2_config, segment_ids
 from recbase.vocab import Vocab
@@ -115,6 +116,14 @@ def test_history_features_of_a_hand_built_history():
     torch.testing.assert_close(got, torch.tensor(expected))
     single = history_features(vectors[:1], torch.tensor([[True]]), torch.tensor([[0]]))
     torch.testing.assert_close(single, torch.tensor([[[1.0, 1.0, 1.0]]]))   # a one-item history: its latest
+
+
+def test_a_feature_function_is_linear_between_its_knots():
+    values = torch.zeros(2, 5)          # knots at -1, -0.5, 0, 0.5, 1
+    values[0, 2], values[0, 3] = 1.0, 3.0
+    values[1, 4] = 10.0
+    x = torch.tensor([[0.25, 0.0], [0.5, 0.75], [-3.0, 1.0]])   # out of range: the end knot's value
+    torch.testing.assert_close(piecewise_linear(values, x), torch.tensor([2.0 + 0.0, 3.0 + 5.0, 0.0 + 10.0]))
 
 
 def test_training_and_scoring_lay_out_the_same_history_features():
