@@ -2,6 +2,8 @@
 score comes from the history alone."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +16,9 @@ from recbase.data.loader import make_batch, pack_rows
 from recbase.eval.job import EvalConfig, evaluate
 from recbase.tokenizer.artifact import Tokenizer
 from recbase.train.config import ModelConfig, load_train_config
-from recbase.train.embedding_head import EmbeddingHead, ItemVectors, next_item_targets
+from recbase.eval.head_score import history_layout
+from recbase.train.embedding_head import (EmbeddingHead, ItemVectors, history_features, next_item_targets,
+                                          piecewise_linear)
 from recbase.train.export import HEAD_FILE
 from recbase.train.model import EmbeddingTarget, TokenLossModel, build_model, qwen2_config, segment_ids
 from recbase.vocab import Vocab
@@ -97,6 +101,53 @@ def test_a_chunk_cut_inside_an_item_skips_that_item():
     assert found["distance"][0][found["allowed"][0]].tolist() == [0]
 
 
+def test_history_features_of_a_hand_built_history():
+    # one user, items a, b, c in time order (c latest); d belongs to another user
+    a, b, c, d = [1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [3.0, 3.0, 0.0], [0.0, 0.0, 1.0]
+    vectors = torch.tensor([a, b, c, d])
+    allowed = torch.tensor([[True, True, True, False]])
+    distance = torch.tensor([[2, 1, 0, -7]])
+    got = history_features(vectors, allowed, distance)[0, :3]
+    r = 2 ** -0.5
+    # unit vectors a=(1,0,0), b=(0,1,0), c=(r,r,0); their mean (1+r, 1+r, 0)/3 points along (r, r, 0)
+    expected = [[r, r, -1.0],     # a: cos with c, cos with the mean, the first of three
+                [r, r, 0.0],      # b
+                [1.0, 1.0, 1.0]]  # c, the latest
+    torch.testing.assert_close(got, torch.tensor(expected))
+    single = history_features(vectors[:1], torch.tensor([[True]]), torch.tensor([[0]]))
+    torch.testing.assert_close(single, torch.tensor([[[1.0, 1.0, 1.0]]]))   # a one-item history: its latest
+
+
+def test_a_feature_function_is_linear_between_its_knots():
+    values = torch.zeros(2, 5)          # knots at -1, -0.5, 0, 0.5, 1
+    values[0, 2], values[0, 3] = 1.0, 3.0
+    values[1, 4] = 10.0
+    x = torch.tensor([[0.25, 0.0], [0.5, 0.75], [-3.0, 1.0]])   # out of range: the end knot's value
+    torch.testing.assert_close(piecewise_linear(values, x), torch.tensor([2.0 + 0.0, 3.0 + 5.0, 0.0 + 10.0]))
+
+
+def test_training_and_scoring_lay_out_the_same_history_features():
+    """The prediction after each user's last history item gets the same features from the training batch (items
+    found in packed rows) as from the evaluation layout (histories concatenated per user), given the same vectors."""
+    tok = _tokenizer()
+    users = _users(5, seed=2)
+    batch = _batch([(u, 1) for u in users])
+    b, s = batch["input_ids"].shape
+    item_vectors = ItemVectors(tok, VOCAB)
+    found = next_item_targets(batch["input_ids"], batch["labels"], segment_ids(batch["cu_seqlens"], b, s), VOCAB,
+                              item_vectors)
+    train = history_features(found["vectors"], found["allowed"], found["distance"])
+    order = sorted(users, key=lambda u: _first_index(batch, u))
+    histories = [item_vectors(torch.as_tensor(u[1:-VOCAB.levels]).reshape(-1, VOCAB.levels)) for u in order]
+    allowed, distance = history_layout([len(h) for h in histories])
+    score = history_features(torch.cat(histories), allowed, distance)
+    # the training batch's last prediction of each user is the one after its second-to-last item
+    last = [int(i) for i in np.flatnonzero(np.diff(np.append(found["group"].numpy(), -1)))]
+    assert len(last) == len(order)
+    for user, row in enumerate(last):
+        torch.testing.assert_close(train[row][found["allowed"][row]], score[user][allowed[user]])
+
+
 def _model(loss: str = "cosine", kind: str = "linear", seed: int = 0) -> TokenLossModel:
     torch.manual_seed(seed)
     lm = build_model(qwen2_config(TINY, VOCAB.model_vocab_size), seed)
@@ -112,7 +163,7 @@ def _randomise(head: EmbeddingHead) -> EmbeddingHead:
     return head
 
 
-@pytest.mark.parametrize("kind", ["linear", "attention"])
+@pytest.mark.parametrize("kind", ["linear", "attention", "features"])
 def test_a_prediction_never_sees_the_item_it_predicts(kind):
     model = _model(kind=kind)
     _randomise(model.embedding_head)
@@ -137,7 +188,8 @@ def test_a_prediction_never_sees_the_item_it_predicts(kind):
     assert not torch.allclose(before[2:], after[2:])
 
 
-@pytest.mark.parametrize("loss,kind", [("cosine", "linear"), ("contrastive", "linear"), ("cosine", "attention")])
+@pytest.mark.parametrize("loss,kind", [("cosine", "linear"), ("contrastive", "linear"), ("cosine", "attention"),
+                                       ("cosine", "features")])
 def test_the_head_loss_falls_with_training(loss, kind):
     model = _model(loss, kind)
     batch = _batch([(u, 1) for u in _users(12, seed=1)], seq_len=64, rows=4)
@@ -159,6 +211,9 @@ def test_embedding_options_are_checked():
     assert cfg.model.embedding_loss == "contrastive" and cfg.model.embedding_weight == 2
     with pytest.raises(Exception, match="model.embedding_loss"):
         load_train_config("tiny.json", ["model.embedding_loss=mse"])
+    assert load_train_config("tiny.json", ["model.embedding_head_kind=features"]).model.embedding_head_kind == "features"
+    with pytest.raises(Exception, match=re.escape("'mlp' is not linear | attention | features")):
+        load_train_config("tiny.json", ["model.embedding_head_kind=mlp"])
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -168,7 +223,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("head-world")
     w = build_world(root, VOCAB)
     for name, kind, trained in (("head_model", "linear", True), ("zero_head_model", "linear", False),
-                                ("attention_model", "attention", True), ("zero_attention_model", "attention", False)):
+                                ("attention_model", "attention", True), ("zero_attention_model", "attention", False),
+                                ("features_model", "features", True), ("zero_features_model", "features", False)):
         folder = root / name
         folder.mkdir()
         head = EmbeddingHead(32, DIM, kind)
@@ -187,14 +243,14 @@ def _evaluate(world, model: str, out, eval_dir=None) -> tuple[dict, dict]:
     return results["domains"]["books"], pq.read_table(out / "pairs" / "books.parquet").to_pydict()
 
 
-@pytest.mark.parametrize("model", ["zero_head_model", "zero_attention_model"])
+@pytest.mark.parametrize("model", ["zero_head_model", "zero_attention_model", "zero_features_model"])
 def test_an_untrained_head_scores_exactly_like_the_centred_text_similarity(world, tmp_path, model):
     section, pairs = _evaluate(world, model, tmp_path / "out")
     np.testing.assert_allclose(pairs["m/head"], pairs["text_centred"], atol=1e-5)
     assert section["models"]["m"]["auc_head"] == pytest.approx(section["baselines"]["text_centred"]["auc"])
 
 
-@pytest.mark.parametrize("model", ["head_model", "attention_model"])
+@pytest.mark.parametrize("model", ["head_model", "attention_model", "features_model"])
 def test_the_head_score_ignores_the_candidates_codes(world, tmp_path, model):
     section, pairs = _evaluate(world, model, tmp_path / "a")
     assert {"auc_head", "auc_head_fused", "gauc_head"} <= set(section["models"]["m"])

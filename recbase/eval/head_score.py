@@ -48,6 +48,16 @@ def history_states(model, histories: list[np.ndarray], levels: int, bos_id: int,
     return out
 
 
+def history_layout(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``allowed`` and ``distance`` as :class:`~recbase.train.embedding_head.EmbeddingHead` takes them, for one
+    prediction per user after the users' histories of ``lengths`` items, concatenated in order, latest last."""
+    owner = torch.cat([torch.full((n,), u) for u, n in enumerate(lengths)])
+    index = torch.cat([torch.arange(n) for n in lengths])
+    allowed = owner[None, :] == torch.arange(len(lengths))[:, None]
+    distance = (torch.as_tensor(lengths)[owner] - 1 - index)[None, :].expand(len(lengths), -1)
+    return allowed, distance
+
+
 @torch.no_grad()
 def head_scores(head, hidden: torch.Tensor, text: TextSimilarity, history_items: list[list[str]],
                 candidates: list[list[str]], users_per_batch: int = 256) -> list[np.ndarray]:
@@ -58,11 +68,7 @@ def head_scores(head, hidden: torch.Tensor, text: TextSimilarity, history_items:
     for start in range(0, len(history_items), users_per_batch):
         users = history_items[start:start + users_per_batch]
         vectors = [text.vectors(h, "history") if h else np.zeros((0, text.emb.shape[1]), np.float32) for h in users]
-        owner = torch.cat([torch.full((len(v),), u) for u, v in enumerate(vectors)])
-        index = torch.cat([torch.arange(len(v)) for v in vectors])
-        lengths = torch.as_tensor([len(v) for v in vectors])
-        allowed = owner[None, :] == torch.arange(len(users))[:, None]
-        distance = (lengths[owner] - 1 - index)[None, :].expand(len(users), -1)
+        allowed, distance = history_layout([len(v) for v in vectors])
         pred = head(hidden[start:start + len(users)].to(device), torch.from_numpy(np.concatenate(vectors)).to(device),
                     allowed.to(device), distance.to(device)).cpu().numpy()
         scores += [(text.vectors(c) @ p).astype(np.float64)

@@ -37,7 +37,9 @@ class ModelConfig:
     code_init: str = ""                      # tokenizer artifact: concept-token embeddings start near its codewords
     embedding_head: str = ""                 # tokenizer artifact: also predict the next item's centred text embedding
                                              # (its reconstruction by this tokenizer); "" = no head
-    embedding_head_kind: str = "attention"   # attention (re-weights the history's items) | linear (mean + a correction)
+    embedding_head_kind: str = "attention"   # attention (re-weights the history's items) | features (attention that
+                                             # also weighs each item's similarity to the latest and to the mean, and
+                                             # its position) | linear (mean + a correction)
     embedding_loss: str = "cosine"           # the head's loss: cosine (1 - cos) | contrastive (same-user negatives)
     embedding_weight: float = 1.0            # weight of the head's loss per predicted item beside the token loss
     embedding_lr_scale: float = 3.0          # the head's learning rate as a multiple of optim.lr
@@ -150,8 +152,9 @@ class TrainConfig:
                               "flash_attention_2")
         if m.attention_pattern not in ("causal", "hybrid"):
             raise ConfigError(f"model.attention_pattern: {m.attention_pattern!r} is not causal | hybrid")
-        if m.embedding_head_kind not in ("linear", "attention"):
-            raise ConfigError(f"model.embedding_head_kind: {m.embedding_head_kind!r} is not linear | attention")
+        from recbase.train.embedding_head import KINDS as HEAD_KINDS   # torch only when a config is checked
+        if m.embedding_head_kind not in HEAD_KINDS:
+            raise ConfigError(f"model.embedding_head_kind: {m.embedding_head_kind!r} is not {' | '.join(HEAD_KINDS)}")
         if m.embedding_loss not in ("cosine", "contrastive"):
             raise ConfigError(f"model.embedding_loss: {m.embedding_loss!r} is not cosine | contrastive")
         if m.hidden_size % m.num_heads:

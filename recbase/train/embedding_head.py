@@ -29,8 +29,40 @@ LOSSES = ("cosine", "contrastive")
 STATE_PREFIX = "embedding_head."   # parameter names of the head beside the language model's ``lm.``
 
 
-KINDS = ("linear", "attention")
+KINDS = ("linear", "attention", "features")
 RECENCY_BUCKETS = 16   # the attention head's learned bias per item distance from the end (0..15, 15 = older)
+FEATURES = ("cosine with the latest item", "cosine with the history mean", "position (1 latest, -1 first)")
+FEATURE_KNOTS = 9      # each feature's learned function is linear between its values at 9 even points of [-1, 1]
+
+
+def history_features(vectors: torch.Tensor, allowed: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """``[N, M, 3]`` float32: for prediction ``n`` and history item ``m`` the :data:`FEATURES`, each in [-1, 1].
+
+    Why these: a new catalog has nothing the training catalogs named, but every history has a latest item, a mean
+    and an order. How close an item is to the latest one and to the user's usual interest (the mean of the items'
+    unit vectors, the text bar's profile) says how much it should count, whatever the domain. Training (the
+    tokenizer's reconstructions) and scoring (the real centred embeddings) both reach the features only through
+    this function, with the history laid out as :class:`EmbeddingHead` takes it. Entries outside ``allowed`` are
+    finite and meaningless.
+    """
+    unit = F.normalize(vectors.float(), dim=-1)
+    mask = allowed.float()
+    latest = ((distance == 0) & allowed).float() @ unit
+    mean = F.normalize(mask @ unit, dim=-1)
+    last_index = (mask.sum(1, keepdim=True) - 1).clamp_min(1)
+    position = 1 - 2 * distance.float() / last_index
+    return torch.stack([latest @ unit.T, mean @ unit.T, position], dim=-1).clamp(-1, 1)
+
+
+def piecewise_linear(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``[..., F]`` → ``[...]``: the sum over features ``f`` of the function with ``values[f]`` at
+    :data:`FEATURE_KNOTS` even points of [-1, 1], linear between them, at ``x[..., f]``."""
+    knots = values.shape[1]
+    t = (x.clamp(-1, 1) + 1) * (knots - 1) / 2
+    low = t.floor().clamp(0, knots - 2).long()
+    frac = (t - low).to(values.dtype)
+    feature = torch.arange(values.shape[0], device=x.device)
+    return (values[feature, low] * (1 - frac) + values[feature, low + 1] * frac).sum(-1)
 
 
 class EmbeddingHead(nn.Module):
@@ -41,6 +73,8 @@ class EmbeddingHead(nn.Module):
     - ``attention``: ``unit(sum_i a_i v_i)``, ``a = softmax(q(hidden) . k(v_i) + recency[distance_i])`` with ``q``
       and the recency biases zero-initialised: it can only re-weight the user's own items, so it cannot learn a
       direction of a training catalog, only which of a user's items the next one follows.
+    - ``features``: ``attention`` plus, in the logits, a learned function of each item's
+      :func:`history_features` (zero-initialised), so the weights can follow what every catalog has.
 
     The history of prediction ``n`` is given as the rows ``m`` of ``vectors`` with ``allowed[n, m]``, each
     ``distance[n, m]`` items before the latest (0 = the latest item itself).
@@ -55,9 +89,11 @@ class EmbeddingHead(nn.Module):
         self.proj = nn.Linear(hidden_size, dim if kind == "linear" else key_dim, bias=False)
         with torch.no_grad():
             self.proj.weight.zero_()
-        if kind == "attention":
+        if kind != "linear":
             self.key = nn.Linear(dim, key_dim, bias=False)
             self.recency = nn.Parameter(torch.zeros(RECENCY_BUCKETS))
+        if kind == "features":
+            self.features = nn.Parameter(torch.zeros(len(FEATURES), FEATURE_KNOTS))
 
     def forward(self, hidden: torch.Tensor, vectors: torch.Tensor, allowed: torch.Tensor,
                 distance: torch.Tensor) -> torch.Tensor:
@@ -69,13 +105,15 @@ class EmbeddingHead(nn.Module):
             return F.normalize((mean + self.proj(hidden)).float(), dim=-1)
         logits = self.proj(hidden) @ self.key(vectors).T / self.proj.out_features ** 0.5
         logits = logits + self.recency[distance.clamp(0, RECENCY_BUCKETS - 1)]
+        if self.kind == "features":
+            logits = logits + piecewise_linear(self.features, history_features(vectors, allowed, distance))
         weights = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
         return F.normalize((weights @ vectors).float(), dim=-1)
 
 
 def state_kind(state: dict[str, torch.Tensor]) -> str:
     """The head kind a saved state dict belongs to."""
-    return "attention" if "recency" in state else "linear"
+    return "features" if "features" in state else "attention" if "recency" in state else "linear"
 
 
 class ItemVectors:
