@@ -32,6 +32,7 @@ import numpy as np
 from recbase.eval.leave_one_out import LeaveOneOutSet, history_tokens, ranks_from_scores, user_chunks
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import CandidateScorer
+from recbase.tokenizer.embed import unit_rows
 from recbase.vocab import Vocab
 
 SCALES = ("raw", "z")
@@ -83,11 +84,6 @@ class Candidates:
         return beam | self.text_top[decay]
 
 
-def unit_rows(embeddings: np.ndarray) -> np.ndarray:
-    emb = np.asarray(embeddings, np.float32)
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-
-
 def text_scores(unit_emb: np.ndarray, histories: list[np.ndarray], decay: float) -> np.ndarray:
     """``[users, items]`` cosine of every item with each history's profile; history items score -1."""
     profiles = np.stack([(decay ** np.arange(len(h) - 1, -1, -1, dtype=np.float64)) @ unit_emb[h]
@@ -115,7 +111,7 @@ def collect_candidates(retriever: Retriever, scorer: CandidateScorer, loo: Leave
                        decays: list[float], text_items: int, desc: str = "fuse") -> Candidates:
     """The beam's items and each decay's text top for every user of ``loo``, all scored by the model."""
     row_of = {item: r for r, item in enumerate(item_ids)}
-    unit_emb = unit_rows(embeddings)
+    unit_emb = unit_rows(np.asarray(embeddings, np.float32))
     histories = history_tokens(loo.histories, item_tokens, vocab)
     rows, logps, n_beam, beam_ranks = [], [], [], []
     tops: dict[float, list[set]] = {d: [] for d in decays}

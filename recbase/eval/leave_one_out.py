@@ -26,6 +26,7 @@ from tqdm import tqdm
 from recbase.data.sequences import DomainSequences
 from recbase.eval.metrics import retrieval_metrics
 from recbase.eval.retrieval import Retriever
+from recbase.tokenizer.embed import unit_rows
 from recbase.vocab import Vocab
 
 SPLITS = {"valid": 2, "test": 1}   # split -> position of its target counted from the end of the sequence
@@ -96,8 +97,7 @@ def popularity_ranks(counts: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def text_knn_ranks(embeddings: np.ndarray, histories: list[np.ndarray], targets: np.ndarray,
                    batch: int = 1024) -> np.ndarray:
     """Rank of each target by cosine to the last history item's embedding, that item itself ranked last."""
-    emb = np.asarray(embeddings, np.float32)
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    emb = unit_rows(np.asarray(embeddings, np.float32))
     last = np.fromiter((h[-1] for h in histories), np.int64, len(histories))
     out = np.empty(len(targets), np.int64)
     for a in range(0, len(targets), batch):
