@@ -1,6 +1,10 @@
 """The pipeline runner on a tiny world plus one generic dataset, without the model stages: names checked before
-any work, a crash at any stage continues to the same bytes, --fresh deletes only the runner's own files."""
+any work, a crash at any stage continues to the same bytes, the same inputs give the same bytes in any process and
+folder, --fresh deletes only the runner's own files."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,18 @@ def _shop(root: Path) -> Path:
         f"s{i},{words[i % 8]} {words[(i * 3) % 8]} {i}\n" for i in range(40)))
     rows = [f"u{u},s{rng.integers(40)},{1000 + t}" for u in range(30) for t in range(6 + u % 6)]
     (root / "events.csv").write_text("user,sku,ts\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def _movielens(root: Path) -> Path:
+    """A MovieLens folder in its published CSV layout: 30 movies, 40 users with 3 to 9 ratings each."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{m},Movie {m} ({1990 + m % 20}),{'Comedy|Drama' if m % 2 else 'Action'}\n" for m in range(1, 31)))
+    (root / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{rng.integers(1, 31)},{rng.integers(1, 6)}.0,{964980000 + 60 * t}\n"
+        for u in range(1, 41) for t in range(3 + u % 7)))
     return root
 
 
@@ -113,6 +129,28 @@ def test_a_crash_at_any_stage_continues_to_the_same_bytes(tmp_path, monkeypatch,
     again = run_pipeline(cfg)
     assert _outputs(tmp_path / "out") == expected
     assert again["domains"] == reference["domains"]
+
+
+def test_the_same_inputs_give_the_same_bytes_in_any_process_and_folder(tmp_path):
+    """An ingest that samples users, then tables, embeddings, tokenizer, codes, shards and eval sets, run twice in
+    processes with different hash seeds (``PYTHONHASHSEED``) into different folders: every file is byte-equal."""
+    _config(tmp_path, heldout_domains=["news", "ml"])
+    source = _movielens(tmp_path / "src" / "ml-tiny")
+    script = ("import sys; from recbase.cli import main; out, source, config = sys.argv[1:]; "
+              "assert main(['ingest', 'movielens', source, '--out', out + '/data', '--domain', 'ml', "
+              "'--min-user-interactions', '0', '--max-users', '25']) == 0; "
+              "assert main(['run', '--config', config, 'out=' + out]) == 0")
+    for hash_seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"run{hash_seed}"), str(source),
+                               str(tmp_path / "pipeline.json")], env={**os.environ, "PYTHONHASHSEED": hash_seed},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    first, second = _outputs(tmp_path / "run1"), _outputs(tmp_path / "run2")
+    assert {"data/ml/interactions.parquet", "embeddings/ml.npy", "shards/corpus/eval/ml.parquet",
+            "shards/corpus/eval/news.parquet", "codes.parquet"} <= set(first)
+    assert [name for name in first if first[name] != second.get(name)] == []
+    assert (tmp_path / "run1" / "tokenizer" / "config.json").read_bytes() == \
+        (tmp_path / "run2" / "tokenizer" / "config.json").read_bytes()
 
 
 def test_changed_option_reruns_only_the_stages_after_it(tmp_path, capsys):
