@@ -169,6 +169,57 @@ def test_changed_option_reruns_only_the_stages_after_it(tmp_path, capsys):
         "codebook_size"] == 8
 
 
+def test_a_copied_run_folder_is_up_to_date_and_a_changed_table_still_counts(tmp_path, capsys):
+    """``cp -r`` of a run folder, then the same config with ``out=`` the copy: every stage is up to date and no
+    output is written again; a table changed in the copy reruns the stages that read it."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    first = run_pipeline(_config(tmp_path))
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(tmp_path / "out", copy)
+    written = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    again = run_pipeline(_config(tmp_path, out=str(copy)))
+    printed = capsys.readouterr().out
+    stages = sorted(p.name.removesuffix(".json") for p in (copy / "stages").glob("*.json") if ".started" not in p.name)
+    assert len(stages) == 9 and [s for s in stages if f"[{s}] up to date" not in printed] == []
+    rewritten = sorted(p.relative_to(copy).as_posix() for p, t in written.items() if p.stat().st_mtime_ns != t)
+    assert rewritten == ["pipeline_config.json", "summary.json", "summary/summary.json", "summary/summary.md",
+                         "summary/summary.png"]
+    assert again["domains"] == first["domains"] and _outputs(copy) == _outputs(tmp_path / "out")
+    assert json.loads((copy / "stages" / "shards.json").read_text())["outputs"] == ["<out>/shards/corpus"]
+
+    table = copy / "data" / "news" / "interactions.parquet"
+    pq.write_table(pq.read_table(table).slice(1), table)
+    run_pipeline(_config(tmp_path, out=str(copy)))
+    printed = capsys.readouterr().out
+    assert "[tokenizer] up to date" in printed and "[embed-shop] up to date" in printed
+    assert "[embed-news] up to date" not in printed and "[shards] up to date" not in printed
+    eval_set = "shards/corpus/eval/news.parquet"
+    assert _outputs(copy)[eval_set] != _outputs(tmp_path / "out")[eval_set]
+
+
+def test_stamps_of_paths_as_given_still_hold_where_they_were_made(tmp_path, monkeypatch, capsys):
+    """Stamps written before paths were run-relative fingerprint the paths as given: the folder they were made in
+    stays up to date (no model trained again), and ``--fresh`` still finds their outputs."""
+    from recbase.pipeline import Stages
+
+    with monkeypatch.context() as m:
+        m.setattr(Stages, "in_run", lambda self, value: value)
+        run_pipeline(_config(tmp_path))
+    assert json.loads((tmp_path / "out" / "stages" / "shards.json").read_text())["outputs"] == [
+        (tmp_path / "out" / "shards" / "corpus").as_posix()]
+    stamps = tmp_path / "out" / "stages"
+    before = {p.name: p.read_bytes() for p in stamps.glob("*.json")}
+    capsys.readouterr()
+    run_pipeline(_config(tmp_path))
+    assert capsys.readouterr().out.count(" up to date (") == 9
+    assert {p.name: p.read_bytes() for p in stamps.glob("*.json")} == before
+    assert tmp_path / "out" / "shards" / "corpus" in Stages(tmp_path / "out").owned_outputs()
+
+
 def test_fresh_deletes_only_the_runners_files(tmp_path):
     out = tmp_path / "out"
     mine = out / "data" / "mine"

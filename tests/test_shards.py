@@ -122,6 +122,42 @@ def test_changed_config_or_inputs_in_the_same_folder_are_refused(world, tmp_path
         build_shards(config(world, tmp_path, name="copy", codes_path=str(codes)))
 
 
+def test_a_copied_folder_is_the_same_build_and_a_changed_table_is_not(world, tmp_path):
+    """Tables, codes and shards copied together elsewhere: the rerun there keeps every shard and eval set (inputs
+    are known by content, not by path); a table changed in the copy is refused, named."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    run, moved = tmp_path / "run", tmp_path / "elsewhere" / "run"
+    shutil.copytree(world, run)
+    build_shards(config(run, run / "shards"))
+    shutil.copytree(run, moved)
+    written = {p: p.stat().st_mtime_ns for p in (moved / "shards").rglob("*") if p.suffix in (".tar", ".parquet")}
+    build_shards(config(moved, moved / "shards"))
+    assert written and all(p.stat().st_mtime_ns == t for p, t in written.items())
+    assert digests(moved / "shards" / "default") == digests(run / "shards" / "default")
+    table = moved / "data" / "books" / "interactions.parquet"
+    pq.write_table(pq.read_table(table).slice(1), table)
+    with pytest.raises(UserError, match=r"another build \(inputs \(books/interactions.parquet\) differ"):
+        build_shards(config(moved, moved / "shards"))
+
+
+def test_a_build_stamp_of_paths_as_given_still_holds_in_its_folder(world, tmp_path):
+    """build.json as builds wrote it before inputs were named by content (the folders in the config, the inputs
+    keyed by path): a rerun of the same build in the same folder goes on; another build is still refused."""
+    cfg = config(world, tmp_path)
+    root = build_shards(cfg)
+    stamp = json.loads((root / "build.json").read_text())
+    stamp["config"].update(data_dir=cfg.data_dir, codes_path=cfg.codes_path, out_dir=cfg.out_dir)
+    stamp["inputs"] = {(Path(cfg.codes_path) if name == "codes" else Path(cfg.data_dir) / name).as_posix(): digest
+                       for name, digest in stamp["inputs"].items()}
+    (root / "build.json").write_text(json.dumps(stamp))
+    build_shards(cfg)
+    with pytest.raises(UserError, match="another build .*config key tokens_per_block: 700 then, 300 now"):
+        build_shards(config(world, tmp_path, tokens_per_block=300))
+
+
 def test_truncated_and_corrupt_shards_are_reported_by_name(world, tmp_path):
     root = build_shards(config(world, tmp_path))
     shard = read_manifest(root)["shards"][0]

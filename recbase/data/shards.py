@@ -245,23 +245,33 @@ class _ShardFiles:
                 self.pool.shutdown(cancel_futures=True)
 
 
-def _config_fingerprint(cfg: ShardConfig) -> dict:
-    d = to_dict(cfg)
-    for k in ("workers", "task_index", "slice_rows"):
-        d.pop(k)
-    return d
+RUN_KEYS = ("workers", "task_index", "slice_rows")        # how a build runs, not what it writes
+LOCATION_KEYS = ("data_dir", "codes_path", "out_dir")   # where its inputs and shards lie, not what they hold
 
 
-def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: list[Path]) -> None:
+def _config_fingerprint(cfg: ShardConfig, keep: tuple[str, ...] = ()) -> dict:
+    return {k: v for k, v in to_dict(cfg).items() if k in keep or k not in RUN_KEYS + LOCATION_KEYS}
+
+
+def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: dict[str, Path]) -> None:
     """Refuse to mix shards of different configs, tokenizers or input tables in one folder: a rerun that skips
-    finished shards is only correct when it resumes the very same build."""
+    finished shards is only correct when it resumes the very same build. Inputs are named as they are read
+    (``codes``, ``<domain>/<table>``) and known by their SHA-256, and the config without the folders, so the same
+    build from a copied or moved folder is the same build."""
+    hashes = {name: sha256_file(path) for name, path in inputs.items()}
     stamp = {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg),
-             "inputs": {p.as_posix(): sha256_file(p) for p in inputs}}
+             "inputs": hashes}
     path = root / BUILD_STAMP
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old != stamp:
-            changed = [k for k in stamp if k != "config" and old.get(k) != stamp[k]]
+        # a stamp written before inputs were named by content: the full config and the input paths as given
+        legacy = {**stamp, "config": _config_fingerprint(cfg, keep=LOCATION_KEYS),
+                  "inputs": {inputs[name].as_posix(): h for name, h in hashes.items()}}
+        if old not in (stamp, legacy):
+            changed = [k for k in ("format", "tokenizer_hash") if old.get(k) != stamp[k]]
+            before = old.get("inputs", {})
+            inputs = sorted(n for n in {**before, **hashes} if before.get(n) != hashes.get(n))
+            changed += [f"inputs ({', '.join(inputs)})"] if inputs else []
             changed += [f"config key {k}: {old['config'].get(k)!r} then, {v!r} now"
                         for k, v in stamp["config"].items() if old.get("config", {}).get(k) != v]
             raise UserError(f"{root} holds shards of another build ({'; '.join(changed)} differ from its "
@@ -284,9 +294,9 @@ def build_shards(cfg: ShardConfig) -> Path:
     pretrain_dirs, heldout_dirs = select_domains(cfg)
     root = Path(cfg.out_dir) / plain_name(cfg.name, "shard set name", "<out_dir>/<name>/")
     root.mkdir(parents=True, exist_ok=True)
-    _check_stamp(root, cfg, codes.tokenizer_hash, [Path(cfg.codes_path)] + [
-        d / name for d in pretrain_dirs + heldout_dirs for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE)
-        if (d / name).exists()])
+    _check_stamp(root, cfg, codes.tokenizer_hash, {"codes": Path(cfg.codes_path)} | {
+        f"{d.name}/{name}": d / name for d in pretrain_dirs + heldout_dirs
+        for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE) if (d / name).exists()})
     n_slices = count_slices(pretrain_dirs, cfg.slice_rows)
     slices = user_slices(pretrain_dirs, codes, cfg.seed, cfg.task_index, cfg.num_tasks, n_slices,
                          root / f"{SLICES_DIR}-t{cfg.task_index:03d}")
