@@ -14,7 +14,7 @@ from shards_world import LEVELS, TOKENIZER_HASH, expected_sequences, make_world 
 
 from recbase.data import shards as shards_mod  # noqa: E402
 from recbase.data.shard_format import ShardError, merge_manifests, read_manifest, read_shard  # noqa: E402
-from recbase.data.shards import ShardConfig, build_shards  # noqa: E402
+from recbase.data.shards import ShardConfig, build_shards, merge_build  # noqa: E402
 from recbase.errors import UserError  # noqa: E402
 
 
@@ -120,6 +120,56 @@ def test_changed_config_or_inputs_in_the_same_folder_are_refused(world, tmp_path
     pq.write_table(pq.read_table(codes), codes, compression="none")   # same tokenizer hash, other bytes
     with pytest.raises(ValueError, match="another build.*inputs"):
         build_shards(config(world, tmp_path, name="copy", codes_path=str(codes)))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_another_build_only_once_the_new_one_is_complete(world, tmp_path, monkeypatch, capsys):
+    from recbase.cli import main
+
+    fresh = digests(build_shards(config(world, tmp_path / "fresh", tokens_per_block=300)))
+    root = build_shards(config(world, tmp_path))
+    old = _files(root)
+    cfg = tmp_path / "shards.json"
+    cfg.write_text(json.dumps({"data_dir": str(world / "data"), "codes_path": str(world / "codes.parquet"),
+                               "out_dir": str(tmp_path), "heldout_domains": ["news"], "tokens_per_shard": 3000,
+                               "tokens_per_block": 300}))
+    capsys.readouterr()
+    assert main(["shards", "--config", str(cfg)]) == 2
+    assert "pass --overwrite (recbase shards) to replace them" in capsys.readouterr().err
+
+    real, calls = shards_mod.write_shard, []
+
+    def dies_at_the_third_shard(path, blocks):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        real(path, blocks)
+
+    monkeypatch.setattr(shards_mod, "write_shard", dies_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        main(["shards", "--config", str(cfg), "--overwrite"])
+    monkeypatch.setattr(shards_mod, "write_shard", real)
+    assert _files(root) == old                                          # nothing of the old build was touched
+    assert len(list((tmp_path / ".default.overwrite").rglob("*.tar"))) == 2
+    assert main(["shards", "--config", str(cfg), "--overwrite"]) == 0   # continues the new build, then swaps
+    assert digests(root) == fresh and "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default", "fresh", "shards.json"]
+    assert main(["shards", "--config", str(cfg)]) == 0                  # now the folder's own build
+
+
+def test_overwrite_with_several_tasks_swaps_at_the_merge(world, tmp_path):
+    full = read_users(build_shards(config(world, tmp_path / "full", tokens_per_block=300)))
+    root = build_shards(config(world, tmp_path))
+    old = _files(root)
+    for task in (1, 0):
+        side = build_shards(config(world, tmp_path, tokens_per_block=300, num_tasks=2, task_index=task),
+                            overwrite=True)
+        assert side == tmp_path / ".default.overwrite" and _files(root) == old
+    assert merge_build(config(world, tmp_path, tokens_per_block=300, num_tasks=2)) == root
+    assert read_users(root) == full and not side.exists()
 
 
 def test_a_copied_folder_is_the_same_build_and_a_changed_table_is_not(world, tmp_path):
