@@ -177,21 +177,30 @@ class Stages:
     def _read(self, path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
-    def in_run(self, value):
+    def in_run(self, value, folder: str = RUN_FOLDER):
         """``value`` (a path, an option string ``key=PATH``, or a dict or list of them) with every path inside the
-        run folder written relative to it, as ``<out>/...``; anything else unchanged."""
+        run folder written relative to it, as ``<out>/...`` (or under ``folder``); anything else unchanged."""
         if isinstance(value, dict):
-            return {k: self.in_run(v) for k, v in value.items()}
+            return {k: self.in_run(v, folder) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [self.in_run(v) for v in value]
+            return [self.in_run(v, folder) for v in value]
         if not isinstance(value, (str, Path)):
             return value
         text, root = str(value), str(self.out)
         key, eq, rest = text.partition("=")
         for head, path in (("", text), (key + eq, rest)):
             if path == root or path.startswith(root + "/"):
-                return head + RUN_FOLDER + path[len(root):]
+                return head + folder + path[len(root):]
         return text
+
+    def _made_in(self, stamp: dict, outputs: list[Path]) -> str:
+        """How ``stamp`` wrote the run folder: ``<out>``; or, in stamps written before paths were run-relative,
+        which recorded them as given, the folder its first output then lay in (the run folder, wherever it was)."""
+        recorded = (stamp.get("outputs") or [RUN_FOLDER])[0]
+        if recorded.startswith(RUN_FOLDER) or not outputs:
+            return RUN_FOLDER
+        inside = outputs[0].relative_to(self.out).as_posix()
+        return recorded[:-len(inside) - 1] if recorded.endswith("/" + inside) else str(self.out)
 
     def _path(self, recorded: str) -> Path:
         """A path a stamp recorded: inside the run folder when written as ``<out>/...`` (else as it was written, by
@@ -205,16 +214,20 @@ class Stages:
         from); clear ``outputs`` first when they were made (or started) from another one. Returns the fingerprint,
         for the stages that read this one."""
         fp = fingerprint(*self.in_run(parts))
-        # stamps written before paths were run-relative hold the fingerprint of the paths as given: still valid in
-        # the folder they were made in, and what the later stages' stamps were made from there
-        same = (fp, fingerprint(*parts))
+
+        def matches(stamp: dict | None) -> bool:
+            # a stamp of paths as given (written before they were run-relative) is read with the run folder it
+            # was made in; its fingerprint is then also what the later stages' stamps were made from
+            return bool(stamp) and stamp["fingerprint"] == fingerprint(*self.in_run(parts,
+                                                                                     self._made_in(stamp, outputs)))
+
         done = self._read(self.dir / f"{name}.json")
-        if done and done["fingerprint"] in same:
+        if matches(done):
             self.seconds[name] = done["seconds"]
             print(f"[{name}] up to date ({done['seconds']:.1f} s when it ran)", flush=True)
             return done["fingerprint"]
         started = self._read(self.dir / f"{name}.started.json")
-        if done or (started and started["fingerprint"] not in same):
+        if done or (started and not matches(started)):
             for p in outputs:
                 remove(p)
             (self.dir / f"{name}.json").unlink(missing_ok=True)

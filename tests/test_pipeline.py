@@ -201,23 +201,28 @@ def test_a_copied_run_folder_is_up_to_date_and_a_changed_table_still_counts(tmp_
     assert _outputs(copy)[eval_set] != _outputs(tmp_path / "out")[eval_set]
 
 
-def test_stamps_of_paths_as_given_still_hold_where_they_were_made(tmp_path, monkeypatch, capsys):
-    """Stamps written before paths were run-relative fingerprint the paths as given: the folder they were made in
-    stays up to date (no model trained again), and ``--fresh`` still finds their outputs."""
+def test_stamps_of_paths_as_given_still_hold_in_place_and_in_a_copy(tmp_path, monkeypatch, capsys):
+    """Stamps written before paths were run-relative fingerprint the paths as given: the folder they were made in,
+    and a copy of it, stay up to date (no model trained again), and ``--fresh`` still finds their outputs."""
+    import shutil
+
     from recbase.pipeline import Stages
 
     with monkeypatch.context() as m:
-        m.setattr(Stages, "in_run", lambda self, value: value)
+        m.setattr(Stages, "in_run", lambda self, value, folder=None: value)
         run_pipeline(_config(tmp_path))
     assert json.loads((tmp_path / "out" / "stages" / "shards.json").read_text())["outputs"] == [
         (tmp_path / "out" / "shards" / "corpus").as_posix()]
-    stamps = tmp_path / "out" / "stages"
-    before = {p.name: p.read_bytes() for p in stamps.glob("*.json")}
-    capsys.readouterr()
-    run_pipeline(_config(tmp_path))
-    assert capsys.readouterr().out.count(" up to date (") == 9
-    assert {p.name: p.read_bytes() for p in stamps.glob("*.json")} == before
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "out", copy)
+    for out in (tmp_path / "out", copy):
+        before = {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")}
+        capsys.readouterr()
+        run_pipeline(_config(tmp_path, out=str(out)))
+        assert capsys.readouterr().out.count(" up to date (") == 9
+        assert {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")} == before
     assert tmp_path / "out" / "shards" / "corpus" in Stages(tmp_path / "out").owned_outputs()
+    assert Stages(copy).owned_outputs() == []   # the copy's old stamps name the original's files
 
 
 def test_fresh_deletes_only_the_runners_files(tmp_path):

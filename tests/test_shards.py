@@ -70,16 +70,23 @@ def test_rebuild_is_byte_identical_and_workers_do_not_change_bytes(world, tmp_pa
     assert a == b and len([k for k in a if k.endswith(".tar")]) > 4
 
 
-def test_crash_after_first_shard_then_rerun_gives_the_same_shards(world, tmp_path, monkeypatch):
-    clean = digests(build_shards(config(world, tmp_path / "clean")))
+def dies_at(shard: int, error: BaseException):
+    """A ``write_shard`` that raises ``error`` instead of writing its ``shard``-th shard, and the paths it was
+    given."""
     real, calls = shards_mod.write_shard, []
 
-    def failing(path, blocks):
+    def write(path, blocks):
         calls.append(path)
-        if len(calls) == 2:
-            raise RuntimeError("injected crash")
+        if len(calls) == shard:
+            raise error
         real(path, blocks)
+    return write, calls
 
+
+def test_crash_after_first_shard_then_rerun_gives_the_same_shards(world, tmp_path, monkeypatch):
+    clean = digests(build_shards(config(world, tmp_path / "clean")))
+    real = shards_mod.write_shard
+    failing, calls = dies_at(2, RuntimeError("injected crash"))
     monkeypatch.setattr(shards_mod, "write_shard", failing)
     with pytest.raises(RuntimeError, match="injected"):
         build_shards(config(world, tmp_path / "crash"))
@@ -140,15 +147,8 @@ def test_overwrite_replaces_another_build_only_once_the_new_one_is_complete(worl
     assert main(["shards", "--config", str(cfg)]) == 2
     assert "pass --overwrite (recbase shards) to replace them" in capsys.readouterr().err
 
-    real, calls = shards_mod.write_shard, []
-
-    def dies_at_the_third_shard(path, blocks):
-        calls.append(path)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        real(path, blocks)
-
-    monkeypatch.setattr(shards_mod, "write_shard", dies_at_the_third_shard)
+    real = shards_mod.write_shard
+    monkeypatch.setattr(shards_mod, "write_shard", dies_at(3, KeyboardInterrupt("killed"))[0])
     with pytest.raises(KeyboardInterrupt):
         main(["shards", "--config", str(cfg), "--overwrite"])
     monkeypatch.setattr(shards_mod, "write_shard", real)
@@ -193,10 +193,14 @@ def test_a_copied_folder_is_the_same_build_and_a_changed_table_is_not(world, tmp
         build_shards(config(moved, moved / "shards"))
 
 
-def test_a_build_stamp_of_paths_as_given_still_holds_in_its_folder(world, tmp_path):
+def test_a_build_stamp_of_paths_as_given_still_holds_in_its_folder_and_a_moved_one(world, tmp_path):
     """build.json as builds wrote it before inputs were named by content (the folders in the config, the inputs
-    keyed by path): a rerun of the same build in the same folder goes on; another build is still refused."""
-    cfg = config(world, tmp_path)
+    keyed by path): a rerun of the same build goes on, in place and after a move; another build is refused."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world, run)
+    cfg = config(run, run / "shards")
     root = build_shards(cfg)
     stamp = json.loads((root / "build.json").read_text())
     stamp["config"].update(data_dir=cfg.data_dir, codes_path=cfg.codes_path, out_dir=cfg.out_dir)
@@ -204,8 +208,11 @@ def test_a_build_stamp_of_paths_as_given_still_holds_in_its_folder(world, tmp_pa
                        for name, digest in stamp["inputs"].items()}
     (root / "build.json").write_text(json.dumps(stamp))
     build_shards(cfg)
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    build_shards(config(moved, moved / "shards"))
     with pytest.raises(UserError, match="another build .*config key tokens_per_block: 700 then, 300 now"):
-        build_shards(config(world, tmp_path, tokens_per_block=300))
+        build_shards(config(moved, moved / "shards", tokens_per_block=300))
 
 
 def test_truncated_and_corrupt_shards_are_reported_by_name(world, tmp_path):

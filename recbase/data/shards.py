@@ -250,31 +250,38 @@ RUN_KEYS = ("workers", "task_index", "slice_rows")        # how a build runs, no
 LOCATION_KEYS = ("data_dir", "codes_path", "out_dir")   # where its inputs and shards lie, not what they hold
 
 
-def _config_fingerprint(cfg: ShardConfig, keep: tuple[str, ...] = ()) -> dict:
-    return {k: v for k, v in to_dict(cfg).items() if k in keep or k not in RUN_KEYS + LOCATION_KEYS}
+def _config_fingerprint(cfg: ShardConfig) -> dict:
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUN_KEYS + LOCATION_KEYS}
 
 
-def _build_stamp(cfg: ShardConfig, tokenizer_hash: str, inputs: dict[str, Path]) -> tuple[dict, dict]:
-    """(the stamp of this build, the same as builds wrote it before inputs were named by content: the full config
-    and the input paths as given). Inputs are named as the build reads them (``codes``, ``<domain>/<table>``) and
-    known by their SHA-256, and the config leaves out the folders, so the same build from a copied or moved folder
-    is the same build."""
-    hashes = {name: sha256_file(path) for name, path in inputs.items()}
-    stamp = {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg),
-             "inputs": hashes}
-    legacy = {**stamp, "config": _config_fingerprint(cfg, keep=LOCATION_KEYS),
-              "inputs": {inputs[name].as_posix(): h for name, h in hashes.items()}}
-    return stamp, legacy
+def _build_stamp(cfg: ShardConfig, tokenizer_hash: str, inputs: dict[str, Path]) -> dict:
+    """The ``build.json`` of this build. Inputs are named as the build reads them (``codes``, ``<domain>/<table>``)
+    and known by their SHA-256, and the config leaves out the folders, so the same build from a copied or moved
+    folder is the same build."""
+    return {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg),
+            "inputs": {name: sha256_file(path) for name, path in inputs.items()}}
 
 
-def _differences(root: Path, stamp: dict, legacy: dict) -> list[str]:
+def _named(old: dict) -> dict:
+    """A ``build.json`` as builds wrote it before inputs were named by content (the folders in the config, inputs
+    keyed by their paths as given), in today's terms; a current one unchanged."""
+    config = old.get("config", {})
+    if not any(k in config for k in LOCATION_KEYS):
+        return old
+    codes = Path(config.get("codes_path", "")).as_posix()
+    inputs = {("codes" if key == codes else "/".join(Path(key).parts[-2:])): digest
+              for key, digest in old.get("inputs", {}).items()}
+    return {**old, "config": {k: v for k, v in config.items() if k not in LOCATION_KEYS}, "inputs": inputs}
+
+
+def _differences(root: Path, stamp: dict) -> list[str]:
     """What differs between the build ``stamp`` and the one whose ``build.json`` is in ``root`` (nothing when
     there is none): a rerun that skips finished shards is only correct when it resumes the very same build."""
     path = root / BUILD_STAMP
     if not path.exists():
         return []
-    old = json.loads(path.read_text(encoding="utf-8"))
-    if old in (stamp, legacy):
+    old = _named(json.loads(path.read_text(encoding="utf-8")))
+    if old == stamp:
         return []
     changed = [k for k in ("format", "tokenizer_hash") if old.get(k) != stamp[k]]
     before, now = old.get("inputs", {}), stamp["inputs"]
@@ -285,12 +292,12 @@ def _differences(root: Path, stamp: dict, legacy: dict) -> list[str]:
     return changed or ["its layout"]
 
 
-def _target(root: Path, stamp: dict, legacy: dict, overwrite: bool) -> Path:
+def _target(root: Path, stamp: dict, overwrite: bool) -> Path:
     """The folder this build writes: ``root``, unless it holds another build, which is refused, or with
     ``overwrite`` left whole while the new build goes to ``.<name>.overwrite`` beside it (:func:`_publish` swaps
     them once the manifest is merged); a side folder of yet another build is an unfinished overwrite, started
     afresh."""
-    changed = _differences(root, stamp, legacy)
+    changed = _differences(root, stamp)
     side = root.with_name(f".{root.name}.overwrite")
     if changed and not overwrite:
         raise UserError(f"{root} holds shards of another build ({'; '.join(changed)} differ from its "
@@ -300,7 +307,7 @@ def _target(root: Path, stamp: dict, legacy: dict, overwrite: bool) -> Path:
         target = root
     else:
         target = side
-        if _differences(side, stamp, legacy):
+        if _differences(side, stamp):
             shutil.rmtree(side)
     target.mkdir(parents=True, exist_ok=True)
     if not (target / BUILD_STAMP).exists():
@@ -338,10 +345,10 @@ def build_shards(cfg: ShardConfig, overwrite: bool = False) -> Path:
     codes = read_codes(cfg.codes_path, cfg.codebook_size)
     pretrain_dirs, heldout_dirs = select_domains(cfg)
     root = Path(cfg.out_dir) / plain_name(cfg.name, "shard set name", "<out_dir>/<name>/")
-    stamp, legacy = _build_stamp(cfg, codes.tokenizer_hash, {"codes": Path(cfg.codes_path)} | {
+    stamp = _build_stamp(cfg, codes.tokenizer_hash, {"codes": Path(cfg.codes_path)} | {
         f"{d.name}/{name}": d / name for d in pretrain_dirs + heldout_dirs
         for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE) if (d / name).exists()})
-    target = _target(root, stamp, legacy, overwrite)
+    target = _target(root, stamp, overwrite)
     n_slices = count_slices(pretrain_dirs, cfg.slice_rows)
     slices = user_slices(pretrain_dirs, codes, cfg.seed, cfg.task_index, cfg.num_tasks, n_slices,
                          target / f"{SLICES_DIR}-t{cfg.task_index:03d}")
