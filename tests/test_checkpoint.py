@@ -30,7 +30,8 @@ def _model_config() -> dict:
 def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True, init_from: str | None = None,
                 recorded_dir: str | None = None) -> Path:
     """A stage-0 checkpoint of a tiny Qwen2 at ``step`` (weights seeded by the step); ``init_from`` and
-    ``recorded_dir`` are recorded as the training config's ``checkpoint.init_from`` and ``checkpoint.dir``."""
+    ``recorded_dir`` are recorded as the training config's ``checkpoint.init_from`` and ``checkpoint.dir``, and
+    the weights at ``init_from`` (when any) as training records them."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(step)
@@ -42,6 +43,8 @@ def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True, init_from: s
     meta = {"step": step, "tokenizer_hash": TOKENIZER, "model_config": _model_config(), "vocab": {}}
     if init_from is not None:
         meta["train_config"] = {"checkpoint": {"init_from": init_from}}
+        if init_from:
+            meta["init_weights"] = ckpt.weights_identity(init_from)
     if recorded_dir is not None:
         meta["train_config"] = {"checkpoint": {"dir": recorded_dir}}
     (partial / ckpt.META_FILE).write_text(json.dumps(meta))
@@ -150,6 +153,24 @@ def test_resume_refuses_checkpoints_of_a_run_started_from_other_weights(tmp_path
     ckpt.check_init(finetuning, str(tmp_path / "x" / ".." / "hf"))   # the same folder, spelled otherwise
     with pytest.raises(UserError, match=r"started from .*hf, this one starts from random weights"):
         ckpt.check_init(finetuning, "")
+
+
+def test_a_fine_tuning_resumes_in_a_moved_run_folder_from_the_same_weights_only(tmp_path):
+    """The fine-tuning recorded its initial weights by content, so the moved run folder (its export under a new
+    path) still resumes; other weights under the old path's name do not."""
+    from recbase.train.export import export_hf
+
+    run = tmp_path / "run"
+    export_hf(_write_step(run / "checkpoints", 2), run / "hf")
+    _write_step(run / "finetune", 5, init_from=str(run / "hf"))
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    ckpt.check_init(moved / "finetune" / "global_step5", str(moved / "hf"))
+    export_hf(_write_step(tmp_path / "other", 4), tmp_path / "other_hf")
+    with pytest.raises(UserError, match=r"started from .*run/hf, this one starts from .*other_hf"):
+        ckpt.check_init(moved / "finetune" / "global_step5", str(tmp_path / "other_hf"))
+    assert ckpt.weights_identity(moved / "checkpoints") == ckpt.weights_identity(moved / "checkpoints" / "global_step2")
+    assert ckpt.weights_identity(tmp_path / "missing") is None
 
 
 def test_export_records_weight_hashes_and_refuses_a_flipped_bit(tmp_path):
