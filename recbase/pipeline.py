@@ -15,8 +15,9 @@ fingerprints of the stages it reads) and its wall time. Paths inside the run fol
 relative to it (``<out>/...``), so a run folder that was copied or moved is up to date where it lands. A rerun
 skips a stage whose stamp matches and runs it otherwise, after deleting its outputs when they were made from
 something else. A stage killed half way has no stamp; it runs again and continues from its partial output, which
-its ``.started`` marker ties to the same fingerprint. ``--fresh`` deletes only what the runner wrote: its stage folders and the domain tables it made, never
-tables ingested into ``<out>/data`` by hand or any other file in ``<out>``.
+its ``.started`` marker ties to the same fingerprint. ``--fresh`` deletes only what the runner wrote: its stage
+folders and the domain tables it made, never tables ingested into ``<out>/data`` by hand or any other file in
+``<out>``.
 """
 from __future__ import annotations
 
