@@ -3,15 +3,18 @@ any work, a crash at any stage continues to the same bytes, the same inputs give
 folder, --fresh deletes only the runner's own files."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from recbase.cli import main
-from recbase.pipeline import PipelineConfig, PipelineError, check_config, load_pipeline_config, run_pipeline
+from recbase.pipeline import (PipelineConfig, PipelineError, Stages, check_config, load_pipeline_config,
+                              run_pipeline)
 
 TOKENIZER = ["kind=rqkmeans", "rqkmeans.iters=5"]   # the stages, not the tokenizer's quality, are under test
 
@@ -177,10 +180,6 @@ def test_changed_option_reruns_only_the_stages_after_it(tmp_path, capsys):
 def test_a_copied_run_folder_is_up_to_date_and_a_changed_table_still_counts(tmp_path, capsys):
     """``cp -r`` of a run folder, then the same config with ``out=`` the copy: every stage is up to date and no
     output is written again; a table changed in the copy reruns the stages that read it."""
-    import shutil
-
-    import pyarrow.parquet as pq
-
     first = run_pipeline(_config(tmp_path))
     copy = tmp_path / "elsewhere" / "copy"
     shutil.copytree(tmp_path / "out", copy)
@@ -209,9 +208,6 @@ def test_a_copied_run_folder_is_up_to_date_and_a_changed_table_still_counts(tmp_
 def test_stamps_of_paths_as_given_still_hold_in_place_and_in_a_copy(tmp_path, monkeypatch, capsys):
     """Stamps written before paths were run-relative fingerprint the paths as given: the folder they were made in,
     and a copy of it, stay up to date (no model trained again), and ``--fresh`` still finds their outputs."""
-    import shutil
-
-    from recbase.pipeline import Stages
 
     with monkeypatch.context() as m:
         m.setattr(Stages, "in_run", lambda self, value, folder=None: value)
