@@ -11,11 +11,13 @@ the same library function as its own command.
 
 Resuming: a stage writes its outputs atomically or in resumable pieces (embedding chunks, shard files), then a
 stamp ``<out>/stages/<stage>.json`` with the fingerprint of what it was made from (its options and the
-fingerprints of the stages it reads) and its wall time. A rerun skips a stage whose stamp matches and runs it
-otherwise, after deleting its outputs when they were made from something else. A stage killed half way has no
-stamp; it runs again and continues from its partial output, which its ``.started`` marker ties to the same
-fingerprint. ``--fresh`` deletes only what the runner wrote: its stage folders and the domain tables it made, never
-tables ingested into ``<out>/data`` by hand or any other file in ``<out>``.
+fingerprints of the stages it reads) and its wall time. Paths inside the run folder enter fingerprints and stamps
+relative to it (``<out>/...``), so a run folder that was copied or moved is up to date where it lands. A rerun
+skips a stage whose stamp matches and runs it otherwise, after deleting its outputs when they were made from
+something else. A stage killed half way has no stamp; it runs again and continues from its partial output, which
+its ``.started`` marker ties to the same fingerprint. ``--fresh`` deletes only what the runner wrote: its stage
+folders and the domain tables it made, never tables ingested into ``<out>/data`` by hand or any other file in
+``<out>``.
 """
 from __future__ import annotations
 
@@ -162,6 +164,9 @@ def file_fingerprint(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+RUN_FOLDER = "<out>"   # how stamps write the run folder, so that they stay true when it is copied or moved
+
+
 class Stages:
     """The stamps under ``<out>/stages``: which stage is done, from what, in how long."""
 
@@ -173,37 +178,80 @@ class Stages:
     def _read(self, path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
-    def run(self, name: str, fp: str, outputs: list[Path], work) -> str:
-        """Run ``work()`` unless stage ``name`` is stamped with ``fp``; clear ``outputs`` first when they were made
-        (or started) from another fingerprint. Returns ``fp`` for the stages that read this one."""
+    def in_run(self, value, folder: str = RUN_FOLDER):
+        """``value`` (a path, an option string ``key=PATH``, or a dict or list of them) with every path inside the
+        run folder written relative to it, as ``<out>/...`` (or under ``folder``); anything else unchanged."""
+        if isinstance(value, dict):
+            return {k: self.in_run(v, folder) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.in_run(v, folder) for v in value]
+        if not isinstance(value, (str, Path)):
+            return value
+        text, root = str(value), str(self.out)
+        key, eq, rest = text.partition("=")
+        for head, path in (("", text), (key + eq, rest)):
+            if path == root or path.startswith(root + "/"):
+                return head + folder + path[len(root):]
+        return text
+
+    def _made_in(self, stamp: dict, outputs: list[Path]) -> str:
+        """How ``stamp`` wrote the run folder: ``<out>``; or, in stamps written before paths were run-relative,
+        which recorded them as given, the folder its first output then lay in (the run folder, wherever it was)."""
+        recorded = (stamp.get("outputs") or [RUN_FOLDER])[0]
+        if recorded.startswith(RUN_FOLDER) or not outputs:
+            return RUN_FOLDER
+        inside = outputs[0].relative_to(self.out).as_posix()
+        return recorded[:-len(inside) - 1] if recorded.endswith("/" + inside) else str(self.out)
+
+    def _path(self, recorded: str) -> Path:
+        """A path a stamp recorded: inside the run folder when written as ``<out>/...`` (else as it was written, by
+        runs that recorded the paths as given)."""
+        if recorded == RUN_FOLDER or recorded.startswith(RUN_FOLDER + "/"):
+            return self.out / recorded[len(RUN_FOLDER) + 1:]
+        return Path(recorded)
+
+    def run(self, name: str, parts: tuple, outputs: list[Path], work) -> str:
+        """Run ``work()`` unless stage ``name`` is stamped with the fingerprint of ``parts`` (what it is made
+        from); clear ``outputs`` first when they were made (or started) from another one. Returns the fingerprint,
+        for the stages that read this one."""
+        fp = fingerprint(*self.in_run(parts))
+
+        def matches(stamp: dict | None) -> bool:
+            # a stamp of paths as given (written before they were run-relative) is read with the run folder it
+            # was made in; its fingerprint is then also what the later stages' stamps were made from
+            return bool(stamp) and stamp["fingerprint"] == fingerprint(*self.in_run(parts,
+                                                                                     self._made_in(stamp, outputs)))
+
         done = self._read(self.dir / f"{name}.json")
-        if done and done["fingerprint"] == fp:
+        if matches(done):
             self.seconds[name] = done["seconds"]
             print(f"[{name}] up to date ({done['seconds']:.1f} s when it ran)", flush=True)
-            return fp
+            return done["fingerprint"]
         started = self._read(self.dir / f"{name}.started.json")
-        if done or (started and started["fingerprint"] != fp):
+        if done or (started and not matches(started)):
             for p in outputs:
                 remove(p)
             (self.dir / f"{name}.json").unlink(missing_ok=True)
         elif started:
             print(f"[{name}] continuing an interrupted run", flush=True)
+        recorded = self.in_run([p.as_posix() for p in outputs])
         atomic_write_text(self.dir / f"{name}.started.json",
-                          json.dumps({"fingerprint": fp, "outputs": [p.as_posix() for p in outputs]}) + "\n")
+                          json.dumps({"fingerprint": fp, "outputs": recorded}) + "\n")
         t0 = time.perf_counter()
         work()
         self.seconds[name] = time.perf_counter() - t0
         atomic_write_text(self.dir / f"{name}.json", json.dumps(
-            {"fingerprint": fp, "seconds": round(self.seconds[name], 2),
-             "outputs": [p.as_posix() for p in outputs]}, indent=2) + "\n")
+            {"fingerprint": fp, "seconds": round(self.seconds[name], 2), "outputs": recorded}, indent=2) + "\n")
         return fp
 
     def owned_outputs(self) -> list[Path]:
-        """Every output a stamp or a start marker names: what ``--fresh`` may delete."""
+        """Every output a stamp or a start marker names that lies inside the run folder: what ``--fresh`` may
+        delete (a copied folder's old stamps may name the original's files, which stay)."""
         paths = []
         for stamp in sorted(self.dir.glob("*.json")) if self.dir.exists() else []:
-            paths += [Path(p) for p in json.loads(stamp.read_text(encoding="utf-8")).get("outputs", [])]
-        return paths
+            paths += [self._path(p) for p in json.loads(stamp.read_text(encoding="utf-8")).get("outputs", [])]
+        root = self.out.resolve()
+        return [p for p in paths if p.resolve().is_relative_to(root)]
 
 
 def remove(path: Path) -> None:
@@ -286,7 +334,7 @@ def _tables(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, data: 
         source = sources[name]
         if source == "dataset":
             d = datasets[name]
-            stages.run(f"tables-{name}", fingerprint(to_dict(d)), [data / name], lambda d=d: _ingest_dataset(d, data))
+            stages.run(f"tables-{name}", (to_dict(d),), [data / name], lambda d=d: _ingest_dataset(d, data))
         elif source == "world":
             params = {"seed": cfg.seed, "items_per_domain": cfg.items_per_domain,
                       "users_per_domain": cfg.users_per_domain}
@@ -295,7 +343,7 @@ def _tables(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, data: 
                 for s in generate_world(data, domains=[name], **params):
                     print(s.format(), flush=True)
 
-            stages.run(f"tables-{name}", fingerprint("world", name, params), [data / name], generate)
+            stages.run(f"tables-{name}", ("world", name, params), [data / name], generate)
         else:
             print(f"[{name}] tables provided in {data / name}", flush=True)
         fps[name] = file_fingerprint(data / name / ITEMS_FILE, data / name / INTERACTIONS_FILE)
@@ -318,7 +366,7 @@ def _embeddings(cfg: PipelineConfig, stages: Stages, table_fps: dict[str, str], 
             print(f"[{name}] {s['n_items']:,} x {s['dim']} ({s['model']}): {state}", flush=True)
 
         outputs = [emb / f"{name}.npy", emb / f"{name}.json", emb / PARTS_DIR / name]
-        fps[name] = stages.run(f"embed-{name}", fingerprint(cfg.embedder, table_fps[name]), outputs, work)
+        fps[name] = stages.run(f"embed-{name}", (cfg.embedder, table_fps[name]), outputs, work)
     return fps
 
 
@@ -369,11 +417,11 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     tcfg = load_config(TokenizerConfig, cfg.tokenizer_config,
                        [f"codebook_size={cfg.codebook_size}", f"seed={cfg.seed}", *cfg.tokenizer_overrides],
                        [CONFIG_DIR])
-    tok_fp = stages.run("tokenizer", fingerprint(to_dict(tcfg), {d: emb_fps[d] for d in cfg.pretrain_domains}),
+    tok_fp = stages.run("tokenizer", (to_dict(tcfg), {d: emb_fps[d] for d in cfg.pretrain_domains}),
                         [tok_dir],
                         lambda: _train_tokenizer(tcfg, data, emb, tok_dir, cfg.pretrain_domains))
     tok = load_tokenizer(tok_dir)
-    codes_fp = stages.run("codes", fingerprint(tok_fp, emb_fps), [codes],
+    codes_fp = stages.run("codes", (tok_fp, emb_fps), [codes],
                           lambda: write_codes(tok, data, emb, codes, domains))
     stage_done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size}), codes in {codes}")
 
@@ -384,7 +432,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
                        eval=EvalSetConfig(positives=1, negatives_per_positive=cfg.eval_negatives,
                                           max_pairs=cfg.eval_max_pairs))
     shard_dir = shards_root / cfg.shards_name
-    shards_fp = stages.run("shards", fingerprint(to_dict(scfg) | {"workers": 0}, codes_fp, table_fps), [shard_dir],
+    shards_fp = stages.run("shards", (to_dict(scfg) | {"workers": 0}, codes_fp, table_fps), [shard_dir],
                            lambda: build_shards(scfg))
     stage_done(t0, f"shards in {shard_dir}")
 
@@ -429,7 +477,7 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
                      f"checkpoint.export_dir={hf_dir}", f"logging.dir={run_dir / 'logs'}",
                      *([f"model.embedding_head={tok_dir}"] if cfg.embedding_head else []),
                      *([f"model.text_inputs={tok_dir}"] if cfg.text_inputs else []), *cfg.train_overrides]
-    model_fp = stages.run("pretrain", fingerprint(pretrain_args, shards_fp),
+    model_fp = stages.run("pretrain", (pretrain_args, shards_fp),
                           [run_dir / "checkpoints", hf_dir, run_dir / "logs"],
                           lambda: run_command("pretrain", *pretrain_args))
     stage_done(t0, f"model in {hf_dir}")
@@ -452,7 +500,7 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
             ft_shards = build_shards(ft_cfg)
             run_command("finetune", *ft_args, f"data.shards={ft_shards}")
 
-        finetune_fp = stages.run("finetune", fingerprint(ft_args, to_dict(ft_cfg), model_fp),
+        finetune_fp = stages.run("finetune", (ft_args, to_dict(ft_cfg), model_fp),
                                  [shards_root / ft_cfg.name, ft_dir], finetune)
         models[f"fine-tuned on {target}"] = str(ft_dir / "hf")
         stage_done(t0, f"model in {ft_dir / 'hf'}")
@@ -463,7 +511,7 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir
     ecfg = EvalConfig(models=models, eval_dir=str(shard_dir / "eval"), domains=cfg.heldout_domains,
                       out_dir=str(run_dir.parent / "eval"), data_dir=str(data), embeddings_dir=str(emb),
                       codes=str(codes), tokenizer_dir=str(tok_dir), seed=cfg.seed)
-    stages.run("evaluate", fingerprint(to_dict(ecfg), model_fp, finetune_fp, shards_fp), [Path(ecfg.out_dir)],
+    stages.run("evaluate", (to_dict(ecfg), model_fp, finetune_fp, shards_fp), [Path(ecfg.out_dir)],
                lambda: evaluate(ecfg))
     stage_done(t0, f"report in {ecfg.out_dir}")
     return read_metrics(ecfg.out_dir)

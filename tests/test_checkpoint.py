@@ -27,9 +27,11 @@ def _model_config() -> dict:
                        tie_word_embeddings=True).to_dict()
 
 
-def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True, init_from: str | None = None) -> Path:
-    """A stage-0 checkpoint of a tiny Qwen2 at ``step`` (weights seeded by the step); ``init_from`` records the
-    training config's ``checkpoint.init_from``."""
+def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True, init_from: str | None = None,
+                recorded_dir: str | None = None) -> Path:
+    """A stage-0 checkpoint of a tiny Qwen2 at ``step`` (weights seeded by the step); ``init_from`` and
+    ``recorded_dir`` are recorded as the training config's ``checkpoint.init_from`` and ``checkpoint.dir``, and
+    the weights at ``init_from`` (when any) as training records them."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(step)
@@ -41,6 +43,10 @@ def _write_step(ckpt_dir: Path, step: int, *, publish: bool = True, init_from: s
     meta = {"step": step, "tokenizer_hash": TOKENIZER, "model_config": _model_config(), "vocab": {}}
     if init_from is not None:
         meta["train_config"] = {"checkpoint": {"init_from": init_from}}
+        if init_from:
+            meta["init_weights"] = ckpt.weights_identity(init_from)
+    if recorded_dir is not None:
+        meta["train_config"] = {"checkpoint": {"dir": recorded_dir}}
     (partial / ckpt.META_FILE).write_text(json.dumps(meta))
     return ckpt.publish(ckpt_dir, step) if publish else partial
 
@@ -149,6 +155,24 @@ def test_resume_refuses_checkpoints_of_a_run_started_from_other_weights(tmp_path
         ckpt.check_init(finetuning, "")
 
 
+def test_a_fine_tuning_resumes_in_a_moved_run_folder_from_the_same_weights_only(tmp_path):
+    """The fine-tuning recorded its initial weights by content, so the moved run folder (its export under a new
+    path) still resumes; other weights under the old path's name do not."""
+    from recbase.train.export import export_hf
+
+    run = tmp_path / "run"
+    export_hf(_write_step(run / "checkpoints", 2), run / "hf")
+    _write_step(run / "finetune", 5, init_from=str(run / "hf"))
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    ckpt.check_init(moved / "finetune" / "global_step5", str(moved / "hf"))
+    export_hf(_write_step(tmp_path / "other", 4), tmp_path / "other_hf")
+    with pytest.raises(UserError, match=r"started from .*run/hf, this one starts from .*other_hf"):
+        ckpt.check_init(moved / "finetune" / "global_step5", str(tmp_path / "other_hf"))
+    assert ckpt.weights_identity(moved / "checkpoints") == ckpt.weights_identity(moved / "checkpoints" / "global_step2")
+    assert ckpt.weights_identity(tmp_path / "missing") is None
+
+
 def test_export_records_weight_hashes_and_refuses_a_flipped_bit(tmp_path):
     from recbase.train.export import export_hf, load_model
 
@@ -202,6 +226,31 @@ def test_export_replaces_an_existing_folder_only_with_overwrite(tmp_path, capsys
     check_replaceable(out, own_checkpoints=tmp_path / "ckpt")
     with pytest.raises(UserError, match=r"set checkpoint.export_dir to another folder"):
         check_replaceable(out, own_checkpoints=tmp_path / "other_run" / "ckpt")
+
+
+def test_a_runs_export_stays_its_own_from_another_directory_or_a_copied_folder(tmp_path, monkeypatch):
+    """The export names its checkpoints folder relative to the directory the run started in; from another working
+    directory, or in a copy of the run folder, the checkpoint it was made from still identifies it."""
+    import shutil
+
+    from recbase.train.export import check_replaceable, export_hf
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    export_hf(_write_step(run / "checkpoints", 3, recorded_dir="runs/tiny/checkpoints"), run / "hf")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    check_replaceable(run / "hf", own_checkpoints=Path("../runs/tiny/checkpoints"))
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    check_replaceable(moved / "hf", own_checkpoints=moved / "checkpoints")
+
+    other = tmp_path / "other"
+    _write_step(other / "checkpoints", 3, recorded_dir="runs/other/checkpoints")   # the same step of another run
+    for foreign in (other / "checkpoints", tmp_path / "missing"):
+        with pytest.raises(UserError, match=r"hf: already holds a model, .* set checkpoint.export_dir"):
+            check_replaceable(moved / "hf", own_checkpoints=foreign)
 
 
 def test_training_refuses_an_export_folder_it_did_not_write_before_any_work(tmp_path):

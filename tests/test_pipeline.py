@@ -1,13 +1,20 @@
 """The pipeline runner on a tiny world plus one generic dataset, without the model stages: names checked before
-any work, a crash at any stage continues to the same bytes, --fresh deletes only the runner's own files."""
+any work, a crash at any stage continues to the same bytes, the same inputs give the same bytes in any process and
+folder, --fresh deletes only the runner's own files."""
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from recbase.cli import main
-from recbase.pipeline import PipelineConfig, PipelineError, check_config, load_pipeline_config, run_pipeline
+from recbase.pipeline import (PipelineConfig, PipelineError, Stages, check_config, load_pipeline_config,
+                              run_pipeline)
 
 TOKENIZER = ["kind=rqkmeans", "rqkmeans.iters=5"]   # the stages, not the tokenizer's quality, are under test
 
@@ -21,6 +28,18 @@ def _shop(root: Path) -> Path:
         f"s{i},{words[i % 8]} {words[(i * 3) % 8]} {i}\n" for i in range(40)))
     rows = [f"u{u},s{rng.integers(40)},{1000 + t}" for u in range(30) for t in range(6 + u % 6)]
     (root / "events.csv").write_text("user,sku,ts\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def _movielens(root: Path) -> Path:
+    """A MovieLens folder in its published CSV layout: 30 movies, 40 users with 3 to 9 ratings each."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{m},Movie {m} ({1990 + m % 20}),{'Comedy|Drama' if m % 2 else 'Action'}\n" for m in range(1, 31)))
+    (root / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{rng.integers(1, 31)},{rng.integers(1, 6)}.0,{964980000 + 60 * t}\n"
+        for u in range(1, 41) for t in range(3 + u % 7)))
     return root
 
 
@@ -115,6 +134,33 @@ def test_a_crash_at_any_stage_continues_to_the_same_bytes(tmp_path, monkeypatch,
     assert again["domains"] == reference["domains"]
 
 
+def test_the_same_inputs_give_the_same_bytes_in_any_process_and_folder(tmp_path):
+    """An ingest that samples users, then tables, embeddings, tokenizer, codes, shards and eval sets, run in this
+    process and in another of another hash seed (``PYTHONHASHSEED``), into different folders: every file is
+    byte-equal."""
+    _config(tmp_path, heldout_domains=["news", "ml"])
+    source = _movielens(tmp_path / "src" / "ml-tiny")
+
+    def commands(out: Path) -> list[list[str]]:
+        return [["ingest", "movielens", str(source), "--out", str(out / "data"), "--domain", "ml",
+                 "--min-user-interactions", "0", "--max-users", "25"],
+                ["run", "--config", str(tmp_path / "pipeline.json"), f"out={out}"]]
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert [main(args) for args in commands(here)] == [0, 0]
+    other_seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    done = subprocess.run([sys.executable, "-c", "import json, sys; from recbase.cli import main; "
+                           "sys.exit(any(main(args) for args in json.loads(sys.argv[1])))",
+                           json.dumps(commands(there))],
+                          env={**os.environ, "PYTHONHASHSEED": other_seed}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second = _outputs(here), _outputs(there)
+    assert {"data/ml/interactions.parquet", "embeddings/ml.npy", "shards/corpus/eval/ml.parquet",
+            "shards/corpus/eval/news.parquet", "codes.parquet"} <= set(first)
+    assert [name for name in first if first[name] != second.get(name)] == []
+    assert (here / "tokenizer" / "config.json").read_bytes() == (there / "tokenizer" / "config.json").read_bytes()
+
+
 def test_changed_option_reruns_only_the_stages_after_it(tmp_path, capsys):
     run_pipeline(_config(tmp_path))
     stamps = tmp_path / "out" / "stages"
@@ -129,6 +175,55 @@ def test_changed_option_reruns_only_the_stages_after_it(tmp_path, capsys):
     assert "[embed-shop] up to date" in printed
     assert json.loads((tmp_path / "out" / "summary" / "summary.json").read_text())["domains"]["movies"][
         "codebook_size"] == 8
+
+
+def test_a_copied_run_folder_is_up_to_date_and_a_changed_table_still_counts(tmp_path, capsys):
+    """``cp -r`` of a run folder, then the same config with ``out=`` the copy: every stage is up to date and no
+    output is written again; a table changed in the copy reruns the stages that read it."""
+    first = run_pipeline(_config(tmp_path))
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(tmp_path / "out", copy)
+    written = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    again = run_pipeline(_config(tmp_path, out=str(copy)))
+    printed = capsys.readouterr().out
+    stages = sorted(p.name.removesuffix(".json") for p in (copy / "stages").glob("*.json") if ".started" not in p.name)
+    assert len(stages) == 9 and [s for s in stages if f"[{s}] up to date" not in printed] == []
+    rewritten = sorted(p.relative_to(copy).as_posix() for p, t in written.items() if p.stat().st_mtime_ns != t)
+    assert rewritten == ["pipeline_config.json", "summary.json", "summary/summary.json", "summary/summary.md",
+                         "summary/summary.png"]
+    assert again["domains"] == first["domains"] and _outputs(copy) == _outputs(tmp_path / "out")
+    assert json.loads((copy / "stages" / "shards.json").read_text())["outputs"] == ["<out>/shards/corpus"]
+
+    table = copy / "data" / "news" / "interactions.parquet"
+    pq.write_table(pq.read_table(table).slice(1), table)
+    run_pipeline(_config(tmp_path, out=str(copy)))
+    printed = capsys.readouterr().out
+    assert "[tokenizer] up to date" in printed and "[embed-shop] up to date" in printed
+    assert "[embed-news] up to date" not in printed and "[shards] up to date" not in printed
+    eval_set = "shards/corpus/eval/news.parquet"
+    assert _outputs(copy)[eval_set] != _outputs(tmp_path / "out")[eval_set]
+
+
+def test_stamps_of_paths_as_given_still_hold_in_place_and_in_a_copy(tmp_path, monkeypatch, capsys):
+    """Stamps written before paths were run-relative fingerprint the paths as given: the folder they were made in,
+    and a copy of it, stay up to date (no model trained again), and ``--fresh`` still finds their outputs."""
+
+    with monkeypatch.context() as m:
+        m.setattr(Stages, "in_run", lambda self, value, folder=None: value)
+        run_pipeline(_config(tmp_path))
+    assert json.loads((tmp_path / "out" / "stages" / "shards.json").read_text())["outputs"] == [
+        (tmp_path / "out" / "shards" / "corpus").as_posix()]
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "out", copy)
+    for out in (tmp_path / "out", copy):
+        before = {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")}
+        capsys.readouterr()
+        run_pipeline(_config(tmp_path, out=str(out)))
+        assert capsys.readouterr().out.count(" up to date (") == 9
+        assert {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")} == before
+    assert tmp_path / "out" / "shards" / "corpus" in Stages(tmp_path / "out").owned_outputs()
+    assert Stages(copy).owned_outputs() == []   # the copy's old stamps name the original's files
 
 
 def test_fresh_deletes_only_the_runners_files(tmp_path):

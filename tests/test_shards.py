@@ -14,7 +14,7 @@ from shards_world import LEVELS, TOKENIZER_HASH, expected_sequences, make_world 
 
 from recbase.data import shards as shards_mod  # noqa: E402
 from recbase.data.shard_format import ShardError, merge_manifests, read_manifest, read_shard  # noqa: E402
-from recbase.data.shards import ShardConfig, build_shards  # noqa: E402
+from recbase.data.shards import ShardConfig, build_shards, merge_build  # noqa: E402
 from recbase.errors import UserError  # noqa: E402
 
 
@@ -70,16 +70,23 @@ def test_rebuild_is_byte_identical_and_workers_do_not_change_bytes(world, tmp_pa
     assert a == b and len([k for k in a if k.endswith(".tar")]) > 4
 
 
-def test_crash_after_first_shard_then_rerun_gives_the_same_shards(world, tmp_path, monkeypatch):
-    clean = digests(build_shards(config(world, tmp_path / "clean")))
+def dies_at(shard: int, error: BaseException):
+    """A ``write_shard`` that raises ``error`` instead of writing its ``shard``-th shard, and the paths it was
+    given."""
     real, calls = shards_mod.write_shard, []
 
-    def failing(path, blocks):
+    def write(path, blocks):
         calls.append(path)
-        if len(calls) == 2:
-            raise RuntimeError("injected crash")
+        if len(calls) == shard:
+            raise error
         real(path, blocks)
+    return write, calls
 
+
+def test_crash_after_first_shard_then_rerun_gives_the_same_shards(world, tmp_path, monkeypatch):
+    clean = digests(build_shards(config(world, tmp_path / "clean")))
+    real = shards_mod.write_shard
+    failing, calls = dies_at(2, RuntimeError("injected crash"))
     monkeypatch.setattr(shards_mod, "write_shard", failing)
     with pytest.raises(RuntimeError, match="injected"):
         build_shards(config(world, tmp_path / "crash"))
@@ -120,6 +127,92 @@ def test_changed_config_or_inputs_in_the_same_folder_are_refused(world, tmp_path
     pq.write_table(pq.read_table(codes), codes, compression="none")   # same tokenizer hash, other bytes
     with pytest.raises(ValueError, match="another build.*inputs"):
         build_shards(config(world, tmp_path, name="copy", codes_path=str(codes)))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_another_build_only_once_the_new_one_is_complete(world, tmp_path, monkeypatch, capsys):
+    from recbase.cli import main
+
+    fresh = digests(build_shards(config(world, tmp_path / "fresh", tokens_per_block=300)))
+    root = build_shards(config(world, tmp_path))
+    old = _files(root)
+    cfg = tmp_path / "shards.json"
+    cfg.write_text(json.dumps({"data_dir": str(world / "data"), "codes_path": str(world / "codes.parquet"),
+                               "out_dir": str(tmp_path), "heldout_domains": ["news"], "tokens_per_shard": 3000,
+                               "tokens_per_block": 300}))
+    capsys.readouterr()
+    assert main(["shards", "--config", str(cfg)]) == 2
+    assert "pass --overwrite (recbase shards) to replace them" in capsys.readouterr().err
+
+    real = shards_mod.write_shard
+    monkeypatch.setattr(shards_mod, "write_shard", dies_at(3, KeyboardInterrupt("killed"))[0])
+    with pytest.raises(KeyboardInterrupt):
+        main(["shards", "--config", str(cfg), "--overwrite"])
+    monkeypatch.setattr(shards_mod, "write_shard", real)
+    assert _files(root) == old                                          # nothing of the old build was touched
+    assert len(list((tmp_path / ".default.overwrite").rglob("*.tar"))) == 2
+    assert main(["shards", "--config", str(cfg), "--overwrite"]) == 0   # continues the new build, then swaps
+    assert digests(root) == fresh and "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default", "fresh", "shards.json"]
+    assert main(["shards", "--config", str(cfg)]) == 0                  # now the folder's own build
+
+
+def test_overwrite_with_several_tasks_swaps_at_the_merge(world, tmp_path):
+    full = read_users(build_shards(config(world, tmp_path / "full", tokens_per_block=300)))
+    root = build_shards(config(world, tmp_path))
+    old = _files(root)
+    for task in (1, 0):
+        side = build_shards(config(world, tmp_path, tokens_per_block=300, num_tasks=2, task_index=task),
+                            overwrite=True)
+        assert side == tmp_path / ".default.overwrite" and _files(root) == old
+    assert merge_build(config(world, tmp_path, tokens_per_block=300, num_tasks=2)) == root
+    assert read_users(root) == full and not side.exists()
+
+
+def test_a_copied_folder_is_the_same_build_and_a_changed_table_is_not(world, tmp_path):
+    """Tables, codes and shards copied together elsewhere: the rerun there keeps every shard and eval set (inputs
+    are known by content, not by path); a table changed in the copy is refused, named."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    run, moved = tmp_path / "run", tmp_path / "elsewhere" / "run"
+    shutil.copytree(world, run)
+    build_shards(config(run, run / "shards"))
+    shutil.copytree(run, moved)
+    written = {p: p.stat().st_mtime_ns for p in (moved / "shards").rglob("*") if p.suffix in (".tar", ".parquet")}
+    build_shards(config(moved, moved / "shards"))
+    assert written and all(p.stat().st_mtime_ns == t for p, t in written.items())
+    assert digests(moved / "shards" / "default") == digests(run / "shards" / "default")
+    table = moved / "data" / "books" / "interactions.parquet"
+    pq.write_table(pq.read_table(table).slice(1), table)
+    with pytest.raises(UserError, match=r"another build \(inputs \(books/interactions.parquet\) differ"):
+        build_shards(config(moved, moved / "shards"))
+
+
+def test_a_build_stamp_of_paths_as_given_still_holds_in_its_folder_and_a_moved_one(world, tmp_path):
+    """build.json as builds wrote it before inputs were named by content (the folders in the config, the inputs
+    keyed by path): a rerun of the same build goes on, in place and after a move; another build is refused."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world, run)
+    cfg = config(run, run / "shards")
+    root = build_shards(cfg)
+    stamp = json.loads((root / "build.json").read_text())
+    stamp["config"].update(data_dir=cfg.data_dir, codes_path=cfg.codes_path, out_dir=cfg.out_dir)
+    stamp["inputs"] = {(Path(cfg.codes_path) if name == "codes" else Path(cfg.data_dir) / name).as_posix(): digest
+                       for name, digest in stamp["inputs"].items()}
+    (root / "build.json").write_text(json.dumps(stamp))
+    build_shards(cfg)
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    build_shards(config(moved, moved / "shards"))
+    with pytest.raises(UserError, match="another build .*config key tokens_per_block: 700 then, 300 now"):
+        build_shards(config(moved, moved / "shards", tokens_per_block=300))
 
 
 def test_truncated_and_corrupt_shards_are_reported_by_name(world, tmp_path):

@@ -13,6 +13,10 @@ def add_arguments(parser) -> None:
     add_array_task_arguments(parser, "slice of users", "only write manifest.json from the finished tasks' manifests "
                                                        "(final array-job step)",
                              fallback=("the config's task_index", "the config's num_tasks"))
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace shards of another build already in <out_dir>/<name> (without it they are "
+                             "refused); the new build goes to a side folder and replaces them once complete (with "
+                             "several tasks, at --merge)")
 
 
 def run(args) -> int:
@@ -20,8 +24,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from recbase.config import load_config
-    from recbase.data.shard_format import MANIFEST, merge_manifests, read_manifest
-    from recbase.data.shards import ShardConfig, build_shards
+    from recbase.data.shard_format import MANIFEST, read_manifest
+    from recbase.data.shards import ShardConfig, build_shards, merge_build
     from recbase.presets import preset_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -32,16 +36,20 @@ def run(args) -> int:
     if tasks is not None:
         overrides.append(f"num_tasks={tasks}")
     cfg = load_config(ShardConfig, args.config, overrides, search_dirs=[preset_dir()])
-    root = Path(cfg.out_dir) / cfg.name
     if args.merge:
-        path = merge_manifests(root, cfg.num_tasks)
+        root = merge_build(cfg)
     else:
-        build_shards(cfg)
-        path = root / MANIFEST
-        if not path.exists():
+        root = build_shards(cfg, overwrite=args.overwrite)
+        final = Path(cfg.out_dir) / cfg.name
+        if root != final:
+            print(f"task {cfg.task_index} of {cfg.num_tasks} done in {root}/ (--merge, once every task has finished, "
+                  f"writes its manifest.json and puts it in place of {final}/)")
+            return 0
+        if not (root / MANIFEST).exists():
             print(f"task {cfg.task_index} of {cfg.num_tasks} done in {root}/ (manifest.json is written when every "
                   f"task has finished, or by --merge)")
             return 0
+    path = root / MANIFEST
     manifest = read_manifest(root)
     for split, t in manifest["totals"].items():
         print(f"{split}: {t['shards']} shards, {t['users']:,} users, {t['tokens']:,} tokens, "

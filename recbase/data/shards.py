@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -245,37 +246,98 @@ class _ShardFiles:
                 self.pool.shutdown(cancel_futures=True)
 
 
+RUN_KEYS = ("workers", "task_index", "slice_rows")        # how a build runs, not what it writes
+LOCATION_KEYS = ("data_dir", "codes_path", "out_dir")   # where its inputs and shards lie, not what they hold
+
+
 def _config_fingerprint(cfg: ShardConfig) -> dict:
-    d = to_dict(cfg)
-    for k in ("workers", "task_index", "slice_rows"):
-        d.pop(k)
-    return d
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUN_KEYS + LOCATION_KEYS}
 
 
-def _check_stamp(root: Path, cfg: ShardConfig, tokenizer_hash: str, inputs: list[Path]) -> None:
-    """Refuse to mix shards of different configs, tokenizers or input tables in one folder: a rerun that skips
-    finished shards is only correct when it resumes the very same build."""
-    stamp = {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg),
-             "inputs": {p.as_posix(): sha256_file(p) for p in inputs}}
+def _build_stamp(cfg: ShardConfig, tokenizer_hash: str, inputs: dict[str, Path]) -> dict:
+    """The ``build.json`` of this build. Inputs are named as the build reads them (``codes``, ``<domain>/<table>``)
+    and known by their SHA-256, and the config leaves out the folders, so the same build from a copied or moved
+    folder is the same build."""
+    return {"format": FORMAT, "tokenizer_hash": tokenizer_hash, "config": _config_fingerprint(cfg),
+            "inputs": {name: sha256_file(path) for name, path in inputs.items()}}
+
+
+def _named(old: dict) -> dict:
+    """A ``build.json`` as builds wrote it before inputs were named by content (the folders in the config, inputs
+    keyed by their paths as given), in today's terms; a current one unchanged."""
+    config = old.get("config", {})
+    if not any(k in config for k in LOCATION_KEYS):
+        return old
+    codes = Path(config.get("codes_path", "")).as_posix()
+    inputs = {("codes" if key == codes else "/".join(Path(key).parts[-2:])): digest
+              for key, digest in old.get("inputs", {}).items()}
+    return {**old, "config": {k: v for k, v in config.items() if k not in LOCATION_KEYS}, "inputs": inputs}
+
+
+def _differences(root: Path, stamp: dict) -> list[str]:
+    """What differs between the build ``stamp`` and the one whose ``build.json`` is in ``root`` (nothing when
+    there is none): a rerun that skips finished shards is only correct when it resumes the very same build."""
     path = root / BUILD_STAMP
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old != stamp:
-            changed = [k for k in stamp if k != "config" and old.get(k) != stamp[k]]
-            changed += [f"config key {k}: {old['config'].get(k)!r} then, {v!r} now"
-                        for k, v in stamp["config"].items() if old.get("config", {}).get(k) != v]
-            raise UserError(f"{root} holds shards of another build ({'; '.join(changed)} differ from its "
-                            f"{BUILD_STAMP}); rerun with the same settings, or pick another name")
+    if not path.exists():
+        return []
+    old = _named(json.loads(path.read_text(encoding="utf-8")))
+    if old == stamp:
+        return []
+    changed = [k for k in ("format", "tokenizer_hash") if old.get(k) != stamp[k]]
+    before, now = old.get("inputs", {}), stamp["inputs"]
+    inputs = sorted(n for n in {**before, **now} if before.get(n) != now.get(n))
+    changed += [f"inputs ({', '.join(inputs)})"] if inputs else []
+    changed += [f"config key {k}: {old['config'].get(k)!r} then, {v!r} now"
+                for k, v in stamp["config"].items() if old.get("config", {}).get(k) != v]
+    return changed or ["its layout"]
+
+
+def _target(root: Path, stamp: dict, overwrite: bool) -> Path:
+    """The folder this build writes: ``root``, unless it holds another build, which is refused, or with
+    ``overwrite`` left whole while the new build goes to ``.<name>.overwrite`` beside it (:func:`_publish` swaps
+    them once the manifest is merged); a side folder of yet another build is an unfinished overwrite, started
+    afresh."""
+    changed = _differences(root, stamp)
+    side = root.with_name(f".{root.name}.overwrite")
+    if changed and not overwrite:
+        raise UserError(f"{root} holds shards of another build ({'; '.join(changed)} differ from its "
+                        f"{BUILD_STAMP}); rerun with the same settings, pick another name, or pass --overwrite "
+                        f"(recbase shards) to replace them once the new build is complete")
+    if not (overwrite and (changed or side.exists())):
+        target = root
     else:
-        atomic_write_text(path, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+        target = side
+        if _differences(side, stamp):
+            shutil.rmtree(side)
+    target.mkdir(parents=True, exist_ok=True)
+    if not (target / BUILD_STAMP).exists():
+        atomic_write_text(target / BUILD_STAMP, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+    return target
 
 
-def build_shards(cfg: ShardConfig) -> Path:
+def _publish(built: Path, root: Path) -> Path:
+    """Put the complete build in ``built`` in place of ``root``: the old folder is renamed aside, the new one renamed
+    in, then the old one deleted, so a crash at any point leaves the new build whole under a name a rerun finds."""
+    old = root.with_name(f".{root.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if root.exists():
+        root.rename(old)
+    built.rename(root)
+    if old.exists():
+        shutil.rmtree(old)
+    log.info("replaced %s with the new build", root)
+    return root
+
+
+def build_shards(cfg: ShardConfig, overwrite: bool = False) -> Path:
     """Build this task's shards (and, for task 0, the eval sets); merge the manifest once every task is done.
 
     The pretraining domains are read in slices of about ``slice_rows`` interactions
     (:mod:`recbase.data.user_slices`), so memory does not grow with the logs. Returns the shard folder
-    ``<out_dir>/<name>``.
+    ``<out_dir>/<name>``. A folder that holds another build is refused, or with ``overwrite`` replaced once the
+    new build is complete: until then it is untouched, and the new build lies in ``.<name>.overwrite``, which
+    this returns when the build has several tasks (:func:`merge_build` puts it in place).
     """
     from recbase.data.tables import IMPRESSIONS_FILE, INTERACTIONS_FILE
 
@@ -283,39 +345,56 @@ def build_shards(cfg: ShardConfig) -> Path:
     codes = read_codes(cfg.codes_path, cfg.codebook_size)
     pretrain_dirs, heldout_dirs = select_domains(cfg)
     root = Path(cfg.out_dir) / plain_name(cfg.name, "shard set name", "<out_dir>/<name>/")
-    root.mkdir(parents=True, exist_ok=True)
-    _check_stamp(root, cfg, codes.tokenizer_hash, [Path(cfg.codes_path)] + [
-        d / name for d in pretrain_dirs + heldout_dirs for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE)
-        if (d / name).exists()])
+    stamp = _build_stamp(cfg, codes.tokenizer_hash, {"codes": Path(cfg.codes_path)} | {
+        f"{d.name}/{name}": d / name for d in pretrain_dirs + heldout_dirs
+        for name in (INTERACTIONS_FILE, IMPRESSIONS_FILE) if (d / name).exists()})
+    target = _target(root, stamp, overwrite)
     n_slices = count_slices(pretrain_dirs, cfg.slice_rows)
     slices = user_slices(pretrain_dirs, codes, cfg.seed, cfg.task_index, cfg.num_tasks, n_slices,
-                         root / f"{SLICES_DIR}-t{cfg.task_index:03d}")
+                         target / f"{SLICES_DIR}-t{cfg.task_index:03d}")
 
     def eval_sets() -> dict:
         seen = sorted({d.name for d in heldout_dirs} & set(codes.tokenizer.get("train_domains") or []))
         if seen:
             log.warning("held-out domain(s) %s were among the tokenizer's training domains: their eval sets are not "
                         "zero-shot, and evaluation refuses them unless allow_seen_domains=true", ", ".join(seen))
-        return {d.name: build_eval_set(d, codes, root / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed,
+        return {d.name: build_eval_set(d, codes, target / EVAL_DIR / f"{d.name}.parquet", cfg.eval, cfg.seed,
                                        [p.name for p in pretrain_dirs])
                 for d in heldout_dirs}
 
     with contextlib.closing(slices):   # a failed build deletes its slice files too
-        return write_sequence_shards(cfg, codes.vocab, codes.tokenizer_hash, [d.name for d in pretrain_dirs],
-                                     slices, eval_sets, codes.tokenizer, n_slices)
+        write_sequence_shards(cfg, codes.vocab, codes.tokenizer_hash, [d.name for d in pretrain_dirs], slices,
+                              eval_sets, codes.tokenizer, n_slices, target)
+    if target != root and cfg.num_tasks == 1:
+        return _publish(target, root)
+    return target
+
+
+def merge_build(cfg: ShardConfig) -> Path:
+    """Write ``manifest.json`` from the finished tasks' manifests (the final step of an array job); returns the
+    shard folder. Where an overwrite is under way (``.<name>.overwrite``), its build is merged and put in place:
+    with several tasks only this step does so, so that two tasks finishing together never both swap folders."""
+    root = Path(cfg.out_dir) / plain_name(cfg.name, "shard set name", "<out_dir>/<name>/")
+    side = root.with_name(f".{root.name}.overwrite")
+    if side.exists():
+        merge_manifests(side, cfg.num_tasks)
+        return _publish(side, root)
+    merge_manifests(root, cfg.num_tasks)
+    return root
 
 
 def write_sequence_shards(cfg: ShardConfig, vocab: Vocab, tokenizer_hash: str, domain_names: list[str],
                           slices: Iterable[list[DomainSequences]], eval_sets=dict, tokenizer: dict | None = None,
-                          n_slices: int | None = None) -> Path:
+                          n_slices: int | None = None, root: Path | None = None) -> Path:
     """Lay out, write and describe the shards under ``<out_dir>/<name>``: everything the builder does after
     reading its inputs. ``slices`` gives, slice after slice, one :class:`DomainSequences` per domain of
     ``domain_names``; a user is in exactly one slice, and every user of a slice orders (by seeded hash) after
     every user of the slices before it. ``eval_sets()`` (task 0 only) builds the held-out domains' eval sets once
     the shards are written and returns their manifest entries. ``tokenizer`` is the artifact's metadata (kind,
-    embedder, training domains) recorded in the manifest."""
+    embedder, training domains) recorded in the manifest. ``root`` is the folder written (default
+    ``<out_dir>/<name>``)."""
     t0 = time.perf_counter()
-    root = Path(cfg.out_dir) / cfg.name
+    root = root or Path(cfg.out_dir) / cfg.name
     root.mkdir(parents=True, exist_ok=True)
     skipped: Counter = Counter()
     splits = SPLITS if cfg.holdout else SPLITS[:1]

@@ -18,6 +18,7 @@ group, so export and evaluation use it alone.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -155,17 +156,40 @@ def check_tokenizer(folder: Path, tokenizer_hash: str) -> None:
                         f"data.shards at the shards of the checkpoint's tokenizer, or start a new checkpoint.dir")
 
 
+def weights_identity(path: str | Path) -> str | None:
+    """What names the weights at ``path`` wherever they lie: the SHA-256 of the weight hashes a Hugging Face
+    export records, or of a checkpoint folder's manifest (the newest complete one of a checkpoints folder); None
+    when ``path`` is neither."""
+    path = Path(path)
+    try:
+        if (path / META_FILE).is_file() and not is_complete(path):
+            weights = json.loads((path / META_FILE).read_text(encoding="utf-8"))["weights_sha256"]
+            return hashlib.sha256(json.dumps(weights, sort_keys=True).encode("utf-8")).hexdigest()
+        folder = path if is_complete(path) else (complete_checkpoints(path) or [None])[-1]
+        return sha256_file(folder / MANIFEST_FILE) if folder is not None else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_init(folder: Path, init_from: str) -> None:
     """Refuse to resume from ``folder`` when it belongs to a run that started from other weights
     (``checkpoint.init_from``): a fine-tuning pointed at a pretraining's checkpoints folder, or the reverse, would
-    otherwise continue that run and write its checkpoints there."""
-    saved = read_meta(folder).get("train_config", {}).get("checkpoint", {})
+    otherwise continue that run and write its checkpoints there. The same weights are the same folder, or, where
+    the checkpoint recorded them (``init_weights``), the same :func:`weights_identity` under another path (a run
+    folder copied or moved, a relative path read from another working directory)."""
+    meta = read_meta(folder)
+    saved = meta.get("train_config", {}).get("checkpoint", {})
     if "init_from" not in saved:
         return
-    same = (saved["init_from"] == init_from if not (saved["init_from"] and init_from)
-            else Path(saved["init_from"]).resolve() == Path(init_from).resolve())
+    then, now = saved["init_from"], init_from
+    if then and now:
+        recorded = meta.get("init_weights")
+        same = Path(then).resolve() == Path(now).resolve() or (recorded is not None
+                                                                and recorded == weights_identity(now))
+    else:
+        same = then == now
     if not same:
-        then, now = saved["init_from"] or "random weights", init_from or "random weights"
+        then, now = then or "random weights", now or "random weights"
         raise UserError(f"{folder / META_FILE}: the checkpoint belongs to a run started from {then}, this one starts "
                         f"from {now}; choose another checkpoint.dir for this run")
 

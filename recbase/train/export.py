@@ -20,6 +20,7 @@ from recbase.train import checkpoint as ckpt
 META_FILE = ckpt.META_FILE
 HEAD_FILE = "embedding_head.safetensors"   # the next-item embedding head's weights beside the language model's
 TEXT_INPUTS_FILE = "text_inputs.safetensors"   # the projection of the items' text vectors into the input embeddings
+SOURCE_KEY = "checkpoint_manifest_sha256"   # in an export's recbase.json: the checkpoint it was made from
 
 
 def is_hf_export(path: Path) -> bool:
@@ -190,24 +191,33 @@ def with_text_inputs(model, path: Path, meta: dict, tokenizer=None):
     return install(model, text)
 
 
-def exported_from(out_dir: str | Path) -> Path | None:
-    """The checkpoints folder whose training run wrote the export in ``out_dir`` (from its ``recbase.json``), or
-    None when ``out_dir`` holds no readable export."""
+def is_export_of(out_dir: str | Path, checkpoints: str | Path) -> bool:
+    """Whether the export in ``out_dir`` was written from a checkpoint of the folder ``checkpoints``: the folder
+    its ``recbase.json`` names, or one holding the very checkpoint it was made from (the SHA-256 of its manifest,
+    which hashes every file, as the export recorded it; the same ``recbase.json`` for exports that did not record
+    it). The second holds wherever the pair now lies, so a run folder that was copied or moved, or a relative
+    ``checkpoint.dir`` read from another working directory, is still the run's."""
     try:
         meta = json.loads((Path(out_dir) / META_FILE).read_text(encoding="utf-8"))
-        return Path(meta["train_config"]["checkpoint"]["dir"]).resolve()
+        if Path(meta["train_config"]["checkpoint"]["dir"]).resolve() == Path(checkpoints).resolve():
+            return True
+        source = Path(checkpoints) / ckpt.checkpoint_tag(int(meta["step"]))
+        meta.pop("weights_sha256", None)
+        manifest = meta.pop(SOURCE_KEY, None)
+        return ckpt.is_complete(source) and ckpt.read_meta(source) == meta and \
+            manifest in (None, sha256_file(source / ckpt.MANIFEST_FILE))
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return False
 
 
 def check_replaceable(out_dir: str | Path, overwrite: bool = False, own_checkpoints: str | Path | None = None) -> None:
     """Refuse to replace ``out_dir`` when it holds anything, unless ``overwrite``, or it is the export of the run
-    that trains in ``own_checkpoints`` (a resumed run exports again): evaluations, fine-tunings and served models
-    may read the model there."""
+    that trains in ``own_checkpoints`` (a resumed run exports again; :func:`is_export_of`): evaluations,
+    fine-tunings and served models may read the model there."""
     out = Path(out_dir)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())) or overwrite:
         return
-    if own_checkpoints is not None and exported_from(out) == Path(own_checkpoints).resolve():
+    if own_checkpoints is not None and is_export_of(out, own_checkpoints):
         return
     what = "a model" if (out / META_FILE).exists() else "other files"
     fix = ("set checkpoint.export_dir to another folder (or 'none'), or remove this one" if own_checkpoints is not None
@@ -236,6 +246,8 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = Fal
         save_file({k: v.contiguous() for k, v in load_text_inputs_state(checkpoint).items()},
                   str(tmp / TEXT_INPUTS_FILE))
     weights = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
+    if not is_hf_export(Path(checkpoint)):
+        meta[SOURCE_KEY] = sha256_file(_checkpoint_folder(Path(checkpoint)) / ckpt.MANIFEST_FILE)
     atomic_write_text(tmp / META_FILE, json.dumps({**meta, "weights_sha256": weights}, indent=2) + "\n")
     old = out.parent / f".{out.name}.old"
     if out.exists():

@@ -257,10 +257,12 @@ class Trainer:
         (kind, embedder, the domains it was trained on) made the ids, how ids map to concept codes, and the
         domains the model was trained on (an evaluation on any of them is not zero-shot)."""
         tokenizer = {**self.loader.manifest.get("tokenizer", {}), "hash": self.tokenizer_hash}
+        init = self.cfg.checkpoint.init_from
         return {"step": self.step, "tokenizer_hash": self.tokenizer_hash, "tokenizer": tokenizer,
                 "token_layout": self.vocab.layout(), "vocab": self.vocab.to_dict(),
                 "train_domains": self.train_domains, "model_config": self.hf_config.to_dict(),
-                "attention_pattern": self.cfg.model.attention_pattern, "train_config": to_dict(self.cfg)}
+                "attention_pattern": self.cfg.model.attention_pattern, "train_config": to_dict(self.cfg),
+                **({"init_weights": ckpt.weights_identity(init)} if init else {})}
 
     def save(self) -> Path:
         rank_state = {"loader": self.loader.state_dict(), "rng": _rng_state()}
