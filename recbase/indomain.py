@@ -457,9 +457,10 @@ def render_report(results: dict) -> str:
         for label, f in fused.items():
             for split, cost in (("validation", f["valid_cost"]), ("test", f.get("test", {}).get("cost"))):
                 if cost:
-                    lines.append(f"- {label}, {split} pass: beam {cost['beam']:.0f} s, text scores {cost['text']:.0f} s, "
-                                 f"teacher-forced log P of {cost['pairs']:,} candidates outside the scoring model's "
-                                 f"beam ({cost['candidates_per_user']:.0f} per user) {cost['scoring']:.0f} s")
+                    lines.append(f"- {label}, {split} pass: beam {cost['beam']:.0f} s, text scores "
+                                 f"{cost['text']:.0f} s, teacher-forced log P of {cost['pairs']:,} candidates outside "
+                                 f"the scoring model's beam ({cost['candidates_per_user']:.0f} per user) "
+                                 f"{cost['scoring']:.0f} s")
         if ensemble:
             split, m, n = (("test", ensemble["test"], users) if "test" in ensemble else
                            ("validation", ensemble["valid"][ensemble["chosen"]], results["users"]["valid"]))

@@ -201,7 +201,8 @@ def test_an_ensemble_of_one_model_twice_is_that_model_exactly(fused):
     np.testing.assert_array_equal(twice.rows, alone.rows)
     np.testing.assert_array_equal(twice.logp, alone.logp)
     for setting in (Setting(0.0, "z", 1.0), Setting(0.5, "raw", 3.0), Setting(0.0, "raw", 0.0)):
-        np.testing.assert_array_equal(fused_ranks(twice, LOO.targets, setting), fused_ranks(alone, LOO.targets, setting))
+        np.testing.assert_array_equal(fused_ranks(twice, LOO.targets, setting),
+                                      fused_ranks(alone, LOO.targets, setting))
     np.testing.assert_array_equal(generative_ranks(twice, LOO.targets), generative_ranks(alone, LOO.targets))
 
 

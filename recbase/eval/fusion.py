@@ -81,7 +81,7 @@ class Candidates:
     text_top: dict[float, np.ndarray]     # decay -> [U, C] bool
     n_beam: np.ndarray                    # [U] beam items (the union of the models' beams)
     seconds: dict[str, float]             # wall time of the beam, the text scores and the teacher-forced scoring
-    pairs: int                            # (user, text candidate) pairs scored by teacher forcing
+    pairs: int                            # (model, user, candidate) scored by teacher forcing: not in its beam
 
     def candidate_mask(self, decay: float) -> np.ndarray:
         beam = np.arange(self.rows.shape[1])[None, :] < self.n_beam[:, None]
