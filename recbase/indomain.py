@@ -12,6 +12,9 @@ its checkpoints) are reused when the protocol settings are the same, so adding a
 With ``fusion``, the selected checkpoint's beam is also fused with text similarity (:mod:`recbase.eval.fusion`):
 its text profile, scale and weight are chosen on the same validation targets, and the test targets are ranked once
 with that choice; the report leads with the fused row and keeps the generative-only one.
+With ``ensemble`` (two seeds or more), the seeds' selected checkpoints also rank together: the union of their
+beams and the text top, each candidate scored by the mean of the models' log P, fused with text as one model's,
+its setting chosen on the same validation targets (``ensemble.json`` beside the report); the per-seed rows stay.
 Levers are compared with ``test=false``, which stops after the validation ranking; the chosen setting run again
 with ``test=true`` ranks only the test targets, with the checkpoint selected before.
 A model change (``train_overrides``) needs a new ``run_name`` (runs of one ``out`` share its data, tokenizer and
@@ -40,9 +43,11 @@ PUBLISHED = {
 COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 SELECT_ON = "ndcg@10"
 SEED_RESULTS = "leave_one_out.json"   # a seed's validation and test results, beside its checkpoints
+ENSEMBLE_RESULTS = "ensemble.json"    # the ensemble's, beside the run's report
 PROTOCOL_KEYS = ("max_history", "beam_width", "valid_users", "ks")   # settings a seed's results depend on
 FUSION_KEYS = ("fusion_text_items", "fusion_decays", "fusion_scales", "fusion_alphas")   # and its fused ranking
 FUSED_ROW, GENERATIVE_ROW = "recbase, generative + text fusion", "recbase, generative only"
+ENSEMBLE_ROW = "recbase, {n}-seed ensemble"
 
 
 @dataclass
@@ -75,6 +80,7 @@ class InDomainConfig:
     fusion_scales: list[str] = field(default_factory=lambda: ["raw", "z"])   # raw scores, or standardised per user
     fusion_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0,
                                                                 12.0, 16.0, 32.0, 64.0])   # weights of the text score
+    ensemble: bool = False                    # also rank with every seed's selected checkpoint together (mean log P)
 
     def validate(self) -> "InDomainConfig":
         """Reject settings that cannot run, naming the key, in one line."""
@@ -82,6 +88,12 @@ class InDomainConfig:
 
         if not self.seeds:
             raise ConfigError("seeds is empty: give at least one model seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={self.seeds} repeats a seed: each seed is one model")
+        if self.ensemble and len(self.seeds) < 2:
+            raise ConfigError(f"ensemble=true needs at least two seeds (models to average), got seeds={self.seeds}")
+        if self.ensemble and not self.fusion:
+            raise ConfigError("ensemble=true ranks the fusion's candidates with every model: it needs fusion=true")
         check_ranges(self, {"beam_width": AT_LEAST_1, "max_history": AT_LEAST_1, "valid_users": AT_LEAST_0,
                             "fusion_text_items": AT_LEAST_0})
         if self.fusion:
@@ -205,7 +217,7 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     from recbase.data.readers import default_domain
     from recbase.data.sequences import load_domain
     from recbase.data.tables import read_item_ids
-    from recbase.eval.fusion import Setting, collect_candidates, fused_ranks, grid
+    from recbase.eval.fusion import Setting, collect_candidates, fused_ranks, generative_ranks, grid
     from recbase.eval.leave_one_out import (baseline_metrics, beam_metrics, leave_one_out, model_metrics,
                                             training_counts)
     from recbase.eval.metrics import retrieval_metrics
@@ -261,14 +273,27 @@ def run_indomain(cfg: InDomainConfig) -> dict:
         return Retriever(em.model, trie, vocab.n_special, vocab.bos_id, cfg.beam_width,
                          batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
 
-    def candidates(ckpt: Path, loo, decays: list[float], desc: str):
-        beam = retriever(ckpt)
-        scorer = CandidateScorer(beam.model, item_tokens.shape[1], vocab.bos_id, pad_id=vocab.pad_id)
-        return collect_candidates(beam, scorer, loo, item_tokens, vocab, item_ids, embeddings, decays,
+    def candidates(ckpts: list[Path], loo, decays: list[float], desc: str):
+        """One checkpoint's fusion candidates, or with several the ensemble's."""
+        models = []
+        for ckpt in ckpts:
+            beam = retriever(ckpt)
+            models.append((beam, CandidateScorer(beam.model, item_tokens.shape[1], vocab.bos_id, pad_id=vocab.pad_id)))
+        return collect_candidates(models, loo, item_tokens, vocab, item_ids, embeddings, decays,
                                   cfg.fusion_text_items, desc=desc)
 
     fusion_protocol = {k: to_dict(cfg)[k] for k in FUSION_KEYS}
     settings = grid(cfg.fusion_decays, cfg.fusion_scales, cfg.fusion_alphas)
+
+    def fused_valid(cands) -> dict:
+        """Every setting of the grid on the validation targets, and the one chosen."""
+        per_setting = {s.name: retrieval_metrics(fused_ranks(cands, valid.targets, s), cfg.ks) for s in settings}
+        chosen = max(per_setting, key=lambda name: per_setting[name][SELECT_ON])
+        return {"protocol": fusion_protocol, "valid": per_setting, "chosen": chosen, "valid_cost": _cost(cands)}
+
+    def fused_test(cands, chosen: Setting) -> dict:
+        return {**retrieval_metrics(fused_ranks(cands, splits["test"].targets, chosen), cfg.ks), "cost": _cost(cands)}
+
     for seed in cfg.seeds:
         run_dir = report_dir / f"seed{seed}"
         saved = _saved_results(run_dir, report_dir, seed, protocol)
@@ -292,26 +317,22 @@ def run_indomain(cfg: InDomainConfig) -> dict:
         if cfg.fusion and saved.get("fusion", {}).get("protocol") != fusion_protocol:
             t0 = stage_start(f"fusion with text: {len(settings)} settings on {len(valid):,} validation targets, "
                              f"seed {seed}, checkpoint {best}")
-            cands = candidates(run_dir / "checkpoints" / best, valid, cfg.fusion_decays, f"fuse valid {best}")
-            per_setting = {s.name: retrieval_metrics(fused_ranks(cands, valid.targets, s), cfg.ks) for s in settings}
-            chosen = max(per_setting, key=lambda name: per_setting[name][SELECT_ON])
-            saved["fusion"] = {"protocol": fusion_protocol, "valid": per_setting, "chosen": chosen,
-                               "valid_cost": _cost(cands)}
+            cands = candidates([run_dir / "checkpoints" / best], valid, cfg.fusion_decays, f"fuse valid {best}")
+            saved["fusion"] = fused = fused_valid(cands)
             atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
-            stage_done(t0, f"chosen {chosen}: valid " + ", ".join(f"{k} {per_setting[chosen][k]:.4f}"
-                                                                for k in COLUMNS))
+            stage_done(t0, f"chosen {fused['chosen']}: valid " + _metrics_line(fused["valid"][fused["chosen"]]))
         if cfg.test and cfg.fusion and "test" not in saved["fusion"]:
             chosen = Setting.parse(saved["fusion"]["chosen"])
             t0 = stage_start(f"test targets, seed {seed}, checkpoint {best}, fused with {chosen.name} "
                              f"(both selected on validation)")
-            cands = candidates(run_dir / "checkpoints" / best, splits["test"], [chosen.decay], f"fuse test {best}")
-            saved["fusion"]["test"] = {**retrieval_metrics(fused_ranks(cands, splits["test"].targets, chosen),
-                                                           cfg.ks), "cost": _cost(cands)}
+            cands = candidates([run_dir / "checkpoints" / best], splits["test"], [chosen.decay], f"fuse test {best}")
+            saved["fusion"]["test"] = fused_test(cands, chosen)
             # the beam of this pass is the generative ranking of the test targets
-            saved.setdefault("test", beam_metrics(cands.beam_ranks, cfg.ks, cands.seconds["beam"], cfg.beam_width))
+            saved.setdefault("test", beam_metrics(generative_ranks(cands, splits["test"].targets), cfg.ks,
+                                                  cands.seconds["beam"], cfg.beam_width))
             atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
-            stage_done(t0, "test, fused " + ", ".join(f"{k} {saved['fusion']['test'][k]:.4f}" for k in COLUMNS) +
-                       "; generative only " + ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
+            stage_done(t0, "test, fused " + _metrics_line(saved["fusion"]["test"]) +
+                       "; generative only " + _metrics_line(saved["test"]))
         elif cfg.test and "test" not in saved:
             t0 = stage_start(f"test targets, seed {seed}, checkpoint {best} (selected on validation)")
             saved["test"] = model_metrics(retriever(run_dir / "checkpoints" / best), splits["test"], item_tokens,
@@ -323,6 +344,33 @@ def run_indomain(cfg: InDomainConfig) -> dict:
                   ", ".join(f"{k} {saved['test'][k]:.4f}" for k in COLUMNS))
         results["seeds"][str(seed)] = saved
 
+    if cfg.ensemble:
+        members = {str(seed): results["seeds"][str(seed)]["selected"] for seed in cfg.seeds}
+        ckpts = [report_dir / f"seed{seed}" / "checkpoints" / members[str(seed)] for seed in cfg.seeds]
+        ens_protocol = {**protocol, **fusion_protocol, "members": members}
+        ens_path = report_dir / ENSEMBLE_RESULTS
+        ens = json.loads(ens_path.read_text(encoding="utf-8")) if ens_path.exists() else {}
+        named = ", ".join(f"seed {seed} {name}" for seed, name in members.items())
+        if ens.get("protocol") != ens_protocol:
+            t0 = stage_start(f"ensemble of {len(ckpts)} models ({named}) fused with text: {len(settings)} settings "
+                             f"on {len(valid):,} validation targets")
+            cands = candidates(ckpts, valid, cfg.fusion_decays, "ensemble valid")
+            ens = {**fused_valid(cands), "protocol": ens_protocol,
+                   "generative_valid": retrieval_metrics(generative_ranks(cands, valid.targets), cfg.ks)}
+            atomic_write_text(ens_path, json.dumps(ens, indent=2) + "\n")
+            stage_done(t0, f"chosen {ens['chosen']}: valid " + _metrics_line(ens["valid"][ens["chosen"]]) +
+                       "; generative only " + _metrics_line(ens["generative_valid"]))
+        if cfg.test and "test" not in ens:
+            chosen = Setting.parse(ens["chosen"])
+            t0 = stage_start(f"test targets, ensemble of {named}, fused with {chosen.name} (chosen on validation)")
+            cands = candidates(ckpts, splits["test"], [chosen.decay], "ensemble test")
+            ens["test"] = fused_test(cands, chosen)
+            ens["generative_test"] = retrieval_metrics(generative_ranks(cands, splits["test"].targets), cfg.ks)
+            atomic_write_text(ens_path, json.dumps(ens, indent=2) + "\n")
+            stage_done(t0, "test, fused " + _metrics_line(ens["test"]) +
+                       "; generative only " + _metrics_line(ens["generative_test"]))
+        results["ensemble"] = ens
+
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     tested = [s["test"] for s in results["seeds"].values() if "test" in s]
     results["test"] = {k: _mean_std([t[k] for t in tested]) for k in COLUMNS} if cfg.test else None
@@ -333,6 +381,10 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     atomic_write_text(report_dir / "report.md", render_report(results))
     print(render_report(results))
     return results
+
+
+def _metrics_line(metrics: dict) -> str:
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in COLUMNS)
 
 
 def _row(name: str, values) -> str:
@@ -357,11 +409,19 @@ def render_report(results: dict) -> str:
             return _row(name, ["not ranked (test=false)"] * len(COLUMNS))
         return _row(name, [f"{m:.4f}" + (f" ± {s:.4f}" if spread else "") for m, s in (test[c] for c in COLUMNS)])
 
+    def single_row(name: str, test: dict | None) -> str:
+        return _row(name, [f"{test[c]:.4f}" if test else "not ranked (test=false)" for c in COLUMNS])
+
     if results["config"].get("fusion"):
         lines.append(model_row(f"{FUSED_ROW} (this run)", results.get("fusion_test")))
         lines.append(model_row(f"{GENERATIVE_ROW} (this run)", results["test"]))
     else:
         lines.append(model_row("recbase (this run)", results["test"]))
+    ensemble = results.get("ensemble")
+    if ensemble:
+        name = ENSEMBLE_ROW.format(n=len(ensemble["protocol"]["members"]))
+        lines.append(single_row(f"{name} + text fusion (this run; one ranking, no spread)", ensemble.get("test")))
+        lines.append(single_row(f"{name}, generative only (this run)", ensemble.get("generative_test")))
     for name, metrics in results["baselines"]["test"].items():
         lines.append(_row(f"{name} (same run)", [f"{metrics[c]:.4f}" for c in COLUMNS]))
     for name, values in PUBLISHED.items():
@@ -376,25 +436,43 @@ def render_report(results: dict) -> str:
                          f" | {m['users'] / max(m['seconds'], 1e-9):.1f} |")
     for name, metrics in results["baselines"]["valid"].items():
         lines.append(f"| - | {name} | " + " | ".join(f"{metrics[c]:.4f}" for c in COLUMNS) + " | - |")
-    fused = {seed: r["fusion"] for seed, r in results["seeds"].items() if "fusion" in r}
+    fused = {f"seed {seed}": r["fusion"] for seed, r in results["seeds"].items() if "fusion" in r}
+    if ensemble:
+        fused["ensemble"] = ensemble
     if fused:
         lines += ["", f"Fusion with text on the selected checkpoint: candidates = the beam's items ∪ the "
                   f"{results['config']['fusion_text_items']} best of the text score, ranked by log P + alpha * text; "
                   f"the best alpha of each text profile (decay) and scale, on the same validation users:", "",
                   "| seed | setting | " + " | ".join(COLUMNS) + " | users/s |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
-        for seed, f in fused.items():
+        for label, f in fused.items():
             for setting, m in _best_alphas(f["valid"]).items():
                 mark = " (chosen)" if setting == f["chosen"] else ""
-                lines.append(f"| {seed} | {setting}{mark} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS) +
+                lines.append(f"| {label} | {setting}{mark} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS) +
                              f" | {f['valid_cost']['users_per_s']:.1f} |")
+        if ensemble:
+            m = ensemble["generative_valid"]
+            lines.append("| ensemble | generative only: the union of the beams by mean log P | " +
+                         " | ".join(f"{m[c]:.4f}" for c in COLUMNS) + " | - |")
         lines.append("")
-        for seed, f in fused.items():
+        for label, f in fused.items():
             for split, cost in (("validation", f["valid_cost"]), ("test", f.get("test", {}).get("cost"))):
                 if cost:
-                    lines.append(f"- seed {seed}, {split} pass: beam {cost['beam']:.0f} s, text scores "
-                                 f"{cost['text']:.0f} s, teacher-forced log P of {cost['pairs']:,} text candidates "
-                                 f"({cost['candidates_per_user']:.0f} per user) {cost['scoring']:.0f} s")
+                    lines.append(f"- {label}, {split} pass: beam {cost['beam']:.0f} s, text scores "
+                                 f"{cost['text']:.0f} s, teacher-forced log P of {cost['pairs']:,} candidates outside "
+                                 f"the scoring model's beam ({cost['candidates_per_user']:.0f} per user) "
+                                 f"{cost['scoring']:.0f} s")
+        if ensemble:
+            split, m, n = (("test", ensemble["test"], users) if "test" in ensemble else
+                           ("validation", ensemble["valid"][ensemble["chosen"]], results["users"]["valid"]))
+            lines.append(f"- the ensemble is one ranking, so it has no spread over seeds; its sampling error instead: "
+                         f"one standard error of its {split} recall@10 over {n:,} users, "
+                         f"±{_standard_error(m['recall@10'], n):.4f}")
     return "\n".join(lines) + "\n"
+
+
+def _standard_error(rate: float, n: int) -> float:
+    """Sampling error of a per-user hit rate such as Recall@K: the binomial standard error."""
+    return float(np.sqrt(rate * (1 - rate) / max(n, 1)))
 
 
 def _best_alphas(per_setting: dict) -> dict:

@@ -1,6 +1,8 @@
 """The fused leave-one-out ranking on a tiny hand-built catalog: the candidate set is the union of the beam's items
 and the text top, a fused score is log P + alpha * text worked out by hand, alpha 0 is the model's own ranking over
-the union, a target outside the candidates is a miss, and bad fusion settings are one line naming the key."""
+the union, a target outside the candidates is a miss, and bad fusion settings are one line naming the key.
+An ensemble of two models: its candidates are the union of both beams and the text top, a candidate's log P is the
+mean of the two models' by hand, and an ensemble of one model twice ranks exactly as that model alone."""
 import numpy as np
 import pytest
 
@@ -8,7 +10,8 @@ from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from eval_helpers import tiny_model
 from recbase.cli import main
 from recbase.config import ConfigError
-from recbase.eval.fusion import Setting, collect_candidates, fused_ranks, fused_scores, text_scores
+from recbase.eval.fusion import (Setting, collect_candidates, fused_ranks, fused_scores, generative_ranks,
+                                 text_scores)
 from recbase.eval.leave_one_out import LeaveOneOutSet, history_tokens
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import CandidateScorer
@@ -25,20 +28,38 @@ HISTORIES = [np.array([0, 3, 5]), np.array([9]), np.array([12, 2, 7, 11])]
 BEAM, TEXT = 3, 2
 
 
-@pytest.fixture(scope="module")
-def fused():
-    model = tiny_model(VOCAB, seed=5)
+LOO = LeaveOneOutSet("tiny", "test", ["a", "b", "c"], HISTORIES, np.array([6, 10, 13]))
+TOKENS = VOCAB.encode_codes(CODES)
+
+
+def _model(seed: int):
+    """A tiny random model as (retriever, scorer), with its exact log P of every catalog item per user and its beams."""
+    model = tiny_model(VOCAB, seed=seed)
     retriever = Retriever(model, CodeTrie.build(CODES, ITEMS, VOCAB.codebook_size), VOCAB.n_special, VOCAB.bos_id,
                           beam_width=BEAM)
-    scorer = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id)
-    loo = LeaveOneOutSet("tiny", "test", ["a", "b", "c"], HISTORIES, np.array([6, 10, 13]))
-    tokens = VOCAB.encode_codes(CODES)
-    cands = collect_candidates(retriever, scorer, loo, tokens, VOCAB, ITEMS, EMB, [0.0, 0.5], TEXT)
     exact = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "naive")
-    hist_tokens = history_tokens(HISTORIES, tokens, VOCAB)
-    logp = {u: exact.score_user(hist_tokens[u], tokens).sum(1) for u in range(3)}   # every catalog item, by hand
-    beams = [retriever.retrieve(h) for h in hist_tokens]
-    return {"cands": cands, "loo": loo, "logp": logp, "beams": beams}
+    hist_tokens = history_tokens(HISTORIES, TOKENS, VOCAB)
+    logp = {u: exact.score_user(hist_tokens[u], TOKENS).sum(1) for u in range(3)}   # every catalog item, by hand
+    beams = [[int(i[1:]) for i in retriever.retrieve(h).items] for h in hist_tokens]
+    return (retriever, CandidateScorer(model, VOCAB.levels, VOCAB.bos_id)), logp, beams
+
+
+def _collect(models):
+    return collect_candidates(models, LOO, TOKENS, VOCAB, ITEMS, EMB, [0.0, 0.5], TEXT)
+
+
+@pytest.fixture(scope="module")
+def fused():
+    model, logp, beams = _model(5)
+    return {"cands": _collect([model]), "loo": LOO, "logp": logp, "beams": beams, "model": model}
+
+
+@pytest.fixture(scope="module")
+def ensemble(fused):
+    other, logp, beams = _model(11)
+    # two models that disagree, so the union is more than either beam
+    assert any(set(a) != set(b) for a, b in zip(beams, fused["beams"]))
+    return {"cands": _collect([fused["model"], other]), "logp": logp, "beams": beams}
 
 
 def _cosine(a, b):
@@ -63,7 +84,7 @@ def _members(cands, user: int, decay: float) -> list[int]:
 def test_candidates_are_the_beams_items_then_the_text_top(fused):
     cands = fused["cands"]
     for u in range(3):
-        beam = [int(i[1:]) for i in fused["beams"][u].items]
+        beam = fused["beams"][u]
         assert cands.rows[u, :cands.n_beam[u]].tolist() == beam
         for decay in (0.0, 0.5):
             text = _text_by_hand(u, decay)
@@ -106,7 +127,7 @@ def test_alpha_zero_is_the_models_ranking_over_the_union(fused):
                                  Setting(decay, "raw", 0.0))[u] for m in members]
             assert [members[i] for i in np.argsort(ranks)] == by_logp
             # the beam's items keep the beam's order among themselves
-            beam = [int(i[1:]) for i in fused["beams"][u].items]
+            beam = fused["beams"][u]
             assert [m for m in by_logp if m in beam] == beam
 
 
@@ -127,6 +148,74 @@ def test_a_target_outside_the_candidates_is_a_miss(fused):
     for u, h in enumerate(HISTORIES):
         for decay in (0.0, 0.5):
             assert not np.isin(cands.rows[u][cands.text_top[decay][u]], h).any()
+
+
+def test_generative_ranks_of_one_model_are_the_beams_own(fused):
+    cands = fused["cands"]
+    for target in range(len(ITEMS)):
+        ranks = generative_ranks(cands, np.full(3, target))
+        expected = [fused["beams"][u].index(target) + 1 if target in fused["beams"][u] else np.inf for u in range(3)]
+        assert ranks.tolist() == expected
+
+
+def test_ensemble_candidates_are_the_union_of_the_beams_and_the_text_top(fused, ensemble):
+    cands = ensemble["cands"]
+    for u in range(3):
+        first, second = fused["beams"][u], ensemble["beams"][u]
+        union = first + [i for i in second if i not in first]
+        assert cands.rows[u, :cands.n_beam[u]].tolist() == union
+        for decay in (0.0, 0.5):
+            top = [int(j) for j in np.argsort(-_text_by_hand(u, decay), kind="stable")[:TEXT]]
+            members = _members(cands, u, decay)
+            assert sorted(members) == sorted(set(union) | set(top)) and len(members) == len(set(members))
+    # each model teacher-forces the candidates its own beam did not return, the other model's beam items included
+    assert cands.pairs == sum(int((r >= 0).sum()) - len(b) for beams in (fused["beams"], ensemble["beams"])
+                              for r, b in zip(cands.rows, beams))
+
+
+def test_ensemble_log_p_is_the_mean_of_the_models_by_hand(fused, ensemble):
+    cands = ensemble["cands"]
+    for u in range(3):
+        rows = cands.rows[u][cands.rows[u] >= 0]
+        by_hand = (fused["logp"][u][rows] + ensemble["logp"][u][rows]) / 2
+        np.testing.assert_allclose(cands.logp[u, :len(rows)], by_hand, atol=1e-4)
+    for setting in (Setting(0.0, "z", 1.0), Setting(0.5, "raw", 3.0)):
+        for u in range(3):
+            members = np.array(_members(cands, u, setting.decay))
+            logp = (fused["logp"][u][members] + ensemble["logp"][u][members]) / 2
+            text = _text_by_hand(u, setting.decay)[members]
+            if setting.scale == "z":
+                logp, text = (logp - logp.mean()) / logp.std(), (text - text.mean()) / text.std()
+            got = fused_scores(cands, setting)[u]
+            np.testing.assert_allclose(got[np.isfinite(got)], logp + setting.alpha * text, atol=1e-4)
+    # generative only: the union of the beams ranked by the mean log P
+    for u in range(3):
+        beam = cands.rows[u, :cands.n_beam[u]]
+        mean = (fused["logp"][u][beam] + ensemble["logp"][u][beam]) / 2
+        best = int(beam[np.argmax(mean)])
+        assert generative_ranks(cands, np.array([best if v == u else -1 for v in range(3)]))[u] == 1
+
+
+def test_an_ensemble_of_one_model_twice_is_that_model_exactly(fused):
+    alone, twice = fused["cands"], _collect([fused["model"], fused["model"]])
+    np.testing.assert_array_equal(twice.rows, alone.rows)
+    np.testing.assert_array_equal(twice.logp, alone.logp)
+    for setting in (Setting(0.0, "z", 1.0), Setting(0.5, "raw", 3.0), Setting(0.0, "raw", 0.0)):
+        np.testing.assert_array_equal(fused_ranks(twice, LOO.targets, setting),
+                                      fused_ranks(alone, LOO.targets, setting))
+    np.testing.assert_array_equal(generative_ranks(twice, LOO.targets), generative_ranks(alone, LOO.targets))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ensemble=true"], "ensemble=true needs at least two seeds (models to average), got seeds=[0]"),
+    (["ensemble=true", "seeds=[0,1]", "fusion=false"], "ensemble=true ranks the fusion's candidates with every model"),
+    (["seeds=[1,1]"], "seeds=[1, 1] repeats a seed"),
+])
+def test_bad_ensemble_settings_are_one_line(overrides, message, tmp_path, capsys):
+    assert main(["indomain", f"out={tmp_path / 'out'}", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message) and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("override, message", [

@@ -155,6 +155,19 @@ def test_one_command_runs_the_benchmark(world, tmp_path):
         assert set(r["valid"]) == {"global_step2", "global_step4"} and r["selected"] in r["valid"]
         assert 0 <= r["test"]["recall@5"] <= 1 and r["test"]["recall@5"] == r["test"]["recall@10"]   # 3 returned
         assert r["fusion"]["chosen"] in r["fusion"]["valid"] and 0 <= r["fusion"]["test"]["recall@10"] <= 1
+    # the two seeds' selected checkpoints as one ensemble: its own rows beside the per-seed ones, which stay
+    assert main([*command, "ensemble=true"]) == 0
+    both = json.loads((out / "run" / "metrics.json").read_text())
+    assert both["seeds"] == results["seeds"] and both["fusion_test"] == results["fusion_test"]
+    ens = both["ensemble"]
+    assert ens["protocol"]["members"] == {seed: results["seeds"][seed]["selected"] for seed in ("0", "1")}
+    assert ens["chosen"] in ens["valid"] and len(ens["valid"]) == 2 * 2 * 2
+    assert 0 <= ens["test"]["recall@10"] <= 1 and 0 <= ens["generative_test"]["recall@10"] <= 1
+    assert json.loads((out / "run" / "ensemble.json").read_text()) == ens
+    report = (out / "run" / "report.md").read_text()
+    assert "| recbase, 2-seed ensemble + text fusion (this run; one ranking, no spread) |" in report
+    assert "| recbase, 2-seed ensemble, generative only (this run) |" in report
+    assert "| ensemble | generative only: the union of the beams by mean log P |" in report
     # a rerun trains and ranks nothing again: every seed's results are read back
     before = (out / "run" / "seed0" / "leave_one_out.json").read_text()
     assert main(["indomain", f"source={world['src']}", f"out={out}", "embedder=hashing", "seeds=[0,1]",

@@ -20,6 +20,10 @@ by it, ties to the earlier candidate (beam items first, in beam order, then text
 outside the union is a miss, as for the beam alone. The decay, scale and alpha are a :class:`Setting`, chosen on
 validation targets from a grid: :func:`collect_candidates` runs the beam and the scorer once per user for every
 decay of the grid, and :func:`fused_ranks` ranks any setting of it from those scores without the model.
+
+Several independently trained models rank better together than apart: given several, :func:`collect_candidates`
+takes the union of their beams (and the text top) as every user's candidates and gives each candidate the mean of
+the models' exact log P, which then fuses with the text score like one model's (an ensemble of one is that model).
 """
 from __future__ import annotations
 
@@ -65,19 +69,19 @@ def grid(decays: list[float], scales: list[str], alphas: list[float]) -> list[Se
 class Candidates:
     """Every user's candidates of one split, as rows of padded ``[users, C]`` arrays (padding: row -1).
 
-    Per user, the beam's items come first in beam order (``n_beam`` of them), then the text candidates the beam did
-    not return. ``text_top[decay]`` marks the candidates among that decay's ``text_items`` best, so one collection
-    serves every decay: a decay's candidate set is the beam's items and its own text top.
+    Per user, the beam's items come first in beam order (``n_beam`` of them; with several models the union of their
+    beams), then the text candidates no beam returned. ``text_top[decay]`` marks the candidates among that decay's
+    ``text_items`` best, so one collection serves every decay: a decay's candidate set is the beam's items and its
+    own text top.
     """
 
     rows: np.ndarray                      # [U, C] catalog rows, -1 = padding
     logp: np.ndarray                      # [U, C] exact log P(item | history), float64
     text: dict[float, np.ndarray]         # decay -> [U, C] text score
     text_top: dict[float, np.ndarray]     # decay -> [U, C] bool
-    n_beam: np.ndarray                    # [U]
-    beam_ranks: np.ndarray                # [U] rank of the target in the beam's list (inf = not returned)
+    n_beam: np.ndarray                    # [U] beam items (the union of the models' beams)
     seconds: dict[str, float]             # wall time of the beam, the text scores and the teacher-forced scoring
-    pairs: int                            # (user, text candidate) pairs scored by teacher forcing
+    pairs: int                            # (model, user, candidate) scored by teacher forcing: not in its beam
 
     def candidate_mask(self, decay: float) -> np.ndarray:
         beam = np.arange(self.rows.shape[1])[None, :] < self.n_beam[:, None]
@@ -106,27 +110,32 @@ def top_rows(scores: np.ndarray, n: int, exclude: list[np.ndarray]) -> list[np.n
     return out
 
 
-def collect_candidates(retriever: Retriever, scorer: CandidateScorer, loo: LeaveOneOutSet,
+def collect_candidates(models: list[tuple[Retriever, CandidateScorer]], loo: LeaveOneOutSet,
                        item_tokens: np.ndarray, vocab: Vocab, item_ids: list[str], embeddings: np.ndarray,
                        decays: list[float], text_items: int, desc: str = "fuse") -> Candidates:
-    """The beam's items and each decay's text top for every user of ``loo``, all scored by the model."""
+    """The beams' items and each decay's text top for every user of ``loo``, all scored by every model.
+
+    ``models`` holds one (retriever, scorer) pair per model: one model is the fused ranking of that model, several
+    are an ensemble. A user's beam items are the union of the models' beams (the first model's in its beam order,
+    then each further model's new items in its own order), and a candidate's log P is the mean over the models of
+    each one's exact log P: its own beam's score where its beam returned the item, teacher forcing otherwise.
+    """
     row_of = {item: r for r, item in enumerate(item_ids)}
     unit_emb = unit_rows(np.asarray(embeddings, np.float32))
     histories = history_tokens(loo.histories, item_tokens, vocab)
-    rows, logps, n_beam, beam_ranks = [], [], [], []
+    rows, logps, n_beam = [], [], []
     tops: dict[float, list[set]] = {d: [] for d in decays}
     texts: dict[float, list[np.ndarray]] = {d: [] for d in decays}
     seconds = {"beam": 0.0, "text": 0.0, "scoring": 0.0}
     pairs = 0
     for start, stop in user_chunks(len(loo), desc):
         t0 = time.perf_counter()
-        found = retriever.retrieve_batch(histories[start:stop])
+        found = [retriever.retrieve_batch(histories[start:stop]) for retriever, _ in models]
         t1 = time.perf_counter()
         chunk_hist = loo.histories[start:stop]
-        chunk_rows = [np.array([row_of[i] for i in f.items], np.int64) for f in found]
-        beam_logp = [np.array(f.scores, np.float64) for f in found]
+        beam_rows = [[np.array([row_of[i] for i in f.items], np.int64) for f in per_user] for per_user in found]
+        chunk_rows = [_union(beams) for beams in zip(*beam_rows)]
         n_beam += [len(r) for r in chunk_rows]
-        beam_ranks += [f.rank_of(item_ids[t]) for f, t in zip(found, loo.targets[start:stop].tolist())]
         scores = {}
         for d in decays:
             scores[d] = text_scores(unit_emb, chunk_hist, d)
@@ -136,13 +145,14 @@ def collect_candidates(retriever: Retriever, scorer: CandidateScorer, loo: Leave
         for d in decays:
             texts[d] += [s[r] for s, r in zip(scores[d], chunk_rows)]
         t2 = time.perf_counter()
-        extra = [r[len(b):] for r, b in zip(chunk_rows, beam_logp)]
-        todo = [i for i, e in enumerate(extra) if len(e)]
-        scored = scorer.score_users([histories[start + i] for i in todo], [item_tokens[extra[i]] for i in todo])
-        extra_logp = {i: s.sum(1) for i, s in zip(todo, scored)}
-        logps += [np.concatenate([b, extra_logp.get(i, np.empty(0))]) for i, b in enumerate(beam_logp)]
+        total = [np.zeros(len(r)) for r in chunk_rows]
+        for (_, scorer), per_user, model_rows in zip(models, found, beam_rows):
+            logp, scored = _model_logp(scorer, histories[start:stop], chunk_rows, model_rows,
+                                       [np.array(f.scores, np.float64) for f in per_user], item_tokens)
+            total = [t + lp for t, lp in zip(total, logp)]
+            pairs += scored
+        logps += [t / len(models) for t in total]
         rows += chunk_rows
-        pairs += sum(len(e) for e in extra)
         t3 = time.perf_counter()
         seconds["beam"] += t1 - t0
         seconds["text"] += t2 - t1
@@ -153,8 +163,34 @@ def collect_candidates(retriever: Retriever, scorer: CandidateScorer, loo: Leave
         text={d: _padded(texts[d], width, HISTORY_TEXT_SCORE, np.float32) for d in decays},
         text_top={d: _padded([np.isin(r, list(t)) for r, t in zip(rows, tops[d])], width, False, bool)
                   for d in decays},
-        n_beam=np.array(n_beam, np.int64), beam_ranks=np.array(beam_ranks, np.float64),
-        seconds={k: round(v, 1) for k, v in seconds.items()}, pairs=pairs)
+        n_beam=np.array(n_beam, np.int64), seconds={k: round(v, 1) for k, v in seconds.items()}, pairs=pairs)
+
+
+def _union(beams: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The items of several beams, each once: the first beam in its order, then each next beam's new items."""
+    out = beams[0]
+    for b in beams[1:]:
+        out = np.concatenate([out, b[~np.isin(b, out)]])
+    return out
+
+
+def _model_logp(scorer: CandidateScorer, histories: list[np.ndarray], rows: list[np.ndarray],
+                beam_rows: list[np.ndarray], beam_logp: list[np.ndarray],
+                item_tokens: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """One model's log P of every user's candidates ``rows``: the score its beam gave the items it returned, teacher
+    forcing (batched over users) for the rest; also returns how many (user, candidate) pairs were teacher-forced."""
+    out, missing = [], []
+    for r, b, s in zip(rows, beam_rows, beam_logp):
+        logp = np.full(len(r), np.nan)
+        column = {row: c for c, row in enumerate(r.tolist())}
+        logp[[column[row] for row in b.tolist()]] = s
+        out.append(logp)
+        missing.append(np.flatnonzero(np.isnan(logp)))
+    todo = [i for i, m in enumerate(missing) if len(m)]
+    scored = scorer.score_users([histories[i] for i in todo], [item_tokens[rows[i][missing[i]]] for i in todo])
+    for i, s in zip(todo, scored):
+        out[i][missing[i]] = s.sum(1)
+    return out, sum(len(m) for m in missing)
 
 
 def _padded(arrays: list[np.ndarray], width: int, fill, dtype) -> np.ndarray:
@@ -183,7 +219,20 @@ def fused_scores(cands: Candidates, setting: Setting) -> np.ndarray:
 
 def fused_ranks(cands: Candidates, targets: np.ndarray, setting: Setting) -> np.ndarray:
     """1-based rank of each user's target under ``setting``; inf when it is not among the user's candidates."""
-    scores = fused_scores(cands, setting)
+    return _ranks(cands, fused_scores(cands, setting), targets)
+
+
+def generative_ranks(cands: Candidates, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of each user's target among the beam's items by log P alone; inf when no beam returned it.
+
+    For one model this is the beam's own list (it is in descending log P); for an ensemble, the union of the models'
+    beams ranked by their mean log P.
+    """
+    beam = np.arange(cands.rows.shape[1])[None, :] < cands.n_beam[:, None]
+    return _ranks(cands, np.where(beam, cands.logp, -np.inf), targets)
+
+
+def _ranks(cands: Candidates, scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     hit = (cands.rows == np.asarray(targets)[:, None]) & np.isfinite(scores)
     column = hit.argmax(1)
     ranks = ranks_from_scores(scores, column).astype(np.float64)
