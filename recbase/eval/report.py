@@ -24,8 +24,13 @@ METRICS_FILE = "metrics.json"
 RANKING_METRICS = ("auc", "gauc", "auc_len_norm")
 RETRIEVAL_CHART_METRICS = ("recall@10", "ndcg@10", "mrr")
 BAR = "text_centred"
+CATALOG_VARIANTS = {"trie": "trie", "trie_decay": "trie, levels 1/2^l", "trie_pmi": "trie PMI",
+                    "cpmi": "catalog PMI", "cpmi_trie": "catalog PMI, trie",
+                    "cpmi_trie_first": "catalog PMI, trie, level 1",
+                    "cpmi_trie_decay": "catalog PMI, trie, levels 1/2^l"}   # recbase.eval.calibrate.CATALOG_SCORES
 VARIANTS = {"len_norm": "len-norm", "prefix": "prefix", "pmi": "PMI", "pmi_prefix": "PMI prefix",
-            "fused": "PMI + text", "head": "embedding head", "head_fused": "PMI + head"}
+            "fused": "PMI + text", "head": "embedding head", "head_fused": "PMI + head", **CATALOG_VARIANTS,
+            **{f"{k}_head": f"{v} + head" for k, v in CATALOG_VARIANTS.items()}}
 # ^ other scores of a model, as metrics keys auc_<name> (recbase/eval/job.py)
 # the score the dev suite adopted (docs/evaluation.md), shown against the bar beside log P: the first of these a
 # model has (PMI + head needs a model trained with the embedding head)
