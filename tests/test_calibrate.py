@@ -93,7 +93,7 @@ def test_catalog_pmi_equals_log_p_minus_log_of_the_other_users_mean_p():
     naive = CandidateScorer(model, VOCAB.levels, VOCAB.bos_id, "naive")
     every = [naive.score_user(h, tokens) for h in hists]   # log P per level of every item after every history
     # every user sampled: each user's prior is the mean over the four others
-    got = catalog_scores(scored, prior, sample_catalog(scorer, hists, cands, allowed, 0, 0), VOCAB.levels)
+    got = catalog_scores(scored, prior, sample_catalog(scorer, hists, cands, allowed, 5, 0), VOCAB.levels)
     for u, user_cands in enumerate([[0, 3, 5], [1, 3, 7], [2, 0, 11], [4, 6, 8], [9, 10, 3]]):
         p_others = np.mean([np.exp(every[v][user_cands].sum(1)) for v in range(5) if v != u], axis=0)
         np.testing.assert_allclose(got["cpmi"][u], every[u][user_cands].sum(1) - np.log(p_others), atol=1e-5)
@@ -128,6 +128,8 @@ def test_evaluate_reports_every_catalog_score_and_writes_it_per_pair(world, tmp_
     for name in ("trie", "trie_decay", "trie_pmi", "cpmi", "cpmi_trie", "cpmi_trie_first", "cpmi_trie_decay"):
         assert books[f"auc_{name}"] == pytest.approx(auc(pairs[f"zero_shot/{name}"].to_numpy(),
                                                          pairs["label"].to_numpy()))
+    off = evaluate(config(world, tmp_path / "off", catalog_users=0))["domains"]["books"]["models"]["zero_shot"]
+    assert "auc_trie" in off and "auc_cpmi" not in off and off["auc_trie"] == books["auc_trie"]
     mass = np.stack([pairs[f"zero_shot/mass_{lvl}"] for lvl in range(3)], 1)
     logp = np.stack([pairs[f"zero_shot/logp_{lvl}"] for lvl in range(3)], 1)
     np.testing.assert_allclose(pairs["zero_shot/trie"], (logp - mass).sum(1), atol=1e-9)

@@ -111,10 +111,10 @@ class CatalogSample:
 
 def sample_catalog(scorer: CandidateScorer, histories: list[np.ndarray], candidate_tokens: list[np.ndarray],
                    allowed: CatalogTokens, users: int, seed: int, label: str = "") -> CatalogSample:
-    """Score every distinct candidate after each of ``users`` eval users' histories (a seeded sample; 0 or more
-    than there are: all of them)."""
+    """Score every distinct candidate after each of ``users`` eval users' histories (a seeded sample; all of them
+    when there are no more)."""
     unique, item_of = distinct_items(candidate_tokens)
-    n = len(histories) if users <= 0 else min(users, len(histories))
+    n = min(users, len(histories))
     rows = np.sort(np.random.default_rng(seed).choice(len(histories), size=n, replace=False))
     scored = np.stack([scorer.score_user(histories[r], unique, allowed)
                        for r in tqdm(rows, desc=f"catalog prior {label}", unit="user")])

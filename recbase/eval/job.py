@@ -62,7 +62,7 @@ class EvalConfig:
     allow_seen_domains: bool = False   # evaluate a domain the model or tokenizer was trained on, labelled not zero-shot
     fusion_weight: float = 0.1         # weight of the standardised PMI beside the standardised text similarity
     fusion_weights: dict[str, float] = field(default_factory=dict)  # a catalog score's own weight beside the head
-    catalog_users: int = 16            # eval users whose histories give the catalog PMI's mean P(item | h) (0 = all)
+    catalog_users: int = 16            # eval users whose histories give the catalog PMI's mean P(item | h) (0 = off)
     pair_scores: bool = True           # write every pair's scores to <out_dir>/pairs/<domain>.parquet
 
     def validate(self) -> None:
@@ -116,7 +116,7 @@ def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: Code
     if allowed is not None:
         t0 = time.perf_counter()
         sample = None   # the catalog PMI averages over users other than the scored one: it needs two or more
-        if len(eval_set) > 1:
+        if cfg.catalog_users > 0 and len(eval_set) > 1:
             sample = sample_catalog(scorer, eval_set.histories, eval_set.candidate_tokens, allowed,
                                     cfg.catalog_users, cfg.seed, eval_set.domain)
         catalog = catalog_scores(logps, priors, sample, em.vocab.levels)
