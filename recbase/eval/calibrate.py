@@ -15,8 +15,8 @@ The model's next-code distribution spreads over the training catalogs' codes; a 
 them, and fewer still after a given prefix. Scores that know the new catalog (:data:`CATALOG_SCORES`):
 
 - **Trie normalisation**: at each level, log P of the candidate's code renormalised over the codes the new
-  catalog's prefix trie allows after the candidate's own prefix, so the probabilities of the catalog's items sum
-  to 1 over the catalog (:class:`CatalogTokens` gives the scorer the allowed tokens).
+  catalog's prefix trie allows after the candidate's own prefix, so the probabilities of the catalog's code
+  tuples sum to 1 (:class:`CatalogTokens` gives the scorer the allowed tokens).
 - **Catalog PMI**: log P(item | history) − log of the mean of P(item | h) over a sample of the domain's other eval
   users' histories h: the prior of the new catalog itself, where the ``bos`` prior is the training catalogs'.
 - **Level weights**: the per-level terms summed with weights (first level only, halving per level), and every
