@@ -38,11 +38,11 @@ def load_run(run_dir: str | Path, model: str) -> dict:
     return {"seed": config.seed, "fold": tuple(config.heldout_domains), "domains": domains}
 
 
-def _cell(values: list[float], signed: bool = True) -> str:
+def _cell(values: list[float], signed: bool = True, digits: int = 3) -> str:
     """Mean ± half the range over seeds; the mean alone when there is one seed."""
     mean = float(np.mean(values))
-    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
-    return f"{text} ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else text
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return f"{text} ± {(max(values) - min(values)) / 2:.{digits}f}" if len(values) > 1 else text
 
 
 def summary_table(runs: list[dict]) -> str:
@@ -124,5 +124,5 @@ def fusion_sweep(run_dirs: list[str | Path], model: str, scores: list[str], weig
             domains = ", ".join(f"{d} {_cell([r['gaps'][score, best][i] for r in mine])}" for i, d in enumerate(fold))
             sweep = " / ".join(f"{fold_overall(fold, w):+.4f}" for w in weights)
             lines.append(f"| {VARIANTS.get(score, score)} | {chr(ord('A') + f)} | {best} | {domains} | "
-                         f"{_cell([float(np.mean(r['gaps'][score, best])) for r in mine])} | {sweep} |")
+                         f"{_cell([float(np.mean(r['gaps'][score, best])) for r in mine], digits=4)} | {sweep} |")
     return "\n".join(lines)
