@@ -95,3 +95,12 @@ def test_fusion_sweep_applies_the_weight_the_other_fold_chose(tmp_path, capsys):
             assert len(row) == 1
             assert f"| {best} | {mine} {gap(pairs[mine], score, best):+.3f} |" in row[0]
             assert " / ".join(f"{gap(pairs[mine], score, w):+.4f}" for w in weights) in row[0]
+
+
+def test_fusion_sweep_names_a_missing_score_column(tmp_path):
+    from recbase.errors import UserError
+
+    runs = [write_run(tmp_path / "a0", 0, ["x"], {"x": (0.6, 0.6, 0.6)})]
+    write_pairs(tmp_path / "a0", "x", 1)
+    with pytest.raises(UserError, match=r"x\.parquet: no column zero-shot/trie"):
+        main(["suite", *runs, "--fuse", "trie"])

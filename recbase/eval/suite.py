@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recbase.errors import UserError
 from recbase.eval.calibrate import fuse
 from recbase.eval.metrics import auc
 from recbase.eval.report import BAR, METRICS_FILE, VARIANTS, read_metrics
@@ -79,7 +80,7 @@ def pair_columns(run_dir: str | Path, model: str, domain: str, scores: list[str]
 
     path = Path(run_dir) / "eval" / "pairs" / f"{domain}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `recbase evaluate` with pair_scores=true")
+        raise UserError(f"{path}: not found; run `recbase evaluate` with pair_scores=true")
     table = pq.read_table(path)
     columns = set(table.column_names)
     users = table["user_id"].to_numpy(zero_copy_only=False)
@@ -93,7 +94,8 @@ def pair_columns(run_dir: str | Path, model: str, domain: str, scores: list[str]
         elif f"{model}/{score}" in columns:
             values = col(f"{model}/{score}")
         else:
-            raise KeyError(f"{path}: no column {model}/{score}")
+            raise UserError(f"{path}: no column {model}/{score} (run `recbase evaluate` with codes= for the "
+                            f"catalog scores)")
         out[score] = np.split(values, cuts)
     return out
 
