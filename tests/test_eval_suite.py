@@ -47,3 +47,59 @@ def test_a_missing_model_is_named(tmp_path):
     run = write_run(tmp_path / "a0", 0, ["x"], {"x": (0.6, 0.6, 0.6)})
     with pytest.raises(KeyError, match="no model 'other'"):
         main(["suite", run, "--model", "other"])
+
+
+def write_pairs(root, domain, seed, model="zero-shot"):
+    """Pair scores as `recbase evaluate` writes them: 20 users of 4 candidates, the first one the positive."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    n = 80
+    label = np.tile([1, 0, 0, 0], 20)
+    cols = {"user_id": np.repeat([f"u{i}" for i in range(20)], 4), "candidate": [f"c{i}" for i in range(n)],
+            "label": label, "text_centred": rng.normal(size=n) + 0.5 * label,
+            f"{model}/head": rng.normal(size=n) + 0.6 * label, f"{model}/logp_0": rng.normal(size=n) + 0.3 * label,
+            f"{model}/prior_0": rng.normal(size=n), f"{model}/cpmi": rng.normal(size=n) + 0.8 * label}
+    (root / "eval" / "pairs").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: pa.array(list(v) if k in ("user_id", "candidate") else v) for k, v in cols.items()}),
+                   root / "eval" / "pairs" / f"{domain}.parquet")
+    return cols
+
+
+def test_fusion_sweep_applies_the_weight_the_other_fold_chose(tmp_path, capsys):
+    import numpy as np
+
+    from recbase.eval.metrics import auc
+
+    runs = [write_run(tmp_path / "a0", 0, ["x"], {"x": (0.6, 0.6, 0.6)}),
+            write_run(tmp_path / "b0", 0, ["z"], {"z": (0.6, 0.6, 0.6)})]
+    pairs = {"x": write_pairs(tmp_path / "a0", "x", 1), "z": write_pairs(tmp_path / "b0", "z", 2)}
+
+    def gap(cols, score, w):   # per user: z(head) + w z(score), pooled AUC minus the bar's, written out by hand
+        values = cols["zero-shot/logp_0"] - cols["zero-shot/prior_0"] if score == "pmi" else cols[f"zero-shot/{score}"]
+        fused = []
+        for u in range(20):
+            h, s = cols["zero-shot/head"][4 * u:4 * u + 4], values[4 * u:4 * u + 4]
+            fused += list((h - h.mean()) / h.std() + w * (s - s.mean()) / s.std())
+        return auc(np.array(fused), cols["label"]) - auc(cols["text_centred"], cols["label"])
+
+    weights = [0.1, 0.5, 2.0]
+    assert main(["suite", *runs, "--fuse", "pmi,cpmi", "--weights", "0.1,0.5,2.0"]) == 0
+    out = capsys.readouterr().out
+    for score, label in (("pmi", "PMI"), ("cpmi", "catalog PMI")):
+        for fold, mine, other in (("A", "x", "z"), ("B", "z", "x")):
+            best = max(weights, key=lambda w: gap(pairs[other], score, w))
+            row = [line for line in out.splitlines() if line.startswith(f"| {label} | {fold} |")]
+            assert len(row) == 1
+            assert f"| {best} | {mine} {gap(pairs[mine], score, best):+.3f} |" in row[0]
+            assert " / ".join(f"{gap(pairs[mine], score, w):+.4f}" for w in weights) in row[0]
+
+
+def test_fusion_sweep_names_a_missing_score_column(tmp_path, capsys):
+    runs = [write_run(tmp_path / "a0", 0, ["x"], {"x": (0.6, 0.6, 0.6)})]
+    write_pairs(tmp_path / "a0", "x", 1)
+    assert main(["suite", *runs, "--fuse", "trie"]) == 2
+    err = capsys.readouterr().err
+    assert "x.parquet: no column zero-shot/trie" in err and len(err.strip().splitlines()) == 1

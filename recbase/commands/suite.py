@@ -8,15 +8,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("runs", nargs="+", help="pipeline run folders (each with pipeline_config.json and eval/)")
     parser.add_argument("--model", default="zero-shot", help="model name in the runs' metrics.json")
     parser.add_argument("--out", help="also write the table to this Markdown file")
+    parser.add_argument("--fuse", metavar="SCORE,...", help="also fuse each score (pmi or a column of the runs' "
+                        "eval/pairs, e.g. cpmi_trie) with the embedding head at the weight the other folds choose")
+    parser.add_argument("--weights", default="0.05,0.1,0.2,0.3,0.5,1.0", help="fusion weights to choose from")
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from recbase.eval.suite import load_run, summary_table
+    from recbase.eval.suite import fusion_sweep, load_run, summary_table
     from recbase.io import atomic_write_text
 
     table = summary_table([load_run(r, args.model) for r in args.runs])
+    if args.fuse:
+        table += "\n\n" + fusion_sweep(args.runs, args.model, args.fuse.split(","),
+                                        [float(w) for w in args.weights.split(",")])
     print(table)
     if args.out:
         atomic_write_text(Path(args.out), table + "\n")

@@ -96,3 +96,16 @@ def popularity_counts(sequences: dict[str, list[str]], eval_set: EvalSet) -> Cou
             if label == 1:
                 counts[item] -= 1
     return counts
+
+
+def check_candidates(eval_set: EvalSet, item_tokens: dict[str, np.ndarray], codes_path: str) -> None:
+    """Every candidate of the eval set is an item of the catalog in ``codes_path`` with the same tokens: the
+    catalog's trie and the catalog PMI are only defined for its own items."""
+    for row, (cands, tokens) in enumerate(zip(eval_set.candidates, eval_set.candidate_tokens)):
+        for item, tok in zip(cands, tokens):
+            if item not in item_tokens:
+                raise UserError(f"{eval_set.path}: row {row}, field 'candidates': item {item!r} is not in the "
+                                f"{eval_set.domain!r} catalog of {codes_path}")
+            if not np.array_equal(item_tokens[item], tok):
+                raise UserError(f"{eval_set.path}: row {row}, field 'candidate_tokens': item {item!r} has tokens "
+                                f"{tok.tolist()}, the catalog {codes_path} gives {item_tokens[item].tolist()}")

@@ -20,9 +20,11 @@ from recbase.data.evalsets import EvalSet, eval_set_training_domains, read_eval_
 from recbase.data.tables import INTERACTIONS_FILE, read_item_ids, user_histories
 from recbase.errors import UserError
 from recbase.eval import baselines as bl
-from recbase.eval.calibrate import empty_history_logprobs, fuse
+from recbase.eval.calibrate import (CATALOG_SCORES, CatalogTokens, catalog_scores, empty_history_logprobs, fuse,
+                                    sample_catalog)
 from recbase.eval.head_score import head_scores, history_states
-from recbase.eval.inputs import history_items, input_tokenizer_hashes, list_eval_domains, popularity_counts
+from recbase.eval.inputs import (check_candidates, history_items, input_tokenizer_hashes, list_eval_domains,
+                                 popularity_counts)
 from recbase.eval.metrics import auc, gauc, overall, retrieval_metrics
 from recbase.eval.model_io import DTYPES, META_FILE, EvalModel, check_tokenizer_hash, load_eval_model
 from recbase.eval.report import write_pair_scores, write_report
@@ -59,6 +61,8 @@ class EvalConfig:
     seed: int = 0                      # for the random baseline (drawn per domain from (seed, domain))
     allow_seen_domains: bool = False   # evaluate a domain the model or tokenizer was trained on, labelled not zero-shot
     fusion_weight: float = 0.1         # weight of the standardised PMI beside the standardised text similarity
+    fusion_weights: dict[str, float] = field(default_factory=dict)  # a catalog score's own weight beside the head
+    catalog_users: int = 16            # eval users whose histories give the catalog PMI's mean P(item | h) (0 = off)
     pair_scores: bool = True           # write every pair's scores to <out_dir>/pairs/<domain>.parquet
 
     def validate(self) -> None:
@@ -89,22 +93,40 @@ def ranking_metrics(eval_set: EvalSet, per_user: list[np.ndarray]) -> dict[str, 
 
 
 def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: CodeTrie | None,
-                   pairs: dict[str, np.ndarray]) -> tuple[dict, list[np.ndarray]]:
-    """The model's metrics, and its per-user PMI scores (for the fusion with text similarity). Every pair's
-    per-level log-probabilities, with and without the history, are added to ``pairs``."""
+                   pairs: dict[str, np.ndarray]) -> tuple[dict, dict[str, list[np.ndarray]]]:
+    """The model's metrics, and its per-user scores by name (``pmi`` and, with the catalog's ``trie``, the
+    :data:`~recbase.eval.calibrate.CATALOG_SCORES`) for the fusions. Every pair's per-level log-probabilities, with
+    and without the history, the log of the mass on the trie's allowed codes, and the catalog scores are added to
+    ``pairs``."""
     scorer = CandidateScorer(em.model, em.vocab.levels, em.vocab.bos_id, cfg.mode, cfg.batch_size,
                              cfg.batch_tokens, em.vocab.pad_id)
+    allowed = CatalogTokens(trie, em.vocab) if trie is not None else None
     logps = []
     bar = tqdm(total=len(eval_set), desc=f"{em.name} / {eval_set.domain}", unit="user")
     t0 = time.perf_counter()
     for start in range(0, len(eval_set), USERS_PER_CALL):
         chunk = slice(start, start + USERS_PER_CALL)
-        logps += scorer.score_users(eval_set.histories[chunk], eval_set.candidate_tokens[chunk])
+        logps += scorer.score_users(eval_set.histories[chunk], eval_set.candidate_tokens[chunk], allowed)
         bar.update(len(eval_set.histories[chunk]))
         bar.set_postfix(pairs_per_s=f"{scorer.timing.pairs_per_s:.0f}", refresh=False)
     bar.close()
     timing = {**scorer.timing.to_dict(), "total_seconds": time.perf_counter() - t0}
-    priors = empty_history_logprobs(scorer, em.vocab.bos_id, eval_set.candidate_tokens)
+    priors = empty_history_logprobs(scorer, em.vocab.bos_id, eval_set.candidate_tokens, allowed)
+    catalog = {}
+    if allowed is not None:
+        t0 = time.perf_counter()
+        sample = None   # the catalog PMI averages over users other than the scored one: it needs two or more
+        if cfg.catalog_users > 0 and len(eval_set) > 1:
+            sample = sample_catalog(scorer, eval_set.histories, eval_set.candidate_tokens, allowed,
+                                    cfg.catalog_users, cfg.seed, eval_set.domain)
+        catalog = catalog_scores(logps, priors, sample, em.vocab.levels)
+        timing["catalog_prior_seconds"] = time.perf_counter() - t0
+        for level in range(em.vocab.levels):
+            pairs[f"{em.name}/mass_{level}"] = np.concatenate([lp[:, level, 1] for lp in logps])
+            pairs[f"{em.name}/prior_mass_{level}"] = np.concatenate([p[:, level, 1] for p in priors])
+        for name, per_user in catalog.items():
+            pairs[f"{em.name}/{name}"] = np.concatenate(per_user)
+        logps, priors = [lp[..., 0] for lp in logps], [p[..., 0] for p in priors]
     pmis = [lp - prior for lp, prior in zip(logps, priors)]
     for level in range(em.vocab.levels):
         pairs[f"{em.name}/logp_{level}"] = np.concatenate([lp[:, level] for lp in logps])
@@ -114,11 +136,12 @@ def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: Code
     if 0 < cfg.prefix_levels < em.vocab.levels:
         variants["prefix"] = [lp[:, :cfg.prefix_levels].sum(1) for lp in logps]
         variants["pmi_prefix"] = [p[:, :cfg.prefix_levels].sum(1) for p in pmis]
+    variants.update(catalog)
     for name, per_user in variants.items():
         metrics = ranking_metrics(eval_set, per_user)
         result.update({f"auc_{name}": metrics["auc"], f"gauc_{name}": metrics["gauc"]})
     result["timing"] = timing
-    if trie is not None:
+    if trie is not None and cfg.retrieval:
         retriever = Retriever(em.model, trie, em.vocab.n_special, em.vocab.bos_id, cfg.beam_width,
                               batch_users=cfg.retrieval_batch_users, batch_tokens=cfg.batch_tokens,
                               pad_id=em.vocab.pad_id)
@@ -135,7 +158,7 @@ def evaluate_model(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, trie: Code
         result["retrieval"]["seconds"] = time.perf_counter() - t0
         result["retrieval"]["catalog_items"] = len(trie.item_ids)
         result["retrieval"]["catalog_tuples"] = trie.n_tuples
-    return result, variants["pmi"]
+    return result, {"pmi": variants["pmi"], **catalog}
 
 
 @dataclass
@@ -182,17 +205,21 @@ def evaluate_baselines(eval_set: EvalSet, cfg: EvalConfig, levels: int, item_tok
     return out, unverified, per_user, text
 
 
-def evaluate_head(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, text: TextInputs, pmi: list[np.ndarray],
-                  pairs: dict[str, np.ndarray]) -> dict:
+def evaluate_head(em: EvalModel, eval_set: EvalSet, cfg: EvalConfig, text: TextInputs,
+                  model_scores: dict[str, list[np.ndarray]], pairs: dict[str, np.ndarray]) -> dict:
     """Metrics of the model's next-item embedding head (:mod:`recbase.eval.head_score`): its cosine alone
-    (``head``) and fused with the model's PMI as the text similarity is in *PMI + text* (``head_fused``). The
+    (``head``), fused with the model's PMI as the text similarity is in *PMI + text* (``head_fused``), and fused
+    the same way with each catalog score (``<score>_head``, at the score's own weight in ``fusion_weights``). The
     head's scores are added to ``pairs``."""
     hidden = history_states(em.model, eval_set.histories, em.vocab.levels, em.vocab.bos_id, em.vocab.pad_id,
                             cfg.batch_tokens)
     scores = head_scores(em.embedding_head, hidden, text.centred, text.history_items, eval_set.candidates)
     pairs[f"{em.name}/head"] = np.concatenate(scores)
+    fused = {"head": scores, "head_fused": fuse(scores, model_scores["pmi"], cfg.fusion_weight)}
+    fused.update({f"{name}_head": fuse(scores, model_scores[name], cfg.fusion_weights.get(name, cfg.fusion_weight))
+                  for name in CATALOG_SCORES if name in model_scores})
     result = {}
-    for name, per_user in {"head": scores, "head_fused": fuse(scores, pmi, cfg.fusion_weight)}.items():
+    for name, per_user in fused.items():
         metrics = ranking_metrics(eval_set, per_user)
         result.update({f"auc_{name}": metrics["auc"], f"gauc_{name}": metrics["gauc"]})
     return result
@@ -273,8 +300,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         if cfg.codes:
             item_ids, codes = read_catalog(cfg.codes, domain, vocab)
             item_tokens = dict(zip(item_ids, vocab.encode_codes(codes)))
-            if cfg.retrieval:
-                trie = CodeTrie.build(codes, item_ids, vocab.codebook_size, device)
+            check_candidates(eval_set, item_tokens, cfg.codes)
+            trie = CodeTrie.build(codes, item_ids, vocab.codebook_size, device)
         reasons, fine_tuned = seen[domain]
         groups, _, labels = eval_set.flat([np.zeros(len(c)) for c in eval_set.candidates])
         pairs = {"user_id": np.asarray(eval_set.user_ids, dtype=object)[groups],
@@ -282,17 +309,18 @@ def evaluate(cfg: EvalConfig) -> dict:
                  "label": labels}
         section = {"users": len(eval_set), "pairs": eval_set.n_pairs, "zero_shot": not reasons,
                    "not_zero_shot_because": reasons, "fine_tuned_on_it": fine_tuned, "models": {}}
-        pmis = {}
+        model_scores = {}
         for name, em in models.items():
-            section["models"][name], pmis[name] = evaluate_model(em, eval_set, cfg, trie, pairs)
+            section["models"][name], model_scores[name] = evaluate_model(em, eval_set, cfg, trie, pairs)
         section["baselines"], section["history_items_unverified"], baseline_scores, text = evaluate_baselines(
             eval_set, cfg, vocab.levels, item_tokens, pairs)
         if text is not None:
-            for name, pmi in pmis.items():
-                fused = ranking_metrics(eval_set, fuse(baseline_scores["text_centred"], pmi, cfg.fusion_weight))
+            for name, scores in model_scores.items():
+                fused = ranking_metrics(eval_set, fuse(baseline_scores["text_centred"], scores["pmi"],
+                                                       cfg.fusion_weight))
                 section["models"][name].update({"auc_fused": fused["auc"], "gauc_fused": fused["gauc"]})
                 if models[name].embedding_head is not None:
-                    section["models"][name].update(evaluate_head(models[name], eval_set, cfg, text, pmi, pairs))
+                    section["models"][name].update(evaluate_head(models[name], eval_set, cfg, text, scores, pairs))
         if cfg.pair_scores:
             write_pair_scores(pairs, Path(cfg.out_dir) / "pairs" / f"{domain}.parquet")
         results["domains"][domain] = section

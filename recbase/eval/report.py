@@ -24,8 +24,13 @@ METRICS_FILE = "metrics.json"
 RANKING_METRICS = ("auc", "gauc", "auc_len_norm")
 RETRIEVAL_CHART_METRICS = ("recall@10", "ndcg@10", "mrr")
 BAR = "text_centred"
+CATALOG_VARIANTS = {"trie": "trie", "trie_decay": "trie, levels 1/2^l", "trie_pmi": "trie PMI",
+                    "cpmi": "catalog PMI", "cpmi_trie": "catalog PMI, trie",
+                    "cpmi_trie_first": "catalog PMI, trie, level 1",
+                    "cpmi_trie_decay": "catalog PMI, trie, levels 1/2^l"}   # recbase.eval.calibrate.CATALOG_SCORES
 VARIANTS = {"len_norm": "len-norm", "prefix": "prefix", "pmi": "PMI", "pmi_prefix": "PMI prefix",
-            "fused": "PMI + text", "head": "embedding head", "head_fused": "PMI + head"}
+            "fused": "PMI + text", "head": "embedding head", "head_fused": "PMI + head", **CATALOG_VARIANTS,
+            **{f"{k}_head": f"{v} + head" for k, v in CATALOG_VARIANTS.items()}}
 # ^ other scores of a model, as metrics keys auc_<name> (recbase/eval/job.py)
 # the score the dev suite adopted (docs/evaluation.md), shown against the bar beside log P: the first of these a
 # model has (PMI + head needs a model trained with the embedding head)
@@ -175,7 +180,12 @@ def render_markdown(results: dict) -> str:
         f"log P of the first {results['config'].get('prefix_levels', 1)} level(s) only, the coarse concepts; "
         f"*PMI* = log P(candidate | history) − log P(candidate | no history); *PMI + text* = per user, the "
         f"standardised centred text similarity + {results['config'].get('fusion_weight', 0.1)} × the "
-        f"standardised PMI. "
+        f"standardised PMI. With the catalog's codes: *trie* = log P with each level renormalised over the codes the "
+        f"catalog allows after the candidate's prefix; *trie PMI* = the same minus its value after `bos` alone; "
+        f"*catalog PMI* = log P − log of the mean P(candidate | h) over the histories h of a sample of "
+        f"{cfg.get('catalog_users', 16)} eval users (the user's own left out); *level 1* / *levels 1/2^l* = the "
+        f"levels weighted 1, 0, 0, … / 1, 1/2, 1/4, …; "
+        f"*X + head* = the embedding head fused with X as in *PMI + head*. "
         f"**{LABELS[BAR]}** is the zero-shot bar a model has to clear (*− bar*: model AUC minus its AUC). "
         f"Overall = unweighted mean over domains.",
         "",

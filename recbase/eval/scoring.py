@@ -105,20 +105,33 @@ def branch_logits(model, encoded: EncodedHistory, branches: torch.Tensor) -> tor
     return logits.view(n_branches, branch_len, -1)
 
 
+def level_logprobs(logits: torch.Tensor, tokens: torch.Tensor, allowed=None) -> torch.Tensor:
+    """Log-probabilities ``[P, L]`` of ``tokens`` ([P, L]) under the next-token ``logits`` ([P, L, V]) that predict
+    them. With ``allowed`` (a function of ``tokens`` and V giving a boolean ``[P, L, V]`` mask of the tokens each
+    level may take), ``[P, L, 2]``: those and the log of the probability mass on the allowed tokens, so that their
+    difference is the log-probability renormalised over the allowed tokens alone."""
+    logp = torch.log_softmax(logits.float(), -1)
+    picked = logp.gather(-1, tokens[..., None])[..., 0]
+    if allowed is None:
+        return picked
+    mass = logp.masked_fill(~allowed(tokens, logp.shape[-1]), float("-inf")).logsumexp(-1)
+    return torch.stack([picked, mass], -1)
+
+
 @torch.no_grad()
 def candidate_token_logprobs_fast(model, history: torch.Tensor, candidates: torch.Tensor,
-                                  batch_size: int) -> torch.Tensor:
-    """Per-token log-probabilities ``[C, L]`` of ``candidates`` ([C, L]) after ``history`` ([T]), history once."""
+                                  batch_size: int, allowed=None) -> torch.Tensor:
+    """Per-token log-probabilities ``[C, L]`` of ``candidates`` ([C, L]) after ``history`` ([T]), history once
+    (``[C, L, 2]`` with ``allowed``, as :func:`level_logprobs`)."""
     encoded = encode_history(model, history)
-    n_cand, levels = candidates.shape
-    out = torch.empty(n_cand, levels, dtype=torch.float32, device=candidates.device)
-    out[:, 0] = torch.log_softmax(encoded.last_logits.float(), -1)[candidates[:, 0]]
-    if levels > 1:
-        for start in range(0, n_cand, batch_size):
-            batch = candidates[start:start + batch_size]
-            logp = torch.log_softmax(branch_logits(model, encoded, batch[:, :-1]).float(), -1)
-            out[start:start + batch_size, 1:] = logp.gather(-1, batch[:, 1:, None])[..., 0]
-    return out
+    out = []
+    for start in range(0, candidates.shape[0], batch_size):
+        batch = candidates[start:start + batch_size]
+        logits = encoded.last_logits.expand(len(batch), 1, -1)
+        if batch.shape[1] > 1:
+            logits = torch.cat([logits, branch_logits(model, encoded, batch[:, :-1])], 1)
+        out.append(level_logprobs(logits, batch, allowed))
+    return torch.cat(out)
 
 
 def user_layout(history: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -169,8 +182,9 @@ def batched_layout(histories: list[torch.Tensor], candidates: list[torch.Tensor]
 
 @torch.no_grad()
 def candidate_token_logprobs_batched(model, histories: list[torch.Tensor], candidates: list[torch.Tensor],
-                                     pad_id: int = 0) -> list[torch.Tensor]:
-    """Per-token log-probabilities ``[C_u, L]`` for every user, the users as rows of one forward.
+                                     pad_id: int = 0, allowed=None) -> list[torch.Tensor]:
+    """Per-token log-probabilities ``[C_u, L]`` for every user, the users as rows of one forward (``[C_u, L, 2]``
+    with ``allowed``, as :func:`level_logprobs`).
 
     The LM head runs only at the positions that predict a candidate token.
     """
@@ -181,22 +195,20 @@ def candidate_token_logprobs_batched(model, histories: list[torch.Tensor], candi
     levels = layout["predictors"].shape[1]
     rows = layout["row_of_pair"][:, None].expand(-1, levels)
     logits = model.get_output_embeddings()(hidden[rows, layout["predictors"]])   # [P, L, V]
-    logp = torch.log_softmax(logits.float(), -1)
-    pair_logp = logp.gather(-1, torch.cat(candidates)[..., None])[..., 0]
+    pair_logp = level_logprobs(logits, torch.cat(candidates), allowed)
     return list(torch.split(pair_logp, [len(c) for c in candidates]))
 
 
 @torch.no_grad()
-def candidate_token_logprobs_naive(model, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+def candidate_token_logprobs_naive(model, history: torch.Tensor, candidates: torch.Tensor,
+                                   allowed=None) -> torch.Tensor:
     """Reference for :func:`candidate_token_logprobs_fast`: one full forward per (history, candidate) pair."""
-    n_cand, levels = candidates.shape
     t = history.shape[0]
-    out = torch.empty(n_cand, levels, dtype=torch.float32, device=candidates.device)
-    for c in range(n_cand):
+    out = []
+    for c in range(candidates.shape[0]):
         seq = torch.cat([history, candidates[c, :-1]])[None]
-        logp = torch.log_softmax(model(input_ids=seq).logits[0, t - 1:].float(), -1)
-        out[c] = logp.gather(-1, candidates[c, :, None])[:, 0]
-    return out
+        out.append(level_logprobs(model(input_ids=seq).logits[:, t - 1:], candidates[c:c + 1], allowed))
+    return torch.cat(out)
 
 
 @dataclass
@@ -265,21 +277,26 @@ class CandidateScorer:
             longest = max(longest, length)
         return groups
 
-    def score_users(self, histories: list[np.ndarray], candidate_tokens: list[np.ndarray]) -> list[np.ndarray]:
-        """Per user, per-token log-probabilities ``[C, L]`` (float64) of each candidate after the history."""
+    def score_users(self, histories: list[np.ndarray], candidate_tokens: list[np.ndarray],
+                    allowed=None) -> list[np.ndarray]:
+        """Per user, per-token log-probabilities ``[C, L]`` (float64) of each candidate after the history.
+
+        With ``allowed`` (tokens ``[P, L]`` and the vocabulary width -> boolean ``[P, L, V]``, e.g.
+        :class:`recbase.eval.calibrate.CatalogTokens`), ``[C, L, 2]``: ``[..., 1]`` is the log of the probability
+        mass the model puts on the allowed tokens at each level (:func:`level_logprobs`)."""
         users = [self._prepare(h, c) for h, c in zip(histories, candidate_tokens)]
         t0 = time.perf_counter()
         if self.mode == "naive":
-            out = [candidate_token_logprobs_naive(self.model, h, c) for h, c in users]
+            out = [candidate_token_logprobs_naive(self.model, h, c, allowed) for h, c in users]
         else:
             out = [None] * len(users)
             for group in self._batches(users):
                 h, c = users[group[0]]
                 if len(group) == 1 and self._length(users[group[0]]) > self.max_row:
-                    out[group[0]] = candidate_token_logprobs_fast(self.model, h, c, self.batch_size)
+                    out[group[0]] = candidate_token_logprobs_fast(self.model, h, c, self.batch_size, allowed)
                     continue
                 scored = candidate_token_logprobs_batched(self.model, [users[i][0] for i in group],
-                                                          [users[i][1] for i in group], self.pad_id)
+                                                          [users[i][1] for i in group], self.pad_id, allowed)
                 for i, logp in zip(group, scored):
                     out[i] = logp
         result = [logp.double().cpu().numpy() for logp in out]
@@ -288,6 +305,6 @@ class CandidateScorer:
         self.timing.users += len(users)
         return result
 
-    def score_user(self, history: np.ndarray, candidate_tokens: np.ndarray) -> np.ndarray:
+    def score_user(self, history: np.ndarray, candidate_tokens: np.ndarray, allowed=None) -> np.ndarray:
         """:meth:`score_users` for one user."""
-        return self.score_users([history], [candidate_tokens])[0]
+        return self.score_users([history], [candidate_tokens], allowed)[0]

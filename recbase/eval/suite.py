@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from recbase.errors import UserError
+from recbase.eval.calibrate import fuse
+from recbase.eval.metrics import auc
 from recbase.eval.report import BAR, METRICS_FILE, VARIANTS, read_metrics
 from recbase.pipeline import CONFIG_FILE, load_pipeline_config
 
@@ -36,11 +39,11 @@ def load_run(run_dir: str | Path, model: str) -> dict:
     return {"seed": config.seed, "fold": tuple(config.heldout_domains), "domains": domains}
 
 
-def _cell(values: list[float], signed: bool = True) -> str:
+def _cell(values: list[float], signed: bool = True, digits: int = 3) -> str:
     """Mean ± half the range over seeds; the mean alone when there is one seed."""
     mean = float(np.mean(values))
-    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
-    return f"{text} ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else text
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return f"{text} ± {(max(values) - min(values)) / 2:.{digits}f}" if len(values) > 1 else text
 
 
 def summary_table(runs: list[dict]) -> str:
@@ -67,4 +70,61 @@ def summary_table(runs: list[dict]) -> str:
     complete = [s for s in seeds if all(s in by_seed for by_seed in folds.values())]  # seeds every fold ran
     if len(folds) > 1 and complete:
         row("all", "**Overall**", [[d for by_seed in folds.values() for d in by_seed[s].values()] for s in complete])
+    return "\n".join(lines)
+
+
+def pair_columns(run_dir: str | Path, model: str, domain: str, scores: list[str]) -> dict:
+    """From a run's ``eval/pairs/<domain>.parquet``: the labels, the bar's scores, the model's head and each of
+    ``scores`` (``pmi`` from the per-level columns, any other score from its own column), all split per user."""
+    import pyarrow.parquet as pq
+
+    path = Path(run_dir) / "eval" / "pairs" / f"{domain}.parquet"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run `recbase evaluate` with pair_scores=true")
+    table = pq.read_table(path)
+    columns = set(table.column_names)
+    users = table["user_id"].to_numpy(zero_copy_only=False)
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    col = lambda name: table[name].to_numpy().astype(np.float64)  # noqa: E731
+    out = {"label": col("label"), "bar": col(BAR), "head": np.split(col(f"{model}/head"), cuts)}
+    for score in scores:
+        if score == "pmi":
+            levels = sum(1 for c in columns if c.startswith(f"{model}/logp_"))
+            values = sum(col(f"{model}/logp_{lvl}") - col(f"{model}/prior_{lvl}") for lvl in range(levels))
+        elif f"{model}/{score}" in columns:
+            values = col(f"{model}/{score}")
+        else:
+            raise UserError(f"{path}: no column {model}/{score} (run `recbase evaluate` with codes= for the "
+                            f"catalog scores)")
+        out[score] = np.split(values, cuts)
+    return out
+
+
+def fusion_sweep(run_dirs: list[str | Path], model: str, scores: list[str], weights: list[float]) -> str:
+    """Markdown: each score fused with the embedding head (per user, standardised head + weight × standardised
+    score, as *PMI + head*) at the weight that scores best Overall on the OTHER folds (mean over their seeds), per
+    held-out domain and Overall as fused − bar, mean ± half the range over seeds; the last column lists every
+    weight's Overall on the fold itself."""
+    runs = []
+    for run_dir in run_dirs:
+        meta = load_run(run_dir, model)
+        per_domain = {d: pair_columns(run_dir, model, d, scores) for d in meta["domains"]}
+        gaps = {(score, w): [auc(np.concatenate(fuse(p["head"], p[score], w)), p["label"]) - auc(p["bar"], p["label"])
+                             for p in per_domain.values()] for score in scores for w in weights}
+        runs.append({"fold": meta["fold"], "seed": meta["seed"], "gaps": gaps})
+    folds = list(dict.fromkeys(r["fold"] for r in runs))
+    header = ["score + head", "fold", "weight (other folds)"] + ["domains − bar", "Overall − bar",
+                                                                 "Overall − bar at " + " / ".join(map(str, weights))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for score in scores:
+        def fold_overall(fold, w):
+            return float(np.mean([np.mean(r["gaps"][score, w]) for r in runs if r["fold"] == fold]))
+        for f, fold in enumerate(folds):
+            others = [o for o in folds if o != fold] or [fold]
+            best = max(weights, key=lambda w: np.mean([fold_overall(o, w) for o in others]))
+            mine = [r for r in runs if r["fold"] == fold]
+            domains = ", ".join(f"{d} {_cell([r['gaps'][score, best][i] for r in mine])}" for i, d in enumerate(fold))
+            sweep = " / ".join(f"{fold_overall(fold, w):+.4f}" for w in weights)
+            lines.append(f"| {VARIANTS.get(score, score)} | {chr(ord('A') + f)} | {best} | {domains} | "
+                         f"{_cell([float(np.mean(r['gaps'][score, best])) for r in mine], digits=4)} | {sweep} |")
     return "\n".join(lines)

@@ -86,6 +86,25 @@ class CodeTrie:
         mask[parent, self.child_code[depth][child]] = True
         return mask
 
+    def prefix_index(self, depth: int, codes: torch.Tensor) -> torch.Tensor:
+        """Index among the depth-``depth`` prefixes of each row's first ``depth`` codes (``codes`` [B, >= depth]);
+        a ValueError names the first row whose prefix is not in the catalog."""
+        key = torch.zeros(len(codes), dtype=torch.int64, device=codes.device)
+        for d in range(depth):
+            key = key * self.codebook_size + codes[:, d]
+        keys = self.prefix_keys[depth]
+        idx = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
+        missing = torch.nonzero(keys[idx] != key).flatten()
+        if len(missing):
+            row = int(missing[0])
+            raise ValueError(f"row {row}: codes {codes[row, :depth].tolist()} are not a prefix in the catalog")
+        return idx
+
+    def allowed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Boolean ``[B, L, K]``: at each level, the codes the catalog allows after the row's own prefix
+        (``codes`` [B, L], complete tuples of the catalog)."""
+        return torch.stack([self.allowed_mask(d, self.prefix_index(d, codes)) for d in range(self.levels)], 1)
+
     def tuple_codes(self, tuple_idx: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, L]`` of complete tuples."""
         key = self.prefix_keys[self.levels][tuple_idx]
