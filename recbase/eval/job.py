@@ -62,7 +62,7 @@ class EvalConfig:
     allow_seen_domains: bool = False   # evaluate a domain the model or tokenizer was trained on, labelled not zero-shot
     fusion_weight: float = 0.1         # weight of the standardised PMI beside the standardised text similarity
     fusion_weights: dict[str, float] = field(default_factory=dict)  # a catalog score's own weight beside the head
-    catalog_users: int = 16            # eval users whose histories give the catalog PMI's mean P(item | h) (0 = off)
+    catalog_users: int = 0             # eval users whose histories give the catalog PMI's mean P(item | h) (0 = off)
     pair_scores: bool = True           # write every pair's scores to <out_dir>/pairs/<domain>.parquet
 
     def validate(self) -> None:
