@@ -2,8 +2,9 @@
 
 Per level: codes used, perplexity (exp of the usage entropy; K when usage is uniform) and the share of items in
 the largest bucket. Per catalog: collision rate, reconstruction (squared error and cosine, in the normalised
-space the quantiser sees), and how often an item's nearest neighbour shares its first l codes. Domains the tokenizer was trained on and unseen domains are summarised separately,
-since the unseen ones are what zero-shot recommendation depends on.
+space the quantiser sees), and how often an item's nearest neighbour shares its first l codes. Domains the
+tokenizer was trained on and unseen domains are summarised separately, since the unseen ones are what zero-shot
+recommendation depends on.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from recbase.tokenizer.embed import unit_rows
 
 GROUPS = ("trained", "unseen")
 NEIGHBOUR_SAMPLE = 20_000   # items whose nearest neighbour is looked up (every item of a smaller catalog)
+NEIGHBOUR_BLOCK = 1 << 24   # similarities held at once (64 MB of float32), whatever the catalog's size
 
 
 def level_usage(codes: np.ndarray, codebook_size: int) -> list[dict]:
@@ -33,13 +35,14 @@ def level_usage(codes: np.ndarray, codebook_size: int) -> list[dict]:
 
 
 def neighbour_prefix_share(x: np.ndarray, codes: np.ndarray, sample: int = NEIGHBOUR_SAMPLE,
-                           seed: int = 0, block: int = 1024) -> list[float]:
+                           seed: int = 0, block: int | None = None) -> list[float]:
     """Per l = 1..L: the share of items whose nearest other item by cosine (rows of ``x``) has the same first l codes.
 
     Usage and collisions say how evenly a tokenizer spreads items, not whether it keeps similar items together;
     a generative model predicts an item's codes level by level, and only a prefix shared by similar items gives
     it something to generalise from. Catalogs above ``sample`` items are measured on a seeded sample of queries
-    (each against the whole catalog), so the cost stays at ``sample`` x N dot products.
+    (each against the whole catalog), so the cost stays at ``sample`` x N dot products; ``block`` queries are
+    compared at a time (default: as many as fit in ``NEIGHBOUR_BLOCK`` similarities).
     """
     n = len(x)
     if n < 2:
@@ -47,6 +50,7 @@ def neighbour_prefix_share(x: np.ndarray, codes: np.ndarray, sample: int = NEIGH
     x = unit_rows(np.asarray(x, dtype=np.float32))
     queries = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
     nearest = np.empty(len(queries), dtype=np.int64)
+    block = block or max(1, NEIGHBOUR_BLOCK // n)
     for i in range(0, len(queries), block):
         q = queries[i:i + block]
         sims = x[q] @ x.T
