@@ -290,6 +290,8 @@ def test_commands_train_encode_report(tmp_path, capsys):
     assert len(report["domains"]["garden"]["levels"]) == 3
     assert (report_dir / "usage.png").read_bytes()[:4] == b"\x89PNG"
     assert "| **unseen** | 150 |" in (report_dir / "report.md").read_text()
+    shares = report["summary"]["trained"]["neighbour_prefix_share"]
+    assert len(shares) == 3 and 1 >= shares[0] >= shares[1] >= shares[2] >= 0   # a longer prefix is rarer
 
     # A tampered artifact is refused by the command with the reason.
     cfg = json.loads((art / "config.json").read_text())
@@ -337,6 +339,21 @@ def test_report_separates_unseen_domains_and_pooled_normalisation(domains, train
     pooled = tokenizer_report(tok, embeddings, normalize_new=False)
     assert pooled["domains"]["movies"] == own["domains"]["movies"]
     assert pooled["domains"]["shifted-movies"]["levels"] != own["domains"]["shifted-movies"]["levels"]
+
+
+def test_neighbour_prefix_share_by_hand():
+    from recbase.tokenizer.report import neighbour_prefix_share
+
+    # Two tight pairs, far apart: 0-1 share level 1 only, 2-3 share both levels; scale does not matter (cosine).
+    x = np.array([[1, 0], [0.99, 0.1], [0, 3], [0.1, 2.9]], np.float32)
+    codes = np.array([[0, 0], [0, 1], [1, 2], [1, 2]])
+    assert neighbour_prefix_share(x, codes) == [1.0, 0.5]
+    assert neighbour_prefix_share(x, codes, block=1) == [1.0, 0.5]   # queries split across blocks
+    # Above `sample` items only a seeded sample of queries is measured, each against the whole catalog.
+    sampled = neighbour_prefix_share(x, codes, sample=3, seed=1)
+    assert sampled[0] == 1.0 and sampled[1] in (1 / 3, 2 / 3)
+    assert sampled == neighbour_prefix_share(x, codes, sample=3, seed=1)
+    assert neighbour_prefix_share(x[:1], codes[:1]) == [0.0, 0.0]   # one item has no neighbour
 
 
 def test_codebook_larger_than_the_catalog_is_refused():
