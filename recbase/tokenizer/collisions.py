@@ -4,8 +4,7 @@ The collision rate is the share of items that are not the first holder of their 
 i.e. the share that would need a disambiguation index above 0. The optional extra level gives each item its
 index among the items sharing its tuple, so every item gets a unique tuple as long as no bucket holds more than K
 items. The index is arbitrary to the model, which can only memorise it; ordering a bucket by the items' training
-interactions (``popularity``) at least gives index 0 to the item a user most likely means, so the model's prior
-for the level is one value instead of a uniform guess.
+interactions (``popularity``) at least gives the low indices to the items users most often mean.
 """
 from __future__ import annotations
 
