@@ -119,6 +119,7 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
     from recbase.data.ingest import ingest
     from recbase.data.shards import ShardConfig, build_shards
     from recbase.data.tables import has_tables
+    from recbase.eval.leave_one_out import SPLITS
     from recbase.tokenizer.artifact import load_tokenizer
     from recbase.tokenizer.collisions import collision_rate
     from recbase.tokenizer.embed import embed_folder
@@ -143,16 +144,19 @@ def _prepare(cfg: InDomainConfig, out: Path, domain: str) -> tuple[Path, Path, P
     tcfg = load_config(TokenizerConfig, cfg.tokenizer_config,
                        [f"seed={cfg.tokenizer_seed}", *cfg.tokenizer_overrides, "disambiguate=true"], [CONFIG_DIR])
     if not (tok_dir / "config.json").exists():
-        train_from_folders(tcfg, data, emb, tok_dir, [domain])
+        # a popularity-ordered collision level counts training interactions only: targets play no part
+        train_from_folders(tcfg, data, emb, tok_dir, [domain], exclude_last=len(SPLITS))
     tok = load_tokenizer(tok_dir)
-    asked, found = (tcfg.kind, tcfg.levels, tcfg.codebook_size), (tok.kind, tok.levels, tok.codebook_size)
+    asked = (tcfg.kind, tcfg.levels, tcfg.codebook_size, tcfg.collision_order)
+    found = (tok.kind, tok.levels, tok.codebook_size, tok.collision_order)
     if asked != found:
-        raise ValueError(f"{tok_dir} holds a {found} tokenizer (kind, levels, codebook size), not the {asked} "
-                         f"asked for; its codes, shards and models would be reused: give another out")
+        raise ValueError(f"{tok_dir} holds a {found} tokenizer (kind, levels, codebook size, collision order), not "
+                         f"the {asked} asked for; its codes, shards and models would be reused: give another out")
     if not codes.exists():
         write_codes(tok, data, emb, codes, [domain])
     code_rows = read_codes(codes).by_domain[domain][1]
-    stage_done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size} + collision level), "
+    stage_done(t0, f"tokenizer {tok.hash[:12]} ({tok.kind}, {tok.levels} x {tok.codebook_size} + collision level "
+              f"in {tok.collision_order} order), "
               f"{100 * collision_rate(code_rows[:, :tok.levels]):.2f}% of items share their {tok.levels} codes")
 
     t0 = stage_start("4/6 shards (each user's last two items held out)")

@@ -209,7 +209,7 @@ class Recommender:
         codes = read_verified_npy(npy)
         if codes is not None and len(codes) == len(emb):
             return codes
-        codes = tok.encode_catalog(emb, tok.stats_for(domain, emb)).astype(np.int64)
+        codes = tok.encode_catalog(emb, tok.stats_for(domain, emb), domain).astype(np.int64)
         save_verified_npy(npy, codes)
         return codes
 

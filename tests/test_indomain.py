@@ -9,7 +9,7 @@ import pytest
 
 from recbase.data.codes import read_codes
 from recbase.data.ingest import ingest
-from recbase.data.sequences import load_domain
+from recbase.data.sequences import item_counts, load_domain
 from recbase.data.shard_format import decode_block
 from recbase.data.shards import ShardConfig, build_shards
 from recbase.eval.leave_one_out import (history_tokens, leave_one_out, popularity_ranks, ranks_from_scores,
@@ -101,6 +101,18 @@ def test_every_item_has_its_own_code_tuple(world):
     assert len({tuple(c) for c in codes.tolist()}) == len(ids)   # the collision level separates them
     trie = CodeTrie.build(codes, ids, world["codes"].vocab.codebook_size)
     assert trie.n_tuples == len(ids) and all(len(trie.items_of(t)) == 1 for t in range(trie.n_tuples))
+
+
+def test_popularity_ordered_collisions_count_training_interactions_only(world, tmp_path):
+    """The runner's tokenizer orders a bucket by interactions without each user's last two items, so no validation
+    or test target shapes an item's code."""
+    root, seqs = world["root"], world["seqs"]
+    cfg = TokenizerConfig(kind="rqkmeans", levels=2, codebook_size=4, disambiguate=True, collision_order="popularity")
+    tok = train_from_folders(cfg, root / "data", root / "emb", tmp_path / "tok", ["tiny"], progress=False,
+                             exclude_last=2)
+    n = len(world["codes"].by_domain["tiny"][0])
+    np.testing.assert_array_equal(tok.item_counts["tiny"], training_counts(seqs, n))
+    assert (item_counts(seqs, n) != training_counts(seqs, n)).any()   # the targets would change the counts
 
 
 def test_recall_and_ndcg_by_hand():

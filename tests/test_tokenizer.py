@@ -378,3 +378,68 @@ def test_train_does_not_replace_an_artifact_without_overwrite(tmp_path, capsys):
     assert "already holds a tokenizer artifact" in capsys.readouterr().err and load_tokenizer(art).hash == first
     assert main([*args, "seed=1", "--overwrite"]) == 0
     assert load_tokenizer(art).hash != first
+
+
+def test_popularity_orders_each_bucket_by_counts_ties_in_catalog_order():
+    codes = np.array([[1, 2], [1, 2], [0, 0], [1, 2], [0, 0], [3, 3], [1, 2]])
+    counts = np.array([2, 7, 0, 2, 4, 1, 9])
+    extra = disambiguation_level(codes, codebook_size=4, priority=counts)
+    # bucket (1, 2): row 6 (9), row 1 (7), then rows 0 and 3 (2 each) in catalog order; bucket (0, 0): row 4, row 2
+    np.testing.assert_array_equal(extra, [2, 1, 1, 3, 0, 0, 0])
+    assert collision_rate(np.c_[codes, extra]) == 0.0
+    np.testing.assert_array_equal(disambiguation_level(codes, 4, priority=np.zeros(7)), disambiguation_level(codes, 4))
+    with pytest.raises(ValueError, match="6 priorities for 7 items"):
+        disambiguation_level(codes, 4, priority=counts[:6])
+
+
+def test_popularity_collision_order_is_kept_in_the_artifact(tmp_path):
+    from recbase.errors import UserError
+
+    emb = clustered(300, seed=3)
+    counts = np.random.default_rng(0).integers(0, 40, len(emb))
+    cfg = TokenizerConfig(kind="rqkmeans", levels=1, codebook_size=32, disambiguate=True, collision_order="popularity")
+    cfg.rqkmeans.iters = 5
+    tok, _ = train_tokenizer(cfg, {"books": emb}, "synthetic", progress=False, counts={"books": counts})
+    tok.save(tmp_path / "pop")
+    loaded = load_tokenizer(tmp_path / "pop")
+    assert loaded.collision_order == "popularity" and loaded.hash == tok.hash
+    stats = loaded.stats_for("books", emb)
+    codes = loaded.encode_catalog(emb, stats, "books")
+    np.testing.assert_array_equal(codes, tok.encode_catalog(emb, tok.stats_for("books", emb), "books"))
+    assert collision_rate(codes) == 0.0 and collision_rate(codes[:, :1]) > 0.5
+    for code in np.unique(codes[:, 0]):
+        rows = np.flatnonzero(codes[:, 0] == code)
+        by_index = counts[rows[np.argsort(codes[rows, 1])]]
+        assert (np.diff(by_index) <= 0).all()          # index 0 holds the bucket's most interacted item
+    # a catalog the tokenizer was not trained on has no training interactions: catalog order
+    np.testing.assert_array_equal(loaded.encode_catalog(emb, stats, "other")[:, 1],
+                                  disambiguation_level(codes[:, :1], 32))
+    with pytest.raises(UserError, match="interaction counts of 300 items, but the catalog has 299"):
+        loaded.encode_catalog(emb[:299], stats, "books")
+    loaded.item_counts["books"] = counts + 1           # the counts are part of the content hash
+    assert loaded.save(tmp_path / "changed") != tok.hash
+
+
+def test_collision_order_options_are_checked(tmp_path, capsys):
+    from recbase.config import ConfigError
+    from recbase.errors import UserError
+
+    emb = {"books": clustered(60, seed=4)}
+    with pytest.raises(ConfigError, match=r"^collision_order: 'random' is not one of catalog, popularity$"):
+        train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=2, codebook_size=4, disambiguate=True,
+                                        collision_order="random"), emb, progress=False)
+    with pytest.raises(ConfigError, match=r"orders the disambiguation level: set disambiguate=true$"):
+        train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=2, codebook_size=4, collision_order="popularity"),
+                        emb, progress=False)
+    with pytest.raises(UserError, match=r"counts of the 60 items of domain 'books'; got 59$"):
+        train_tokenizer(TokenizerConfig(kind="rqkmeans", levels=2, codebook_size=4, disambiguate=True,
+                                        collision_order="popularity"), emb, progress=False,
+                        counts={"books": np.ones(59)})
+    data = tmp_path / "data"
+    write_data(data, {"books": 20})
+    embed_folder(data, tmp_path / "emb", model="hashing", progress=False)
+    assert main(["tokenizer", "train", "--data", str(data), "--emb", str(tmp_path / "emb"), "--out",
+                 str(tmp_path / "t"), "kind=rqkmeans", "levels=2", "codebook_size=4", "disambiguate=true",
+                 "collision_order=by_price"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "collision_order: 'by_price' is not one of catalog, popularity" in err and "\n" not in err

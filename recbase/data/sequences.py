@@ -37,12 +37,32 @@ class DomainSequences:
 
 def load_domain(domain_dir: Path, codes: Codes) -> DomainSequences:
     """Map a domain's interactions to item tokens; interactions of items without codes are skipped and counted."""
+    item_ids, item_codes = domain_codes(domain_dir, codes)
+    return load_users(domain_dir, item_ids, item_tokens(codes.vocab, item_codes))
+
+
+def load_users(domain_dir: Path, item_ids: pa.Array, tokens: np.ndarray | None = None) -> DomainSequences:
+    """A domain's interactions with the catalog ``item_ids``, grouped by user. Without ``tokens`` (statistics
+    needed before the codes exist, such as the interaction counts a tokenizer orders its collisions by),
+    ``item_tokens`` has no columns."""
+    import pyarrow as pa
+
     from recbase.data.tables import read_interactions
 
-    item_ids, item_codes = domain_codes(domain_dir, codes)
+    item_ids = pa.array(item_ids, pa.string())
+    if tokens is None:
+        tokens = np.zeros((len(item_ids), 0), np.uint16)
     skipped: Counter = Counter()
     table = known_items(checked_interactions(domain_dir, read_interactions(domain_dir)), item_ids, skipped)
-    return group_users(domain_dir.name, table, item_tokens(codes.vocab, item_codes), skipped)
+    return group_users(domain_dir.name, table, tokens, skipped)
+
+
+def item_counts(seqs: DomainSequences, n_items: int, exclude_last: int = 0) -> np.ndarray:
+    """Interactions per catalog row, without each user's last ``exclude_last`` items (held-out targets)."""
+    counts = np.zeros(n_items, np.int64)
+    for start, count in zip(seqs.starts.tolist(), seqs.counts.tolist()):
+        np.add.at(counts, seqs.item_rows[start:start + max(count - exclude_last, 0)], 1)
+    return counts
 
 
 def domain_codes(domain_dir: Path, codes: Codes) -> tuple[pa.Array, np.ndarray]:

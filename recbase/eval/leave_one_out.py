@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from recbase.data.sequences import DomainSequences
+from recbase.data.sequences import DomainSequences, item_counts
 from recbase.eval.metrics import retrieval_metrics
 from recbase.eval.retrieval import Retriever
 from recbase.tokenizer.embed import unit_rows
@@ -69,10 +69,7 @@ def leave_one_out(seqs: DomainSequences, split: str, max_history: int = MAX_HIST
 
 def training_counts(seqs: DomainSequences, n_items: int) -> np.ndarray:
     """Interactions per catalog row over the training part of every sequence (validation and test targets out)."""
-    counts = np.zeros(n_items, np.int64)
-    for start, count in zip(seqs.starts.tolist(), seqs.counts.tolist()):
-        np.add.at(counts, seqs.item_rows[start:start + max(count - len(SPLITS), 0)], 1)
-    return counts
+    return item_counts(seqs, n_items, exclude_last=len(SPLITS))
 
 
 def history_tokens(histories: list[np.ndarray], item_tokens: np.ndarray, vocab: Vocab) -> list[np.ndarray]:

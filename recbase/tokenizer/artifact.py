@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from recbase.errors import UserError
 from recbase.io import atomic_path, atomic_write_text
 from recbase.tokenizer import normalize
-from recbase.tokenizer.collisions import disambiguation_level
+from recbase.tokenizer.collisions import COLLISION_ORDERS, disambiguation_level
 from recbase.tokenizer.modules import (MLP, fsq_codes_to_values, fsq_digits_to_codes, fsq_group_size, fsq_round,
                                        residual_codes, residual_vectors)
 
@@ -55,6 +55,9 @@ class Tokenizer:
     codebooks: torch.Tensor | None = None
     fsq_levels: int = 0
     disambiguate: bool = False
+    collision_order: str = "catalog"   # catalog | popularity: order of a bucket's items on the disambiguation level
+    # training interactions per catalog row of each training domain, which orders its buckets under ``popularity``
+    item_counts: dict[str, np.ndarray] = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     hash: str = ""
 
@@ -62,6 +65,8 @@ class Tokenizer:
         if self.kind not in KINDS:
             raise UserError(f"unknown tokenizer kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         normalize.check_mode(self.normalization)
+        if self.collision_order not in COLLISION_ORDERS:
+            raise UserError(f"collision_order: {self.collision_order!r} is not one of {', '.join(COLLISION_ORDERS)}")
         for module in (self.encoder, self.decoder):
             if module is not None:
                 module.eval()
@@ -119,12 +124,30 @@ class Tokenizer:
                for i in range(0, len(x), batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.levels), dtype=np.int64)
 
-    def encode_catalog(self, embeddings: np.ndarray, domain_stats: normalize.DomainStats | None = None) -> np.ndarray:
-        """Codes [N, code_width] of a whole catalog, with the disambiguation level when the artifact has one."""
+    def encode_catalog(self, embeddings: np.ndarray, domain_stats: normalize.DomainStats | None = None,
+                       domain: str = "") -> np.ndarray:
+        """Codes [N, code_width] of a whole catalog, with the disambiguation level when the artifact has one.
+
+        ``domain`` names the catalog, so a training domain's buckets follow its stored interaction counts when
+        the artifact orders them by popularity; any other catalog's buckets are in catalog order.
+        """
         codes = self.encode(embeddings, domain_stats)
         if self.disambiguate:
-            codes = np.concatenate([codes, disambiguation_level(codes, self.codebook_size)[:, None]], axis=1)
+            extra = disambiguation_level(codes, self.codebook_size, self.collision_priority(domain, len(codes)))
+            codes = np.concatenate([codes, extra[:, None]], axis=1)
         return codes
+
+    def collision_priority(self, domain: str, n_items: int) -> np.ndarray | None:
+        """The stored training interactions per item of ``domain`` when buckets are ordered by popularity, else
+        ``None`` (catalog order): a domain the tokenizer was not trained on has no training interactions."""
+        if self.collision_order != "popularity" or domain not in self.item_counts:
+            return None
+        counts = self.item_counts[domain]
+        if len(counts) != n_items:
+            raise UserError(f"domain {domain!r}: the tokenizer orders its collisions by the interaction counts of "
+                            f"{len(counts)} items, but the catalog has {n_items}; retrain the tokenizer on this "
+                            f"catalog")
+        return counts
 
     @torch.no_grad()
     def reconstruct(self, codes: np.ndarray) -> np.ndarray:
@@ -148,6 +171,7 @@ class Tokenizer:
             "embedder": self.embedder,
             "normalization": self.normalization,
             "disambiguate": self.disambiguate,
+            "collision_order": self.collision_order,
             "code_width": self.code_width,
             "encoder_dims": self.encoder.dims if self.encoder is not None else None,
             "decoder_dims": self.decoder.dims if self.decoder is not None else None,
@@ -163,6 +187,9 @@ class Tokenizer:
                 tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         if self.codebooks is not None:
             tensors["codebooks"] = self.codebooks
+        for i, domain in enumerate(self.domain_stats):
+            if domain in self.item_counts:
+                tensors[f"counts.{i}"] = torch.from_numpy(np.asarray(self.item_counts[domain], dtype=np.float32))
         for i, stats in enumerate(self.domain_stats.values()):
             if stats is not None:
                 tensors[f"stats.{i}.mean"] = torch.from_numpy(stats.mean)
@@ -224,8 +251,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         m.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
         return m
 
-    stats = {}
+    stats, counts = {}, {}
     for i, (domain, n_items) in enumerate(config.get("train_domains", {}).items()):
+        if f"counts.{i}" in tensors:
+            counts[domain] = tensors[f"counts.{i}"].numpy().astype(np.int64)
         mean = tensors.get(f"stats.{i}.mean")
         whiten = tensors.get(f"stats.{i}.whiten")
         stats[domain] = None if mean is None else normalize.DomainStats(
@@ -237,6 +266,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                          encoder=module("encoder", "encoder_dims"), decoder=module("decoder", "decoder_dims"),
                          codebooks=tensors.get("codebooks"), fsq_levels=int(config.get("fsq_levels", 0)),
                          disambiguate=bool(config.get("disambiguate", False)),
+                         collision_order=config.get("collision_order", "catalog"), item_counts=counts,
                          training=config.get("training", {}), hash=config["hash"])
     except ValueError as e:
         raise ArtifactError(f"{cfg_path}: {e}") from None

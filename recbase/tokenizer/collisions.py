@@ -2,14 +2,17 @@
 
 The collision rate is the share of items that are not the first holder of their tuple (``1 - unique / items``),
 i.e. the share that would need a disambiguation index above 0. The optional extra level gives each item its
-index among the items sharing its tuple (in catalog order), so every item gets a unique tuple as long as no
-bucket holds more than K items.
+index among the items sharing its tuple, so every item gets a unique tuple as long as no bucket holds more than K
+items. The index is arbitrary to the model, which can only memorise it; ordering a bucket by the items' training
+interactions (``popularity``) at least gives the low indices to the items users most often mean.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from recbase.errors import UserError
+
+COLLISION_ORDERS = ("catalog", "popularity")   # order of a bucket's items on the disambiguation level
 
 
 def tuple_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,10 +37,12 @@ def collision_rate(codes: np.ndarray) -> float:
     return float(1.0 - len(sizes) / n)
 
 
-def disambiguation_level(codes: np.ndarray, codebook_size: int) -> np.ndarray:
-    """Extra code per item [N]: its index among the items sharing its tuple, in catalog order.
+def disambiguation_level(codes: np.ndarray, codebook_size: int, priority: np.ndarray | None = None) -> np.ndarray:
+    """Extra code per item [N]: its index among the items sharing its tuple.
 
-    Raises when a bucket holds more than ``codebook_size`` items, since the index must be a valid code.
+    Items of a bucket are in catalog order, or with ``priority`` [N] (e.g. training interactions per item) the
+    highest priority first, ties in catalog order. Raises when a bucket holds more than ``codebook_size`` items,
+    since the index must be a valid code.
     """
     bucket, sizes = tuple_ids(codes)
     if len(sizes) and sizes.max() > codebook_size:
@@ -46,7 +51,13 @@ def disambiguation_level(codes: np.ndarray, codebook_size: int) -> np.ndarray:
         raise UserError(f"{int(sizes.max())} items share the code tuple {example}, more than the codebook size "
                         f"{codebook_size}: a disambiguation level cannot separate them; train with more levels "
                         f"or a larger codebook")
-    order = np.argsort(bucket, kind="stable")
+    if priority is None:
+        order = np.argsort(bucket, kind="stable")
+    else:
+        priority = np.asarray(priority)
+        if priority.shape != bucket.shape:
+            raise ValueError(f"{len(priority)} priorities for {len(bucket)} items")
+        order = np.lexsort((np.arange(len(bucket)), -priority, bucket))   # last key first: bucket, priority, row
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     index = np.empty(len(bucket), dtype=np.int64)
     index[order] = np.arange(len(bucket)) - np.repeat(starts, sizes)

@@ -37,7 +37,7 @@ def encode_domains(tok: Tokenizer, data_dir: str | Path, emb_dir: str | Path,
             raise UserError(f"{emb_dir}/{domain_dir.name}.json: embedded with {meta['model']!r}, but the tokenizer "
                             f"was trained on {tok.embedder!r} embeddings")
         start = time.perf_counter()
-        codes = tok.encode_catalog(emb, tok.stats_for(domain_dir.name, emb))
+        codes = tok.encode_catalog(emb, tok.stats_for(domain_dir.name, emb), domain_dir.name)
         seen = "trained on" if domain_dir.name in tok.domain_stats else "unseen"
         log.info("encode %s (%s): %d items in %.2fs, collision rate %.2f%%", domain_dir.name, seen, len(ids),
                  time.perf_counter() - start, 100 * collision_rate(codes[:, :tok.levels]))
