@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -235,10 +236,10 @@ def world(tmp_path_factory):
     return w
 
 
-def _evaluate(world, model: str, out, eval_dir=None) -> tuple[dict, dict]:
+def _evaluate(world, model: str, out, eval_dir=None, codes=None) -> tuple[dict, dict]:
     cfg = EvalConfig(models={"m": str(world[model])}, eval_dir=str(eval_dir or world["eval_dir"]),
                      data_dir=str(world["data_dir"]), embeddings_dir=str(world["embeddings_dir"]),
-                     codes=str(world["codes"]), out_dir=str(out), retrieval=False)
+                     codes=str(codes or world["codes"]), out_dir=str(out), retrieval=False)
     results = evaluate(cfg)
     return results["domains"]["books"], pq.read_table(out / "pairs" / "books.parquet").to_pydict()
 
@@ -263,7 +264,12 @@ def test_the_head_score_ignores_the_candidates_codes(world, tmp_path, model):
                                  for t in r["candidate_tokens"]]
     eval_dir = tmp_path / "changed" / "eval"
     write_eval_set(eval_dir / "books.parquet", rows, "tok-abc")
-    _, changed = _evaluate(world, model, tmp_path / "b", eval_dir)
+    codes = pq.read_table(world["codes"])   # the catalog changed the same way, as evaluate checks the two agree
+    deeper_zero = [[c[0]] + [0] * (VOCAB.levels - 1) for c in codes["codes"].to_pylist()]
+    codes = codes.set_column(codes.schema.get_field_index("codes"), "codes",
+                             pa.array(deeper_zero, codes.schema.field("codes").type))
+    pq.write_table(codes, tmp_path / "changed" / "codes.parquet")
+    _, changed = _evaluate(world, model, tmp_path / "b", eval_dir, tmp_path / "changed" / "codes.parquet")
     np.testing.assert_allclose(changed["m/head"], pairs["m/head"], atol=1e-6)
     assert not np.allclose(changed["m/logp_1"], pairs["m/logp_1"])   # the token scores did see the change
 

@@ -76,12 +76,12 @@ def summary_table(runs: list[dict]) -> str:
 def pair_columns(run_dir: str | Path, model: str, domain: str, scores: list[str]) -> dict:
     """From a run's ``eval/pairs/<domain>.parquet``: the labels, the bar's scores, the model's head and each of
     ``scores`` (``pmi`` from the per-level columns, any other score from its own column), all split per user."""
-    import pyarrow.parquet as pq
+    from recbase.data.tables import read_table
 
     path = Path(run_dir) / "eval" / "pairs" / f"{domain}.parquet"
     if not path.is_file():
         raise UserError(f"{path}: not found; run `recbase evaluate` with pair_scores=true")
-    table = pq.read_table(path)
+    table = read_table(path)
     columns = set(table.column_names)
     users = table["user_id"].to_numpy(zero_copy_only=False)
     cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
