@@ -103,3 +103,52 @@ def test_fusion_sweep_names_a_missing_score_column(tmp_path, capsys):
     assert main(["suite", *runs, "--fuse", "trie"]) == 2
     err = capsys.readouterr().err
     assert "x.parquet: no column zero-shot/trie" in err and len(err.strip().splitlines()) == 1
+
+
+def test_slate_posterior_keeps_the_order_within_a_user_and_makes_users_comparable():
+    import numpy as np
+
+    from recbase.eval.calibrate import slate_posterior
+    from recbase.eval.metrics import auc
+
+    # user 1's candidates all lie close to the history, user 2's all far: raw cosines put user 1's negatives above
+    # user 2's positive (AUC 6/8), the posteriors over each user's own candidates do not
+    users = [np.array([0.9, 0.8, 0.8]), np.array([0.3, 0.1, 0.1])]
+    labels = np.array([1, 0, 0, 1, 0, 0])
+    assert auc(np.concatenate(users), labels) == 0.75
+    posterior = [slate_posterior(u, 10.0) for u in users]
+    assert all(abs(p.sum() - 1) < 1e-12 and (np.argsort(p) == np.argsort(u)).all() for p, u in zip(posterior, users))
+    assert auc(np.concatenate(posterior), labels) == 1.0
+
+
+def test_calibration_table_chooses_beta_on_the_other_fold_and_reports_the_order_within_users(tmp_path, capsys):
+    import numpy as np
+
+    from recbase.eval.calibrate import slate_posterior
+    from recbase.eval.metrics import auc, gauc
+
+    runs = [write_run(tmp_path / "a0", 0, ["x"], {"x": (0.6, 0.6, 0.6)}),
+            write_run(tmp_path / "b0", 0, ["z"], {"z": (0.6, 0.6, 0.6)})]
+    pairs = {"x": write_pairs(tmp_path / "a0", "x", 1), "z": write_pairs(tmp_path / "b0", "z", 2)}
+    groups = np.repeat(np.arange(20), 4)
+
+    def calibrated_gap(cols, column, beta):   # per user softmax(beta × score), pooled AUC minus the bar's, by hand
+        values = np.concatenate([slate_posterior(cols[column][4 * u:4 * u + 4], beta) for u in range(20)])
+        return auc(values, cols["label"]) - auc(cols["text_centred"], cols["label"])
+
+    betas = [0.5, 2.0, 8.0]
+    assert main(["suite", *runs, "--calibrate", "--betas", "0.5,2.0,8.0"]) == 0
+    out = capsys.readouterr().out
+    for column, label in (("text_centred", "text sim (centred), the bar"), ("zero-shot/head", "embedding head")):
+        for fold, mine, other in (("A", "x", "z"), ("B", "z", "x")):
+            best = max(betas, key=lambda b: calibrated_gap(pairs[other], column, b))
+            bar_best = max(betas, key=lambda b: calibrated_gap(pairs[other], "text_centred", b))
+            row = [line for line in out.splitlines() if line.startswith(f"| {label} | {fold} |")]
+            assert len(row) == 1
+            gap = calibrated_gap(pairs[mine], column, best)
+            against_calibrated = gap - calibrated_gap(pairs[mine], "text_centred", bar_best)
+            within = (gauc(groups, pairs[mine][column], pairs[mine]["label"])
+                      - gauc(groups, pairs[mine]["text_centred"], pairs[mine]["label"]))
+            assert row[0].endswith(f"| {best} | {mine} {gap:+.3f} | {gap:+.4f} | {against_calibrated:+.4f} | "
+                                   f"{within:+.4f} |")
+    assert "| +0.0000 | +0.0000 |" in [line for line in out.splitlines() if line.startswith("| text sim")][0]

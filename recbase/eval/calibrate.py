@@ -159,6 +159,20 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean()) / spread if spread > 0 else np.zeros_like(scores)
 
 
+def slate_posterior(scores: np.ndarray, beta: float) -> np.ndarray:
+    """One user's candidate scores as the probability that each is the slate's positive: softmax(``beta`` × scores).
+
+    Why: the pooled AUC ranks every user's candidates against every other user's, so besides the order within a
+    user (all that GAUC sees, and all that this leaves unchanged) it rewards a score that is comparable across
+    users. Raw cosines are not: a user whose candidates all lie close to the history gets high scores for the
+    negatives too. The posterior over the user's own candidates is, which is what an eval set of one positive
+    among sampled negatives asks for; ``beta`` says how sharply a score difference separates them.
+    """
+    z = beta * (scores - scores.max())
+    e = np.exp(z)
+    return e / e.sum()
+
+
 def fuse(text: list[np.ndarray], model: list[np.ndarray], weight: float) -> list[np.ndarray]:
     """Per user: standardised text similarity + ``weight`` × standardised model score."""
     return [standardise(t) + weight * standardise(m) for t, m in zip(text, model)]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from recbase.errors import UserError
-from recbase.eval.calibrate import fuse
-from recbase.eval.metrics import auc
+from recbase.eval.calibrate import fuse, slate_posterior
+from recbase.eval.metrics import auc, gauc
 from recbase.eval.report import BAR, METRICS_FILE, VARIANTS, read_metrics
 from recbase.pipeline import CONFIG_FILE, load_pipeline_config
 
@@ -75,7 +75,8 @@ def summary_table(runs: list[dict]) -> str:
 
 def pair_columns(run_dir: str | Path, model: str, domain: str, scores: list[str]) -> dict:
     """From a run's ``eval/pairs/<domain>.parquet``: the labels, the bar's scores, the model's head and each of
-    ``scores`` (``pmi`` from the per-level columns, any other score from its own column), all split per user."""
+    ``scores`` (``pmi`` from the per-level columns, any other score from its own column), all split per user
+    (the bar also whole, as ``bar``, and split, as ``text``)."""
     from recbase.data.tables import read_table
 
     path = Path(run_dir) / "eval" / "pairs" / f"{domain}.parquet"
@@ -86,7 +87,8 @@ def pair_columns(run_dir: str | Path, model: str, domain: str, scores: list[str]
     users = table["user_id"].to_numpy(zero_copy_only=False)
     cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
     col = lambda name: table[name].to_numpy().astype(np.float64)  # noqa: E731
-    out = {"label": col("label"), "bar": col(BAR), "head": np.split(col(f"{model}/head"), cuts)}
+    out = {"label": col("label"), "bar": col(BAR), "text": np.split(col(BAR), cuts),
+           "head": np.split(col(f"{model}/head"), cuts)}
     for score in scores:
         if score == "pmi":
             levels = sum(1 for c in columns if c.startswith(f"{model}/logp_"))
@@ -117,14 +119,73 @@ def fusion_sweep(run_dirs: list[str | Path], model: str, scores: list[str], weig
                                                                  "Overall − bar at " + " / ".join(map(str, weights))]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for score in scores:
-        def fold_overall(fold, w):
-            return float(np.mean([np.mean(r["gaps"][score, w]) for r in runs if r["fold"] == fold]))
+        def overall(run, w):
+            return float(np.mean(run["gaps"][score, w]))
         for f, fold in enumerate(folds):
-            others = [o for o in folds if o != fold] or [fold]
-            best = max(weights, key=lambda w: np.mean([fold_overall(o, w) for o in others]))
+            best = _chosen_on_other_folds(runs, fold, weights, overall)
             mine = [r for r in runs if r["fold"] == fold]
             domains = ", ".join(f"{d} {_cell([r['gaps'][score, best][i] for r in mine])}" for i, d in enumerate(fold))
-            sweep = " / ".join(f"{fold_overall(fold, w):+.4f}" for w in weights)
+            sweep = " / ".join(f"{np.mean([overall(r, w) for r in mine]):+.4f}" for w in weights)
             lines.append(f"| {VARIANTS.get(score, score)} | {chr(ord('A') + f)} | {best} | {domains} | "
-                         f"{_cell([float(np.mean(r['gaps'][score, best])) for r in mine], digits=4)} | {sweep} |")
+                         f"{_cell([overall(r, best) for r in mine], digits=4)} | {sweep} |")
+    return "\n".join(lines)
+
+
+def _chosen_on_other_folds(runs: list[dict], fold: tuple, options: list, overall) -> object:
+    """The option whose ``overall(run, option)`` is best on the folds other than ``fold``, mean over each fold's
+    runs and then over the folds (on ``fold`` itself when it is the only one): a setting is never chosen on the
+    domains it is reported on."""
+    folds = list(dict.fromkeys(r["fold"] for r in runs))
+    others = [o for o in folds if o != fold] or [fold]
+    return max(options, key=lambda o: np.mean([np.mean([overall(r, o) for r in runs if r["fold"] == f])
+                                               for f in others]))
+
+
+CALIBRATED = {"bar": "text sim (centred), the bar", "head": "embedding head", "head_fused": "PMI + head"}
+
+
+def calibration_table(run_dirs: list[str | Path], model: str, betas: list[float]) -> str:
+    """Markdown: the bar, the head and *PMI + head* each turned into the per-user slate posterior
+    (:func:`~recbase.eval.calibrate.slate_posterior`) at the ``beta`` the OTHER folds choose, as pooled AUC minus
+    the bar's plain AUC per held-out domain and Overall, and Overall minus the bar calibrated the same way.
+
+    Why: a score that beats the bar only after calibration may owe the gain to the calibration, which the bar gets
+    for free. The last column, GAUC − the bar's GAUC, is the part no calibration can change: the order within
+    users. *PMI + head* is fused at the run's own ``fusion_weight`` (its ``metrics.json``)."""
+    runs = []
+    for run_dir in run_dirs:
+        meta = load_run(run_dir, model)
+        weight = read_metrics(Path(run_dir) / "eval").get("config", {}).get("fusion_weight", 0.1)
+        gaps, bars, gauc_gaps = {}, {}, {}
+        for domain in meta["domains"]:
+            p = pair_columns(run_dir, model, domain, ["pmi"])
+            users = np.repeat(np.arange(len(p["text"])), [len(t) for t in p["text"]])
+            per_user = {"bar": p["text"], "head": p["head"], "head_fused": fuse(p["head"], p["pmi"], weight)}
+            bar = auc(p["bar"], p["label"])
+            bars[domain] = {b: auc(np.concatenate([slate_posterior(t, b) for t in p["text"]]), p["label"]) - bar
+                            for b in betas}
+            for score, values in per_user.items():
+                for b in betas:
+                    calibrated = np.concatenate([slate_posterior(v, b) for v in values])
+                    gaps.setdefault((score, b), []).append(auc(calibrated, p["label"]) - bar)
+                gauc_gaps.setdefault(score, []).append(gauc(users, np.concatenate(values), p["label"])
+                                                       - gauc(users, p["bar"], p["label"]))
+        runs.append({"fold": meta["fold"], "seed": meta["seed"], "gaps": gaps, "gauc": gauc_gaps,
+                     "bars": [bars[d] for d in meta["domains"]]})
+    folds = list(dict.fromkeys(r["fold"] for r in runs))
+    header = ["score, slate posterior", "fold", "β (other folds)", "domains − bar", "Overall − bar",
+              "Overall − calibrated bar", "GAUC − bar GAUC, Overall"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for score, label in CALIBRATED.items():
+        def overall(run, b):
+            return float(np.mean(run["gaps"][score, b]))
+        for f, fold in enumerate(folds):
+            best = _chosen_on_other_folds(runs, fold, betas, overall)
+            bar_beta = _chosen_on_other_folds(runs, fold, betas, lambda run, b: float(np.mean(run["gaps"]["bar", b])))
+            mine = [r for r in runs if r["fold"] == fold]
+            domains = ", ".join(f"{d} {_cell([r['gaps'][score, best][i] for r in mine])}" for i, d in enumerate(fold))
+            over_calibrated = [overall(r, best) - float(np.mean([b[bar_beta] for b in r["bars"]])) for r in mine]
+            lines.append(f"| {label} | {chr(ord('A') + f)} | {best} | {domains} | "
+                         f"{_cell([overall(r, best) for r in mine], digits=4)} | {_cell(over_calibrated, digits=4)} | "
+                         f"{_cell([float(np.mean(r['gauc'][score])) for r in mine], digits=4)} |")
     return "\n".join(lines)
