@@ -275,6 +275,11 @@ def test_an_edited_dataset_file_ingests_again_and_the_changed_table_reruns_what_
     assert after["data/shop/interactions.parquet"] != before["data/shop/interactions.parquet"]
     assert after["embeddings/news.npy"] == before["embeddings/news.npy"]
 
+    events.unlink()   # a missing file: one line naming it, before the stage clears the tables it made
+    assert main(["run", "--config", str(tmp_path / "pipeline.json")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {events}: file not found"
+    assert _outputs(tmp_path / "out") == after
+
 
 def test_dataset_files_are_hashed_once_and_a_touch_reruns_nothing(tmp_path, monkeypatch, capsys):
     """The hashes are cached by path, size and mtime: a second run reads no dataset file to hash it; a touched file
