@@ -9,14 +9,15 @@ The demo (``recbase demo``; the defaults of :class:`PipelineConfig`), a real-dat
 whole shared corpus (``corpus_shared.json``, ``train_steps=0``) are configs of this one runner; every stage calls
 the same library function as its own command.
 
-Resuming: a stage writes its outputs atomically or in resumable pieces (embedding chunks, shard files), then a
-stamp ``<out>/stages/<stage>.json`` with the fingerprint of what it was made from (its options and the
-fingerprints of the stages it reads) and its wall time. Paths inside the run folder enter fingerprints and stamps
-relative to it (``<out>/...``), so a run folder that was copied or moved is up to date where it lands. A rerun
-skips a stage whose stamp matches and runs it otherwise, after deleting its outputs when they were made from
-something else. A stage killed half way has no stamp; it runs again and continues from its partial output, which
-its ``.started`` marker ties to the same fingerprint. ``--fresh`` deletes only what the runner wrote: its stage
-folders and the domain tables it made, never tables ingested into ``<out>/data`` by hand or any other file in
+Resuming: a stage writes its outputs atomically or in resumable pieces (embedding chunks, shard files), then a stamp
+``<out>/stages/<stage>.json`` with the fingerprint of what it was made from (its options and the fingerprints of the
+stages it reads; for a dataset's ingest, its config entry and the SHA-256 of the files it reads, cached in
+``<out>/stages/file-hashes.json`` by path, size and mtime) and its wall time. Paths inside the run folder enter
+fingerprints and stamps relative to it (``<out>/...``), so a run folder that was copied or moved is up to date where
+it lands. A rerun skips a stage whose stamp matches and runs it otherwise, after deleting its outputs when they were
+made from something else. A stage killed half way has no stamp; it runs again and continues from its partial output,
+which its ``.started`` marker ties to the same fingerprint. ``--fresh`` deletes only what the runner wrote: its
+stage folders and the domain tables it made, never tables ingested into ``<out>/data`` by hand or any other file in
 ``<out>``.
 """
 from __future__ import annotations
@@ -80,6 +81,7 @@ class PipelineConfig:
 
 
 STAGES_DIR = "stages"
+HASH_CACHE = "file-hashes.json"   # in STAGES_DIR: the datasets' file hashes by path, size and mtime (not a stamp)
 CONFIG_FILE = "pipeline_config.json"
 N_STAGES = 8
 
@@ -210,23 +212,38 @@ class Stages:
             return self.out / recorded[len(RUN_FOLDER) + 1:]
         return Path(recorded)
 
-    def run(self, name: str, parts: tuple, outputs: list[Path], work) -> str:
+    def run(self, name: str, parts: tuple, outputs: list[Path], work, files: dict[str, str] | None = None) -> str:
         """Run ``work()`` unless stage ``name`` is stamped with the fingerprint of ``parts`` (what it is made
-        from); clear ``outputs`` first when they were made (or started) from another one. Returns the fingerprint,
-        for the stages that read this one."""
-        fp = fingerprint(*self.in_run(parts))
+        from) and ``files`` (``{name: SHA-256}`` of the files outside the run folder it reads: a dataset's); clear
+        ``outputs`` first when they were made (or started) from another one. Returns the fingerprint, for the
+        stages that read this one.
+
+        A stamp without ``files``, written before the runner hashed a dataset's files, holds when ``parts`` match
+        (an upgrade ingests nothing again); it is then rewritten with today's files, so that the next edit of one
+        of them counts."""
+        extra = {} if files is None else {"files": files}
+        fp = fingerprint(*self.in_run(parts), *extra.values())
 
         def matches(stamp: dict | None) -> bool:
             # a stamp of paths as given (written before they were run-relative) is read with the run folder it
             # was made in; its fingerprint is then also what the later stages' stamps were made from
-            return bool(stamp) and stamp["fingerprint"] == fingerprint(*self.in_run(parts,
-                                                                                     self._made_in(stamp, outputs)))
+            hashed = [files] if "files" in (stamp or {}) else []
+            return bool(stamp) and stamp["fingerprint"] == fingerprint(
+                *self.in_run(parts, self._made_in(stamp, outputs)), *hashed)
 
         done = self._read(self.dir / f"{name}.json")
+        recorded = self.in_run([p.as_posix() for p in outputs])
         if matches(done):
             self.seconds[name] = done["seconds"]
             print(f"[{name}] up to date ({done['seconds']:.1f} s when it ran)", flush=True)
+            if extra and "files" not in done:
+                self._stamp(name, {"fingerprint": fp, "seconds": done["seconds"], "outputs": recorded, **extra})
+                return fp
             return done["fingerprint"]
+        before = (done or {}).get("files")
+        changed = [] if None in (files, before) else sorted(n for n in before | files if before.get(n) != files.get(n))
+        if changed:
+            print(f"[{name}] changed since it ran: {', '.join(changed)}", flush=True)
         started = self._read(self.dir / f"{name}.started.json")
         if done or (started and not matches(started)):
             for p in outputs:
@@ -234,21 +251,24 @@ class Stages:
             (self.dir / f"{name}.json").unlink(missing_ok=True)
         elif started:
             print(f"[{name}] continuing an interrupted run", flush=True)
-        recorded = self.in_run([p.as_posix() for p in outputs])
         atomic_write_text(self.dir / f"{name}.started.json",
-                          json.dumps({"fingerprint": fp, "outputs": recorded}) + "\n")
+                          json.dumps({"fingerprint": fp, "outputs": recorded, **extra}) + "\n")
         t0 = time.perf_counter()
         work()
         self.seconds[name] = time.perf_counter() - t0
-        atomic_write_text(self.dir / f"{name}.json", json.dumps(
-            {"fingerprint": fp, "seconds": round(self.seconds[name], 2), "outputs": recorded}, indent=2) + "\n")
+        self._stamp(name, {"fingerprint": fp, "seconds": round(self.seconds[name], 2), "outputs": recorded, **extra})
         return fp
+
+    def _stamp(self, name: str, stamp: dict) -> None:
+        atomic_write_text(self.dir / f"{name}.json", json.dumps(stamp, indent=2) + "\n")
 
     def owned_outputs(self) -> list[Path]:
         """Every output a stamp or a start marker names that lies inside the run folder: what ``--fresh`` may
         delete (a copied folder's old stamps may name the original's files, which stay)."""
         paths = []
         for stamp in sorted(self.dir.glob("*.json")) if self.dir.exists() else []:
+            if stamp.name == HASH_CACHE:
+                continue
             paths += [self._path(p) for p in json.loads(stamp.read_text(encoding="utf-8")).get("outputs", [])]
         root = self.out.resolve()
         return [p for p in paths if p.resolve().is_relative_to(root)]
@@ -304,8 +324,8 @@ def run_command(*args: str) -> None:
         raise RuntimeError(f"recbase {args[0]} failed with exit status {proc.returncode} (its output is above)")
 
 
-def _ingest_dataset(d: DatasetConfig, data: Path) -> None:
-    from recbase.data.ingest import ingest
+def _reader(d: DatasetConfig) -> tuple[str, dict]:
+    """The reader format of dataset ``d`` and its options (a preset's, or the entry's own)."""
     from recbase.data.presets import load_preset, reader_options
 
     fmt, options = d.format, {}
@@ -318,13 +338,22 @@ def _ingest_dataset(d: DatasetConfig, data: Path) -> None:
         from recbase.data.readers.generic import GenericSpec
 
         options["spec"] = from_dict(GenericSpec, d.spec, f"dataset {d.domain}.spec")
+    return fmt, options
+
+
+def _ingest_dataset(d: DatasetConfig, fmt: str, options: dict, data: Path) -> None:
+    from recbase.data.ingest import ingest
+
     summary = ingest(fmt, d.path, data, domain=d.domain, min_user_interactions=d.min_user_interactions,
                      max_history=d.max_history, interacted_items_only=d.interacted_items_only, **options)
     print(summary.format(), flush=True)
 
 
 def _tables(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, data: Path) -> dict[str, str]:
-    """Stage 1: every domain's tables; returns each domain's fingerprint (its tables' content)."""
+    """Stage 1: every domain's tables; returns each domain's fingerprint (its tables' content). A dataset's ingest
+    is known by its entry in the config and the content of the files it reads, so an edited or replaced file
+    ingests again (and the stages after it run again only if the tables changed)."""
+    from recbase.data.dataset_files import dataset_hashes
     from recbase.data.synthetic import generate_world
     from recbase.data.tables import INTERACTIONS_FILE, ITEMS_FILE
 
@@ -334,7 +363,10 @@ def _tables(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, data: 
         source = sources[name]
         if source == "dataset":
             d = datasets[name]
-            stages.run(f"tables-{name}", (to_dict(d),), [data / name], lambda d=d: _ingest_dataset(d, data))
+            fmt, options = _reader(d)
+            files = dataset_hashes(fmt, d.path, options, stages.dir / HASH_CACHE)
+            stages.run(f"tables-{name}", (to_dict(d),), [data / name],
+                       lambda d=d, fmt=fmt, options=options: _ingest_dataset(d, fmt, options, data), files)
         elif source == "world":
             params = {"seed": cfg.seed, "items_per_domain": cfg.items_per_domain,
                       "users_per_domain": cfg.users_per_domain}

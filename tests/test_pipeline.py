@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recbase.cli import main
-from recbase.pipeline import (PipelineConfig, PipelineError, Stages, check_config, load_pipeline_config,
-                              run_pipeline)
+from recbase.pipeline import (HASH_CACHE, DatasetConfig, PipelineConfig, PipelineError, Stages, check_config,
+                              load_pipeline_config, run_pipeline)
 
 TOKENIZER = ["kind=rqkmeans", "rqkmeans.iters=5"]   # the stages, not the tokenizer's quality, are under test
 
@@ -180,14 +181,16 @@ def test_changed_option_reruns_only_the_stages_after_it(tmp_path, capsys):
 def test_a_copied_run_folder_is_up_to_date_and_a_changed_table_still_counts(tmp_path, capsys):
     """``cp -r`` of a run folder, then the same config with ``out=`` the copy: every stage is up to date and no
     output is written again; a table changed in the copy reruns the stages that read it."""
-    first = run_pipeline(_config(tmp_path))
+    cfg = _config(tmp_path)
+    first = run_pipeline(cfg)
     copy = tmp_path / "elsewhere" / "copy"
     shutil.copytree(tmp_path / "out", copy)
     written = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
     capsys.readouterr()
-    again = run_pipeline(_config(tmp_path, out=str(copy)))
+    again = run_pipeline(replace(cfg, out=str(copy)))
     printed = capsys.readouterr().out
-    stages = sorted(p.name.removesuffix(".json") for p in (copy / "stages").glob("*.json") if ".started" not in p.name)
+    stages = sorted(p.name.removesuffix(".json") for p in (copy / "stages").glob("*.json")
+                    if ".started" not in p.name and p.name != HASH_CACHE)
     assert len(stages) == 9 and [s for s in stages if f"[{s}] up to date" not in printed] == []
     rewritten = sorted(p.relative_to(copy).as_posix() for p, t in written.items() if p.stat().st_mtime_ns != t)
     assert rewritten == ["pipeline_config.json", "summary.json", "summary/summary.json", "summary/summary.md",
@@ -209,9 +212,10 @@ def test_stamps_of_paths_as_given_still_hold_in_place_and_in_a_copy(tmp_path, mo
     """Stamps written before paths were run-relative fingerprint the paths as given: the folder they were made in,
     and a copy of it, stay up to date (no model trained again), and ``--fresh`` still finds their outputs."""
 
+    cfg = _config(tmp_path)
     with monkeypatch.context() as m:
         m.setattr(Stages, "in_run", lambda self, value, folder=None: value)
-        run_pipeline(_config(tmp_path))
+        run_pipeline(cfg)
     assert json.loads((tmp_path / "out" / "stages" / "shards.json").read_text())["outputs"] == [
         (tmp_path / "out" / "shards" / "corpus").as_posix()]
     copy = tmp_path / "copy"
@@ -219,7 +223,7 @@ def test_stamps_of_paths_as_given_still_hold_in_place_and_in_a_copy(tmp_path, mo
     for out in (tmp_path / "out", copy):
         before = {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")}
         capsys.readouterr()
-        run_pipeline(_config(tmp_path, out=str(out)))
+        run_pipeline(replace(cfg, out=str(out)))
         assert capsys.readouterr().out.count(" up to date (") == 9
         assert {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")} == before
     assert tmp_path / "out" / "shards" / "corpus" in Stages(tmp_path / "out").owned_outputs()
@@ -240,3 +244,119 @@ def test_fresh_deletes_only_the_runners_files(tmp_path):
     assert (mine / "items.parquet").read_bytes() == b"not the runner's"
     assert not (out / "embeddings" / "stale.npy").exists()
     assert (out / "shards" / "corpus" / "manifest.json").exists()
+
+
+def _up_to_date(printed: str) -> list[str]:
+    """The stages a run printed as up to date."""
+    return sorted(line[1:line.index("]")] for line in printed.splitlines()
+                  if line.startswith("[") and "] up to date (" in line)
+
+
+NINE_STAGES = sorted([f"{stage}-{d}" for stage in ("tables", "embed") for d in ("movies", "news", "shop")]
+                     + ["codes", "shards", "tokenizer"])
+
+
+def test_an_edited_dataset_file_ingests_again_and_the_changed_table_reruns_what_reads_it(tmp_path, capsys):
+    """A dataset file edited in place, the config unchanged: that domain is ingested again, the other domains stay
+    up to date, and every stage that reads the changed table (its embeddings, the tokenizer trained on it, codes,
+    shards) runs again."""
+    cfg = _config(tmp_path)
+    run_pipeline(cfg)
+    before = _outputs(tmp_path / "out")
+    events = tmp_path / "src" / "shop" / "events.csv"
+    events.write_text("".join(events.read_text().splitlines(keepends=True)[:-30]))
+    capsys.readouterr()
+    run_pipeline(cfg)
+    printed = capsys.readouterr().out
+    assert "[tables-shop] changed since it ran: events.csv" in printed
+    assert _up_to_date(printed) == ["embed-movies", "embed-news", "tables-movies", "tables-news"]
+    after = _outputs(tmp_path / "out")
+    assert after["data/shop/items.parquet"] == before["data/shop/items.parquet"]
+    assert after["data/shop/interactions.parquet"] != before["data/shop/interactions.parquet"]
+    assert after["embeddings/news.npy"] == before["embeddings/news.npy"]
+
+    events.unlink()   # a missing file: one line naming it, before the stage clears the tables it made
+    assert main(["run", "--config", str(tmp_path / "pipeline.json")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {events}: file not found"
+    assert _outputs(tmp_path / "out") == after
+
+
+def test_dataset_files_are_hashed_once_and_a_touch_reruns_nothing(tmp_path, monkeypatch, capsys):
+    """The hashes are cached by path, size and mtime: a second run reads no dataset file to hash it; a touched file
+    (new mtime, same bytes) is hashed again and nothing runs again."""
+    import recbase.data.dataset_files as dataset_files
+
+    hashed, real = [], dataset_files.sha256_file
+    monkeypatch.setattr(dataset_files, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    cfg = _config(tmp_path)
+    run_pipeline(cfg)
+    assert sorted(hashed) == ["events.csv", "items.csv"]
+    stamps = tmp_path / "out" / "stages"
+    before = {p.name: p.read_bytes() for p in stamps.glob("*.json") if p.name != HASH_CACHE}
+
+    hashed.clear()
+    capsys.readouterr()
+    run_pipeline(cfg)
+    assert hashed == [] and _up_to_date(capsys.readouterr().out) == NINE_STAGES
+
+    items = tmp_path / "src" / "shop" / "items.csv"
+    stat = items.stat()
+    os.utime(items, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    run_pipeline(cfg)
+    assert hashed == ["items.csv"] and _up_to_date(capsys.readouterr().out) == NINE_STAGES
+    assert {p.name: p.read_bytes() for p in stamps.glob("*.json") if p.name != HASH_CACHE} == before
+    cached = json.loads((stamps / HASH_CACHE).read_text())[str(items.resolve())]
+    assert (cached["size"], cached["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns + 10**9)
+
+
+def test_a_dataset_stamp_without_file_hashes_still_holds_and_then_gains_them(tmp_path, monkeypatch, capsys):
+    """A stamp written before the runner hashed a dataset's files (its fingerprint is the config entry's alone) is
+    up to date while the entry is unchanged, so an upgrade ingests nothing again; it is rewritten with the files'
+    hashes, so that the next edit counts."""
+    import recbase.data.dataset_files as dataset_files
+
+    cfg = _config(tmp_path)
+    with monkeypatch.context() as m:   # the runner as it was: no file hashes for the stage
+        m.setattr(dataset_files, "dataset_hashes", lambda *args: None)
+        run_pipeline(cfg)
+    stamp = tmp_path / "out" / "stages" / "tables-shop.json"
+    old = json.loads(stamp.read_text())
+    assert "files" not in old
+    capsys.readouterr()
+    run_pipeline(cfg)
+    assert _up_to_date(capsys.readouterr().out) == NINE_STAGES
+    new = json.loads(stamp.read_text())
+    assert new["seconds"] == old["seconds"] and sorted(new["files"]) == ["events.csv", "items.csv"]
+
+    items = tmp_path / "src" / "shop" / "items.csv"
+    items.write_text(items.read_text().replace("s0,", "s0b,"))
+    run_pipeline(cfg)
+    printed = capsys.readouterr().out
+    assert "[tables-shop] changed since it ran: items.csv" in printed and "[tables-shop] up to date" not in printed
+
+
+def test_a_reader_that_names_no_files_is_known_by_its_folders_files(tmp_path, capsys):
+    """MovieLens options name no files, so its dataset is known by the files directly in its folder: a file there
+    that the reader does not read, added or changed, ingests again into the same tables and nothing after runs
+    again; a file in a subfolder is not looked at; a ratings file edited in place reruns what reads it."""
+    cfg = _config(tmp_path, heldout_domains=["news", "ml"])
+    source = _movielens(tmp_path / "src" / "ml")
+    cfg.datasets.append(DatasetConfig(domain="ml", format="movielens", path=str(source), min_user_interactions=0))
+    run_pipeline(cfg)
+    before = _outputs(tmp_path / "out")
+    (source / "README.txt").write_text("MovieLens, a few rows\n")
+    (source / "old").mkdir()
+    (source / "old" / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    capsys.readouterr()
+    run_pipeline(cfg)
+    printed = capsys.readouterr().out
+    assert "[tables-ml] changed since it ran: README.txt" in printed
+    assert _up_to_date(printed) == sorted(set(NINE_STAGES + ["embed-ml"]))
+    assert _outputs(tmp_path / "out") == before
+
+    ratings = source / "ratings.csv"
+    ratings.write_text(ratings.read_text().replace(",964980000\n", ",964970000\n"))
+    run_pipeline(cfg)
+    printed = capsys.readouterr().out
+    assert "[tables-ml] changed since it ran: ratings.csv" in printed
+    assert "[embed-ml] up to date" not in printed and "[shards] up to date" not in printed

@@ -96,7 +96,6 @@ def _skip_bad(df: pd.DataFrame, ids: list[str], time: str, time_format: str, pat
 class _Plan:
     """A spec checked against its files' names: what both the whole-file and the chunked reading need."""
 
-    root: Path
     kind: str
     fields: list[str]
     skip: bool
@@ -105,8 +104,15 @@ class _Plan:
     inter_path: Path
 
 
-def _plan(path: Path, spec: GenericSpec, kind: str | None) -> _Plan:
+def input_files(path: Path, spec: GenericSpec) -> tuple[Path, Path]:
+    """The items and interactions files that ``spec`` names, relative to ``path`` (or to the folder of a file path)."""
+    if not spec.items or not spec.interactions:
+        raise InputError(path, "the generic spec needs both items=FILE and interactions=FILE")
     root = path.parent if path.is_file() else path
+    return root / spec.items, root / spec.interactions
+
+
+def _plan(path: Path, spec: GenericSpec, kind: str | None) -> _Plan:
     kind = kind or spec.kind
     try:
         template(kind)
@@ -116,16 +122,15 @@ def _plan(path: Path, spec: GenericSpec, kind: str | None) -> _Plan:
         raise InputError(path, f"bad_rows must be 'error' or 'skip', not {spec.bad_rows!r}", field="bad_rows")
     fields = spec.text_fields.split(",") if isinstance(spec.text_fields, str) else list(spec.text_fields)
     fields = [f.strip() for f in fields if f.strip()]
-    if not spec.items or not spec.interactions:
-        raise InputError(path, "the generic spec needs both items=FILE and interactions=FILE")
+    items_path, inter_path = input_files(path, spec)
     if not fields:
         raise InputError(path, "the generic spec needs text_fields (the item fields rendered into text)")
     unknown = sorted(set(spec.field_map) - set(fields))
     if unknown:
         raise InputError(path, f"field_map names {', '.join(unknown)}, which are not in text_fields "
                                f"({', '.join(fields)})", field="field_map")
-    return _Plan(root, kind, fields, spec.bad_rows == "skip", spec.interaction_item_id or spec.item_id,
-                 root / spec.items, root / spec.interactions)
+    return _Plan(kind, fields, spec.bad_rows == "skip", spec.interaction_item_id or spec.item_id, items_path,
+                 inter_path)
 
 
 def _items(plan: _Plan, spec: GenericSpec, domain: str, summary: IngestSummary):
