@@ -156,36 +156,34 @@ def calibration_table(run_dirs: list[str | Path], model: str, betas: list[float]
     for run_dir in run_dirs:
         meta = load_run(run_dir, model)
         weight = read_metrics(Path(run_dir) / "eval").get("config", {}).get("fusion_weight", 0.1)
-        gaps, bars, gauc_gaps = {}, {}, {}
+        gaps, gauc_gaps = {}, {}
         for domain in meta["domains"]:
             p = pair_columns(run_dir, model, domain, ["pmi"])
             users = np.repeat(np.arange(len(p["text"])), [len(t) for t in p["text"]])
             per_user = {"bar": p["text"], "head": p["head"], "head_fused": fuse(p["head"], p["pmi"], weight)}
             bar = auc(p["bar"], p["label"])
-            bars[domain] = {b: auc(np.concatenate([slate_posterior(t, b) for t in p["text"]]), p["label"]) - bar
-                            for b in betas}
             for score, values in per_user.items():
                 for b in betas:
                     calibrated = np.concatenate([slate_posterior(v, b) for v in values])
                     gaps.setdefault((score, b), []).append(auc(calibrated, p["label"]) - bar)
                 gauc_gaps.setdefault(score, []).append(gauc(users, np.concatenate(values), p["label"])
                                                        - gauc(users, p["bar"], p["label"]))
-        runs.append({"fold": meta["fold"], "seed": meta["seed"], "gaps": gaps, "gauc": gauc_gaps,
-                     "bars": [bars[d] for d in meta["domains"]]})
+        runs.append({"fold": meta["fold"], "seed": meta["seed"], "gaps": gaps, "gauc": gauc_gaps})
     folds = list(dict.fromkeys(r["fold"] for r in runs))
     header = ["score, slate posterior", "fold", "β (other folds)", "domains − bar", "Overall − bar",
               "Overall − calibrated bar", "GAUC − bar GAUC, Overall"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    def overall(run, score, b):
+        return float(np.mean(run["gaps"][score, b]))
     for score, label in CALIBRATED.items():
-        def overall(run, b):
-            return float(np.mean(run["gaps"][score, b]))
         for f, fold in enumerate(folds):
-            best = _chosen_on_other_folds(runs, fold, betas, overall)
-            bar_beta = _chosen_on_other_folds(runs, fold, betas, lambda run, b: float(np.mean(run["gaps"]["bar", b])))
+            best = _chosen_on_other_folds(runs, fold, betas, lambda run, b: overall(run, score, b))
+            bar_beta = _chosen_on_other_folds(runs, fold, betas, lambda run, b: overall(run, "bar", b))
             mine = [r for r in runs if r["fold"] == fold]
             domains = ", ".join(f"{d} {_cell([r['gaps'][score, best][i] for r in mine])}" for i, d in enumerate(fold))
-            over_calibrated = [overall(r, best) - float(np.mean([b[bar_beta] for b in r["bars"]])) for r in mine]
+            over_calibrated = [overall(r, score, best) - overall(r, "bar", bar_beta) for r in mine]
             lines.append(f"| {label} | {chr(ord('A') + f)} | {best} | {domains} | "
-                         f"{_cell([overall(r, best) for r in mine], digits=4)} | {_cell(over_calibrated, digits=4)} | "
+                         f"{_cell([overall(r, score, best) for r in mine], digits=4)} | "
+                         f"{_cell(over_calibrated, digits=4)} | "
                          f"{_cell([float(np.mean(r['gauc'][score])) for r in mine], digits=4)} |")
     return "\n".join(lines)
