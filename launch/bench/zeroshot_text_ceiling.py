@@ -1,0 +1,177 @@
+"""How far above the centred text bar can any ranker get that sees only text geometry, learned on other domains?
+
+    python launch/bench/zeroshot_text_ceiling.py --data runs/zs/data --embeddings runs/zs/embeddings \
+        --train movielens,amazon-books,amazon-electronics --heldout scientific,amazon-health,recipes
+
+Why: the zero-shot model's transferable part is a re-weighting of the history's text vectors (docs/evaluation.md,
+"The next-item embedding head"). This measures the ceiling of that family directly, without a language model: a
+small network over domain-agnostic features of (history, candidate) — the candidate's centred cosine with each of
+the 10 latest items, with the history mean, recency-weighted means and soft maxima, and the history's length — is
+fitted listwise on every position of the training domains' users (the next item against 10 negatives drawn
+uniformly from the domain's interacted items) and scores each held-out domain's users' last item against 10 such
+negatives. Nothing of a held-out domain is learned. Printed per held-out domain, mean ± half the range over the
+seeds of the network: the bar's AUC and GAUC, the ranker's gaps to them, and both as per-user slate posteriors
+(:func:`recbase.eval.calibrate.slate_posterior`, the softmax sharpness fitted on the training domains).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from recbase.data.evalsets import sample_uniform_negatives
+from recbase.data.tables import read_item_ids, read_table, user_histories
+from recbase.eval.calibrate import slate_posterior
+from recbase.eval.metrics import auc, gauc
+from recbase.eval.report import BAR
+from recbase.tokenizer.embed import load_embeddings
+
+LATEST = 10          # per-item cosines of the latest items
+NEGATIVES = 10
+MAX_HISTORY = 50
+DECAYS = (0.5, 0.8, 0.9)
+SOFT_MAX = (0.05, 0.1)
+MEAN = 2 * LATEST    # the feature column of the bar: cosine with the history mean
+PROFILES = slice(MEAN, MEAN + 1 + len(DECAYS))   # cosines with the mean and the recency-weighted means
+
+
+def domain_examples(data: str, embeddings: str, domain: str, every_position: bool, seed: int, pairs: str = ""):
+    """Features ``[N, 1 + NEGATIVES, F]`` (the positive first) of one domain's users; with ``pairs`` (a folder of
+    ``recbase evaluate``'s pair scores), its eval set's users and candidates instead of new ones, and the bar's
+    own scores ``[N, C]`` from there (else None)."""
+    items = read_item_ids(f"{data}/{domain}")
+    emb = load_embeddings(embeddings, domain, items)[0].astype(np.float32)
+    emb -= emb.mean(0)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
+    row = {item: i for i, item in enumerate(items)}
+    histories = user_histories(f"{data}/{domain}")
+    if pairs:
+        return eval_set_examples(f"{pairs}/{domain}.parquet", histories, emb, row)
+    users = [np.array([row[i] for i in seq]) for seq in histories.values() if len(seq) >= 3]
+    pool = np.unique(np.concatenate(users))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for seq in users:
+        for t in (range(2, len(seq)) if every_position else [len(seq) - 1]):
+            candidates = np.r_[seq[t], sample_uniform_negatives(rng, pool, seq, NEGATIVES)]
+            if len(candidates) == 1 + NEGATIVES:
+                rows.append(features(emb[seq[max(0, t - MAX_HISTORY):t]][::-1], emb[candidates]))
+    return torch.tensor(np.stack(rows), dtype=torch.float32), None
+
+
+def eval_set_examples(path: str, histories: dict[str, list[str]], emb: np.ndarray, row: dict[str, int]):
+    """The users of an eval set (its pair scores' file), each with its history (every item before its last, as
+    the eval-set builder holds out the last) and its candidates, the positive first; and the bar's scores."""
+    table = read_table(path, ["user_id", "candidate", "label", BAR])
+    users = table["user_id"].to_numpy(zero_copy_only=False)
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    rows, bars = [], []
+    for user, cands, labels, bar in zip(np.split(users, cuts), *(np.split(table[c].to_numpy(zero_copy_only=False), cuts)
+                                                                for c in ("candidate", "label", BAR))):
+        order = np.argsort(-labels, kind="stable")   # the one positive first
+        seq = histories[user[0]]
+        if seq[-1] != cands[order[0]]:
+            raise SystemExit(f"{path}: user {user[0]}'s positive is not their last item")
+        history = np.array([row[i] for i in seq[:-1][-MAX_HISTORY:]])
+        rows.append(features(emb[history][::-1], emb[[row[c] for c in cands[order]]]))
+        bars.append(bar[order].astype(np.float64))
+    return torch.tensor(np.stack(rows), dtype=torch.float32), np.stack(bars)
+
+
+def features(history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """``[C, F]``: what any catalog has — cosines with the latest items (and which exist), with the mean, with
+    recency-weighted means, soft maxima over the history, the history's length. ``history`` is latest first."""
+    sims = candidates @ history.T
+    n = sims.shape[1]
+    latest, present = np.zeros((len(candidates), LATEST)), np.zeros((len(candidates), LATEST))
+    latest[:, :min(n, LATEST)], present[:, :min(n, LATEST)] = sims[:, :LATEST], 1
+    unit = lambda v: v / (np.linalg.norm(v) + 1e-9)  # noqa: E731
+    cols = [latest, present, (candidates @ unit(history.mean(0)))[:, None]]
+    cols += [(candidates @ unit(d ** np.arange(n) @ history))[:, None] for d in DECAYS]
+    cols += [tau * np.log(np.exp(sims / tau).mean(1))[:, None] for tau in SOFT_MAX]
+    cols += [sims.max(1)[:, None], np.full((len(candidates), 1), np.log(n))]
+    return np.concatenate(cols, 1)
+
+
+def fit_ranker(x: torch.Tensor, seed: int, steps: int = 600):
+    """A 32-unit MLP over the standardised features, trained by softmax over each example's candidates."""
+    torch.manual_seed(seed)
+    flat = x.reshape(-1, x.shape[-1])
+    mu, sd = flat.mean(0), flat.std(0) + 1e-6
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 32), torch.nn.GELU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-4)
+    target = torch.zeros(512, dtype=torch.long)
+    for _ in range(steps):
+        batch = x[torch.randint(len(x), (512,))]
+        loss = torch.nn.functional.cross_entropy(net((batch - mu) / sd).squeeze(-1), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lambda z: net((z - mu) / sd).squeeze(-1).detach().double().numpy()  # noqa: E731
+
+
+def fit_beta(scores: np.ndarray) -> float:
+    """The softmax sharpness that best predicts the positive (column 0) on the training examples."""
+    grid = [1, 2, 3, 5, 8, 12, 20, 30, 50]
+    return max(grid, key=lambda b: np.mean([np.log(slate_posterior(s, b)[0]) for s in scores]))
+
+
+def measures(scores: np.ndarray, beta: float) -> tuple[float, float, float]:
+    """Pooled AUC, GAUC and the pooled AUC of the slate posteriors of ``[N, C]`` scores (positive first)."""
+    labels = np.zeros(scores.shape)
+    labels[:, 0] = 1
+    groups = np.repeat(np.arange(len(scores)), scores.shape[1])
+    posterior = np.stack([slate_posterior(s, beta) for s in scores])
+    return auc(scores.ravel(), labels.ravel()), gauc(groups, scores.ravel(), labels.ravel()), \
+        auc(posterior.ravel(), labels.ravel())
+
+
+def _profiles(x: torch.Tensor) -> torch.Tensor:
+    """The features with every column but the profile cosines zeroed (constant, so the ranker cannot use them)."""
+    out = torch.zeros_like(x)
+    out[..., PROFILES] = x[..., PROFILES]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="tables folder holding every domain named below")
+    parser.add_argument("--embeddings", required=True, help="text embeddings of those domains (recbase embed)")
+    parser.add_argument("--train", required=True, help="domains to fit on, comma-separated")
+    parser.add_argument("--heldout", required=True, help="domains to score, comma-separated")
+    parser.add_argument("--seeds", default="0,1", help="seeds of the network (the examples use seed 0)")
+    parser.add_argument("--pairs", default="", help="score the held-out domains' eval sets: the folder of a "
+                        "`recbase evaluate` run's pair scores (<out_dir>/pairs); the bar is then its own column")
+    parser.add_argument("--profiles-only", action="store_true", help="only the cosines with the history's mean and "
+                        "recency-weighted means: what a re-weighting of the history (the embedding head) can use")
+    args = parser.parse_args()
+    t0 = time.time()
+    train = torch.cat([domain_examples(args.data, args.embeddings, d, True, 0)[0] for d in args.train.split(",")])
+    heldout = {d: domain_examples(args.data, args.embeddings, d, False, 0, args.pairs) for d in args.heldout.split(",")}
+    if args.profiles_only:
+        train, heldout = _profiles(train), {d: (_profiles(x), bar) for d, (x, bar) in heldout.items()}
+    rankers = [fit_ranker(train, int(s)) for s in args.seeds.split(",")]
+    bar_beta = fit_beta(train[..., MEAN].double().numpy())
+    ranker_betas = [fit_beta(r(train)) for r in rankers]
+    print(f"{len(train):,} training examples from {args.train}; bar beta {bar_beta}, ranker beta {ranker_betas}")
+    print("| domain | users | bar AUC | bar GAUC | ranker − bar, AUC | ranker − bar, GAUC | bar posterior − bar | "
+          "ranker posterior − bar |\n|---|---|---|---|---|---|---|---|")
+    cell = lambda v: f"{np.mean(v):+.4f} ± {(max(v) - min(v)) / 2:.4f}"  # noqa: E731
+    rows = []
+    for domain, (x, bar_scores) in heldout.items():
+        bar = measures(x[..., MEAN].double().numpy() if bar_scores is None else bar_scores, bar_beta)
+        ranker = [measures(r(x), b) for r, b in zip(rankers, ranker_betas)]
+        gaps = [[m[i] - bar[i if i < 2 else 0] for m in ranker] for i in range(3)]
+        rows.append((bar, gaps))
+        print(f"| {domain} | {len(x)} | {bar[0]:.4f} | {bar[1]:.4f} | {cell(gaps[0])} | {cell(gaps[1])} | "
+              f"{bar[2] - bar[0]:+.4f} | {cell(gaps[2])} |")
+    mean = lambda i: [float(np.mean([g[i][s] for _, g in rows])) for s in range(len(rankers))]  # noqa: E731
+    print(f"| **Overall** | | {np.mean([b[0] for b, _ in rows]):.4f} | {np.mean([b[1] for b, _ in rows]):.4f} | "
+          f"{cell(mean(0))} | {cell(mean(1))} | {np.mean([b[2] - b[0] for b, _ in rows]):+.4f} | {cell(mean(2))} |")
+    print(f"({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
