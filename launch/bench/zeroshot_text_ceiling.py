@@ -95,12 +95,14 @@ def features(history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return np.concatenate(cols, 1)
 
 
-def fit_ranker(x: torch.Tensor, seed: int, steps: int = 600):
-    """A 32-unit MLP over the standardised features, trained by softmax over each example's candidates."""
+def fit_ranker(x: torch.Tensor, seed: int, linear: bool, steps: int = 600):
+    """A 32-unit MLP (or a linear map) over the standardised features, trained by softmax over each example's
+    candidates."""
     torch.manual_seed(seed)
     flat = x.reshape(-1, x.shape[-1])
     mu, sd = flat.mean(0), flat.std(0) + 1e-6
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 32), torch.nn.GELU(), torch.nn.Linear(32, 1))
+    net = (torch.nn.Linear(x.shape[-1], 1) if linear else
+           torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 32), torch.nn.GELU(), torch.nn.Linear(32, 1)))
     opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-4)
     target = torch.zeros(512, dtype=torch.long)
     for _ in range(steps):
@@ -146,13 +148,15 @@ def main() -> None:
                         "`recbase evaluate` run's pair scores (<out_dir>/pairs); the bar is then its own column")
     parser.add_argument("--profiles-only", action="store_true", help="only the cosines with the history's mean and "
                         "recency-weighted means: what a re-weighting of the history (the embedding head) can use")
+    parser.add_argument("--linear", action="store_true", help="a linear map instead of the MLP: with --profiles-only, "
+                        "within a user one direction in the text space, a weighted mix of the history's profiles")
     args = parser.parse_args()
     t0 = time.time()
     train = torch.cat([domain_examples(args.data, args.embeddings, d, True, 0)[0] for d in args.train.split(",")])
     heldout = {d: domain_examples(args.data, args.embeddings, d, False, 0, args.pairs) for d in args.heldout.split(",")}
     if args.profiles_only:
         train, heldout = _profiles(train), {d: (_profiles(x), bar) for d, (x, bar) in heldout.items()}
-    rankers = [fit_ranker(train, int(s)) for s in args.seeds.split(",")]
+    rankers = [fit_ranker(train, int(s), args.linear) for s in args.seeds.split(",")]
     bar_beta = fit_beta(train[..., MEAN].double().numpy())
     ranker_betas = [fit_beta(r(train)) for r in rankers]
     print(f"{len(train):,} training examples from {args.train}; bar beta {bar_beta}, ranker beta {ranker_betas}")
