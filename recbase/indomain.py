@@ -15,6 +15,8 @@ with that choice; the report leads with the fused row and keeps the generative-o
 With ``ensemble`` (two seeds or more), the seeds' selected checkpoints also rank together: the union of their
 beams and the text top, each candidate scored by the mean of the models' log P, fused with text as one model's,
 its setting chosen on the same validation targets (``ensemble.json`` beside the report); the per-seed rows stay.
+Each seed's fusion pass saves its checkpoint's beam of the split beside the seed's checkpoints, and the ensemble
+(or a rerun of that pass) reads it back instead of searching it again (:mod:`recbase.eval.beam_store`).
 Levers are compared with ``test=false``, which stops after the validation ranking; the chosen setting run again
 with ``test=true`` ranks only the test targets, with the checkpoint selected before.
 A model change (``train_overrides``) needs a new ``run_name`` (runs of one ``out`` share its data, tokenizer and
@@ -471,7 +473,7 @@ def render_report(results: dict) -> str:
         for label, f in fused.items():
             for split, cost in (("validation", f["valid_cost"]), ("test", f.get("test", {}).get("cost"))):
                 if cost:
-                    reused = (f" (+ {cost['beam_reused']:.0f} s of search read back from an earlier pass)"
+                    reused = (f" (+ {cost['beam_reused']:.0f} s saved: beams read back from an earlier pass)"
                               if cost.get("beam_reused") else "")
                     lines.append(f"- {label}, {split} pass: beam {cost['beam']:.0f} s{reused}, text scores "
                                  f"{cost['text']:.0f} s, teacher-forced log P of {cost['pairs']:,} candidates outside "
