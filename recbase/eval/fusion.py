@@ -128,7 +128,7 @@ def collect_candidates(models: list[tuple[Beams, CandidateScorer]], loo: LeaveOn
     rows, logps, n_beam = [], [], []
     tops: dict[float, list[set]] = {d: [] for d in decays}
     texts: dict[float, list[np.ndarray]] = {d: [] for d in decays}
-    seconds = {"beam": sum(b.seconds for b, _ in models if not b.reused), "text": 0.0, "scoring": 0.0}
+    seconds = {"beam": sum((b.seconds for b, _ in models if not b.reused), 0.0), "text": 0.0, "scoring": 0.0}
     pairs = 0
     for start, stop in user_chunks(len(loo), desc):
         found = [beams.found[start:stop] for beams, _ in models]
@@ -164,7 +164,7 @@ def collect_candidates(models: list[tuple[Beams, CandidateScorer]], loo: LeaveOn
         text_top={d: _padded([np.isin(r, list(t)) for r, t in zip(rows, tops[d])], width, False, bool)
                   for d in decays},
         n_beam=np.array(n_beam, np.int64), seconds={k: round(v, 1) for k, v in seconds.items()}, pairs=pairs,
-        beam_reused=round(sum(b.seconds for b, _ in models if b.reused), 1))
+        beam_reused=round(sum((b.seconds for b, _ in models if b.reused), 0.0), 1))
 
 
 def _union(beams: tuple[np.ndarray, ...]) -> np.ndarray:
