@@ -15,6 +15,8 @@ with that choice; the report leads with the fused row and keeps the generative-o
 With ``ensemble`` (two seeds or more), the seeds' selected checkpoints also rank together: the union of their
 beams and the text top, each candidate scored by the mean of the models' log P, fused with text as one model's,
 its setting chosen on the same validation targets (``ensemble.json`` beside the report); the per-seed rows stay.
+Each seed's fusion pass saves its checkpoint's beam of the split beside the seed's checkpoints, and the ensemble
+(or a rerun of that pass) reads it back instead of searching it again (:mod:`recbase.eval.beam_store`).
 Levers are compared with ``test=false``, which stops after the validation ranking; the chosen setting run again
 with ``test=true`` ranks only the test targets, with the checkpoint selected before.
 A model change (``train_overrides``) needs a new ``run_name`` (runs of one ``out`` share its data, tokenizer and
@@ -26,6 +28,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +208,8 @@ def _cost(cands) -> dict:
     """What a fused ranking pass cost: seconds per part, and the text candidates per user scored by teacher forcing
     (the beam's items come with their log P)."""
     users = len(cands.n_beam)
-    return {**cands.seconds, "users": users, "pairs": cands.pairs, "candidates_per_user": round(cands.pairs / users, 1),
+    return {**cands.seconds, "beam_reused": cands.beam_reused, "users": users, "pairs": cands.pairs,
+            "candidates_per_user": round(cands.pairs / users, 1),
             "users_per_s": round(users / max(sum(cands.seconds.values()), 1e-9), 1)}
 
 
@@ -221,9 +225,10 @@ def run_indomain(cfg: InDomainConfig) -> dict:
     from recbase.data.readers import default_domain
     from recbase.data.sequences import load_domain
     from recbase.data.tables import read_item_ids
+    from recbase.eval.beam_store import beam_key, beam_path, describe, saved_or_searched
     from recbase.eval.fusion import Setting, collect_candidates, fused_ranks, generative_ranks, grid
     from recbase.eval.leave_one_out import (baseline_metrics, beam_metrics, leave_one_out, model_metrics,
-                                            training_counts)
+                                            search_beams, training_counts)
     from recbase.eval.metrics import retrieval_metrics
     from recbase.eval.model_io import check_tokenizer_hash, load_eval_model
     from recbase.eval.retrieval import Retriever
@@ -278,11 +283,18 @@ def run_indomain(cfg: InDomainConfig) -> dict:
                          batch_users=cfg.retrieval_batch_users, pad_id=vocab.pad_id)
 
     def candidates(ckpts: list[Path], loo, decays: list[float], desc: str):
-        """One checkpoint's fusion candidates, or with several the ensemble's."""
-        models = []
+        """One checkpoint's fusion candidates, or with several the ensemble's. Each checkpoint's beam on ``loo`` is
+        read back from its seed's folder when an earlier pass saved it under the same key, else searched and saved."""
+        models, beams = [], {}
         for ckpt in ckpts:
             beam = retriever(ckpt)
-            models.append((beam, CandidateScorer(beam.model, item_tokens.shape[1], vocab.bos_id, pad_id=vocab.pad_id)))
+            name = f"{ckpt.parents[1].name} {ckpt.name}"
+            key = beam_key(ckpt, beam, loo, item_ids, item_tokens, cfg.max_history)
+            beams[name] = saved_or_searched(beam_path(ckpt.parents[1], loo.split), key, loo.user_ids, partial(
+                search_beams, beam, loo, item_tokens, vocab, f"{desc}: beam of {name}"))
+            models.append((beams[name], CandidateScorer(beam.model, item_tokens.shape[1], vocab.bos_id,
+                                                        pad_id=vocab.pad_id)))
+        print(f"[{desc}] {describe(beams)}")
         return collect_candidates(models, loo, item_tokens, vocab, item_ids, embeddings, decays,
                                   cfg.fusion_text_items, desc=desc)
 
@@ -333,7 +345,7 @@ def run_indomain(cfg: InDomainConfig) -> dict:
             saved["fusion"]["test"] = fused_test(cands, chosen)
             # the beam of this pass is the generative ranking of the test targets
             saved.setdefault("test", beam_metrics(generative_ranks(cands, splits["test"].targets), cfg.ks,
-                                                  cands.seconds["beam"], cfg.beam_width))
+                                                  cands.seconds["beam"] + cands.beam_reused, cfg.beam_width))
             atomic_write_text(run_dir / SEED_RESULTS, json.dumps(saved, indent=2) + "\n")
             stage_done(t0, "test, fused " + _metrics_line(saved["fusion"]["test"]) +
                        "; generative only " + _metrics_line(saved["test"]))
@@ -461,7 +473,9 @@ def render_report(results: dict) -> str:
         for label, f in fused.items():
             for split, cost in (("validation", f["valid_cost"]), ("test", f.get("test", {}).get("cost"))):
                 if cost:
-                    lines.append(f"- {label}, {split} pass: beam {cost['beam']:.0f} s, text scores "
+                    reused = (f" (+ {cost['beam_reused']:.0f} s saved: beams read back from an earlier pass)"
+                              if cost.get("beam_reused") else "")
+                    lines.append(f"- {label}, {split} pass: beam {cost['beam']:.0f} s{reused}, text scores "
                                  f"{cost['text']:.0f} s, teacher-forced log P of {cost['pairs']:,} candidates outside "
                                  f"the scoring model's beam ({cost['candidates_per_user']:.0f} per user) "
                                  f"{cost['scoring']:.0f} s")

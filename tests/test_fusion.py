@@ -12,7 +12,7 @@ from recbase.cli import main
 from recbase.config import ConfigError
 from recbase.eval.fusion import (Setting, collect_candidates, fused_ranks, fused_scores, generative_ranks,
                                  text_scores)
-from recbase.eval.leave_one_out import LeaveOneOutSet, history_tokens
+from recbase.eval.leave_one_out import LeaveOneOutSet, history_tokens, search_beams
 from recbase.eval.retrieval import Retriever
 from recbase.eval.scoring import CandidateScorer
 from recbase.eval.trie import CodeTrie
@@ -45,7 +45,8 @@ def _model(seed: int):
 
 
 def _collect(models):
-    return collect_candidates(models, LOO, TOKENS, VOCAB, ITEMS, EMB, [0.0, 0.5], TEXT)
+    searched = [(search_beams(retriever, LOO, TOKENS, VOCAB), scorer) for retriever, scorer in models]
+    return collect_candidates(searched, LOO, TOKENS, VOCAB, ITEMS, EMB, [0.0, 0.5], TEXT)
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,30 @@
 """TIGER's in-domain leave-one-out protocol on a tiny hand-built P5 folder: split, history cap, unique code tuples,
 baseline ranks and Recall/NDCG worked out by hand, and the whole benchmark command end to end (slow)."""
 import json
+import logging
 import math
 import tarfile
+from functools import partial
 
 import numpy as np
 import pytest
 
+from eval_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from eval_helpers import save_export, tiny_model
 from recbase.data.codes import read_codes
 from recbase.data.ingest import ingest
 from recbase.data.sequences import item_counts, load_domain
 from recbase.data.shard_format import decode_block
 from recbase.data.shards import ShardConfig, build_shards
+from recbase.eval.beam_store import beam_key, beam_path, describe, saved_or_searched, stamp_path
+from recbase.eval.fusion import collect_candidates, fused_ranks, generative_ranks, grid
 from recbase.eval.leave_one_out import (history_tokens, leave_one_out, popularity_ranks, ranks_from_scores,
-                                        text_knn_ranks, training_counts)
+                                        search_beams, text_knn_ranks, training_counts)
 from recbase.eval.metrics import retrieval_metrics
+from recbase.eval.retrieval import Retriever
+from recbase.eval.scoring import CandidateScorer
 from recbase.eval.trie import CodeTrie
-from recbase.tokenizer.embed import embed_folder
+from recbase.tokenizer.embed import embed_folder, load_embeddings
 from recbase.tokenizer.encode import write_codes
 from recbase.tokenizer.train import TokenizerConfig, train_from_folders
 
@@ -136,7 +144,7 @@ def test_baseline_ranks_by_hand():
 
 
 @pytest.mark.slow
-def test_one_command_runs_the_benchmark(world, tmp_path):
+def test_one_command_runs_the_benchmark(world, tmp_path, searches, capsys):
     from recbase.cli import main
 
     out = tmp_path / "bench"
@@ -167,8 +175,15 @@ def test_one_command_runs_the_benchmark(world, tmp_path):
         assert set(r["valid"]) == {"global_step2", "global_step4"} and r["selected"] in r["valid"]
         assert 0 <= r["test"]["recall@5"] <= 1 and r["test"]["recall@5"] == r["test"]["recall@10"]   # 3 returned
         assert r["fusion"]["chosen"] in r["fusion"]["valid"] and 0 <= r["fusion"]["test"]["recall@10"] <= 1
-    # the two seeds' selected checkpoints as one ensemble: its own rows beside the per-seed ones, which stay
+    # the two seeds' selected checkpoints as one ensemble: its own rows beside the per-seed ones, which stay;
+    # each seed's beams of both splits come from its own fusion passes, searched there and not again
+    searches.clear()
+    capsys.readouterr()
     assert main([*command, "ensemble=true"]) == 0
+    assert searches == []
+    log = capsys.readouterr().out
+    for split in ("valid", "test"):
+        assert f"[ensemble {split}] beams: seed0 {results['seeds']['0']['selected']} reused (read from " in log
     both = json.loads((out / "run" / "metrics.json").read_text())
     assert both["seeds"] == results["seeds"] and both["fusion_test"] == results["fusion_test"]
     ens = both["ensemble"]
@@ -180,6 +195,19 @@ def test_one_command_runs_the_benchmark(world, tmp_path):
     assert "| recbase, 2-seed ensemble + text fusion (this run; one ranking, no spread) |" in report
     assert "| recbase, 2-seed ensemble, generative only (this run) |" in report
     assert "| ensemble | generative only: the union of the beams by mean log P |" in report
+    # the same ensemble with its beams searched again (2 models x 2 splits, one call of 4 users each): the same
+    # numbers, and the beams saved anew
+    for path in (*(out / "run").glob("seed*/beam_*"), out / "run" / "ensemble.json"):
+        path.unlink()
+    assert main([*command, "ensemble=true"]) == 0
+    assert searches == [4] * 4 and capsys.readouterr().out.count(" searched in ") == 4
+    assert sorted(p.name for p in (out / "run" / "seed1").glob("beam_*")) == [
+        "beam_test.json", "beam_test.parquet", "beam_valid.json", "beam_valid.parquet"]
+    searched = json.loads((out / "run" / "ensemble.json").read_text())
+    for key in ("valid", "chosen", "generative_valid", "generative_test"):
+        assert searched[key] == ens[key], key
+    assert {k: v for k, v in searched["test"].items() if k != "cost"} == {
+        k: v for k, v in ens["test"].items() if k != "cost"}
     # a rerun trains and ranks nothing again: every seed's results are read back
     before = (out / "run" / "seed0" / "leave_one_out.json").read_text()
     assert main(["indomain", f"source={world['src']}", f"out={out}", "embedder=hashing", "seeds=[0,1]",
@@ -196,3 +224,119 @@ def test_one_command_runs_the_benchmark(world, tmp_path):
     plain = json.loads((out / "run" / "metrics.json").read_text())
     assert plain["fusion_test"] is None and plain["test"] == results["test"]
     assert "| recbase (this run) |" in (out / "run" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------- a seed's beam, saved and reused
+
+def _beam_setup(world, tmp_path, seeds=(1, 2), beam_width=3):
+    """Tiny random models on the world's catalog, each saved as an export (its identity) with its retriever."""
+    codes = world["codes"]
+    ids, item_codes = codes.by_domain["tiny"]
+    ids = ids.to_pylist()
+    trie = CodeTrie.build(item_codes, ids, codes.vocab.codebook_size)
+    models = {}
+    for seed in seeds:
+        model = tiny_model(codes.vocab, seed=seed)
+        export = save_export(model, codes.vocab, codes.tokenizer_hash, tmp_path / f"model{seed}")
+        models[seed] = (export, Retriever(model, trie, codes.vocab.n_special, codes.vocab.bos_id, beam_width,
+                                          batch_users=2, pad_id=codes.vocab.pad_id))
+    return ids, codes.vocab.encode_codes(item_codes), models
+
+
+def _beams(world, ids, tokens, export, retriever, loo, run_dir, max_history=20):
+    key = beam_key(export, retriever, loo, ids, tokens, max_history)
+    return saved_or_searched(beam_path(run_dir, loo.split), key, loo.user_ids,
+                             partial(search_beams, retriever, loo, tokens, world["codes"].vocab))
+
+
+@pytest.fixture
+def searches(monkeypatch):
+    """Counts the beam-search calls (one per chunk of users)."""
+    calls = []
+    search = Retriever.retrieve_batch
+    monkeypatch.setattr(Retriever, "retrieve_batch", lambda self, h: calls.append(len(h)) or search(self, h))
+    return calls
+
+
+def test_an_ensemble_of_saved_beams_ranks_exactly_as_one_of_searched_beams(world, tmp_path, searches):
+    ids, tokens, models = _beam_setup(world, tmp_path)
+    emb = load_embeddings(world["root"] / "emb", "tiny", ids)[0].astype(np.float32)
+    vocab = world["codes"].vocab
+    for split in ("valid", "test"):
+        loo = leave_one_out(world["seqs"], split)
+        searched = {s: _beams(world, ids, tokens, e, r, loo, tmp_path / f"seed{s}") for s, (e, r) in models.items()}
+        assert len(searches) == 2 and not any(b.reused for b in searched.values())   # one chunk per model
+        reused = {s: _beams(world, ids, tokens, e, r, loo, tmp_path / f"seed{s}") for s, (e, r) in models.items()}
+        assert len(searches) == 2, "a saved beam was searched again"
+        searches.clear()
+        for s, b in reused.items():
+            assert b.reused and b.seconds == pytest.approx(searched[s].seconds, abs=1e-3)   # the search's, recorded
+            assert b.found == searched[s].found                     # item ids and float32 log P, exactly
+        line = describe({f"seed{s}": b for s, b in reused.items()})
+        assert line.count(" reused (read from ") == 2 and " searched in " not in line
+        assert f"{sum(b.seconds for b in reused.values()):.1f} s of beam search saved" in line
+
+        def ensemble(beams):
+            pairs = [(beams[s], CandidateScorer(r.model, tokens.shape[1], vocab.bos_id)) for s, (_, r) in models.items()]
+            return collect_candidates(pairs, loo, tokens, vocab, ids, emb, [0.0, 0.5], 2)
+
+        a, b = ensemble(searched), ensemble(reused)
+        for field in ("rows", "logp", "n_beam"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+        assert a.pairs == b.pairs > 0 and b.seconds["beam"] == 0
+        assert b.beam_reused == pytest.approx(a.seconds["beam"], abs=0.1)
+        for setting in grid([0.0, 0.5], ["raw", "z"], [0.0, 1.0, 4.0]):
+            np.testing.assert_array_equal(fused_ranks(a, loo.targets, setting), fused_ranks(b, loo.targets, setting))
+        np.testing.assert_array_equal(generative_ranks(a, loo.targets), generative_ranks(b, loo.targets))
+
+
+def test_a_beam_saved_under_another_key_is_searched_again_and_replaced(world, tmp_path, searches):
+    ids, tokens, models = _beam_setup(world, tmp_path)
+    (export, retriever), (other, other_retriever) = models[1], models[2]
+    loo = leave_one_out(world["seqs"], "valid")
+    first = _beams(world, ids, tokens, export, retriever, loo, tmp_path)
+
+    def wider(r):
+        return Retriever(r.model, r.trie, r.n_special, r.bos_id, 4, batch_users=2, pad_id=r.pad_id)
+
+    # each change against the key of the step before it, whose beam replaced the saved one
+    for changed, (e, r, history, note) in {
+            "beam width": (export, wider(retriever), 20, "the saved one has another beam_width"),
+            "checkpoint": (other, wider(other_retriever), 20, "the saved one has another checkpoint"),
+            "history cap": (other, wider(other_retriever), 2, "the saved one has another users, max_history"),
+    }.items():
+        capped = leave_one_out(world["seqs"], "valid", history)
+        searches.clear()
+        again = _beams(world, ids, tokens, e, r, capped, tmp_path, history)
+        assert searches and not again.reused and again.note == note, changed
+        assert _beams(world, ids, tokens, e, r, capped, tmp_path, history).reused, changed   # the file was replaced
+    assert all(len(f.items) == 4 for f in again.found)
+    # the same key as the first call again: searched once more, the same beam as then
+    searches.clear()
+    back = _beams(world, ids, tokens, export, retriever, loo, tmp_path)
+    assert searches and not back.reused and back.found == first.found
+
+
+def test_a_damaged_beam_file_is_searched_again_never_used(world, tmp_path, searches, caplog):
+    ids, tokens, models = _beam_setup(world, tmp_path, seeds=(1,))
+    export, retriever = models[1]
+    loo = leave_one_out(world["seqs"], "test")
+    first = _beams(world, ids, tokens, export, retriever, loo, tmp_path)
+    path = beam_path(tmp_path, "test")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    searches.clear()
+    with caplog.at_level(logging.WARNING, logger="recbase.eval.beam_store"):
+        again = _beams(world, ids, tokens, export, retriever, loo, tmp_path)
+    assert searches and not again.reused and again.note == "beam_test.parquet damaged"
+    assert f"{path}: SHA-256" in caplog.text and "the file is damaged, searching the beam again" in caplog.text
+    assert again.found == first.found
+    assert _beams(world, ids, tokens, export, retriever, loo, tmp_path).reused   # rewritten whole
+    # a stamp lost (a kill between the two writes) or garbled: searched again, never read without it
+    for damage in ("remove", "garble"):
+        stamp = stamp_path(path)
+        stamp.unlink() if damage == "remove" else stamp.write_text("{not json")
+        searches.clear()
+        again = _beams(world, ids, tokens, export, retriever, loo, tmp_path)
+        assert searches and not again.reused and again.found == first.found, damage

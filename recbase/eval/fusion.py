@@ -18,8 +18,9 @@ The fused score of a candidate is ``log P + alpha * text`` (scale ``raw``), or t
 standardised over the user's candidates to mean 0 and standard deviation 1 (scale ``z``). Candidates are ranked
 by it, ties to the earlier candidate (beam items first, in beam order, then text candidates best first); a target
 outside the union is a miss, as for the beam alone. The decay, scale and alpha are a :class:`Setting`, chosen on
-validation targets from a grid: :func:`collect_candidates` runs the beam and the scorer once per user for every
-decay of the grid, and :func:`fused_ranks` ranks any setting of it from those scores without the model.
+validation targets from a grid: :func:`collect_candidates` takes each model's beam (searched once per split, see
+:mod:`recbase.eval.beam_store`) and runs the scorer once per user for every decay of the grid, and
+:func:`fused_ranks` ranks any setting of it from those scores without the model.
 
 Several independently trained models rank better together than apart: given several, :func:`collect_candidates`
 takes the union of their beams (and the text top) as every user's candidates and gives each candidate the mean of
@@ -33,8 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recbase.eval.leave_one_out import LeaveOneOutSet, history_tokens, ranks_from_scores, user_chunks
-from recbase.eval.retrieval import Retriever
+from recbase.eval.leave_one_out import Beams, LeaveOneOutSet, history_tokens, ranks_from_scores, user_chunks
 from recbase.eval.scoring import CandidateScorer
 from recbase.tokenizer.embed import unit_rows
 from recbase.vocab import Vocab
@@ -80,8 +80,9 @@ class Candidates:
     text: dict[float, np.ndarray]         # decay -> [U, C] text score
     text_top: dict[float, np.ndarray]     # decay -> [U, C] bool
     n_beam: np.ndarray                    # [U] beam items (the union of the models' beams)
-    seconds: dict[str, float]             # wall time of the beam, the text scores and the teacher-forced scoring
+    seconds: dict[str, float]             # wall time of the beams searched, the text scores and the teacher forcing
     pairs: int                            # (model, user, candidate) scored by teacher forcing: not in its beam
+    beam_reused: float                    # search seconds of the beams read back from an earlier pass, not searched
 
     def candidate_mask(self, decay: float) -> np.ndarray:
         beam = np.arange(self.rows.shape[1])[None, :] < self.n_beam[:, None]
@@ -110,15 +111,16 @@ def top_rows(scores: np.ndarray, n: int, exclude: list[np.ndarray]) -> list[np.n
     return out
 
 
-def collect_candidates(models: list[tuple[Retriever, CandidateScorer]], loo: LeaveOneOutSet,
+def collect_candidates(models: list[tuple[Beams, CandidateScorer]], loo: LeaveOneOutSet,
                        item_tokens: np.ndarray, vocab: Vocab, item_ids: list[str], embeddings: np.ndarray,
                        decays: list[float], text_items: int, desc: str = "fuse") -> Candidates:
     """The beams' items and each decay's text top for every user of ``loo``, all scored by every model.
 
-    ``models`` holds one (retriever, scorer) pair per model: one model is the fused ranking of that model, several
-    are an ensemble. A user's beam items are the union of the models' beams (the first model's in its beam order,
-    then each further model's new items in its own order), and a candidate's log P is the mean over the models of
-    each one's exact log P: its own beam's score where its beam returned the item, teacher forcing otherwise.
+    ``models`` holds one (beams on ``loo``, scorer) pair per model: one model is the fused ranking of that model,
+    several are an ensemble. A user's beam items are the union of the models' beams (the first model's in its beam
+    order, then each further model's new items in its own order), and a candidate's log P is the mean over the
+    models of each one's exact log P: its own beam's score where its beam returned the item, teacher forcing
+    otherwise.
     """
     row_of = {item: r for r, item in enumerate(item_ids)}
     unit_emb = unit_rows(np.asarray(embeddings, np.float32))
@@ -126,11 +128,10 @@ def collect_candidates(models: list[tuple[Retriever, CandidateScorer]], loo: Lea
     rows, logps, n_beam = [], [], []
     tops: dict[float, list[set]] = {d: [] for d in decays}
     texts: dict[float, list[np.ndarray]] = {d: [] for d in decays}
-    seconds = {"beam": 0.0, "text": 0.0, "scoring": 0.0}
+    seconds = {"beam": sum((b.seconds for b, _ in models if not b.reused), 0.0), "text": 0.0, "scoring": 0.0}
     pairs = 0
     for start, stop in user_chunks(len(loo), desc):
-        t0 = time.perf_counter()
-        found = [retriever.retrieve_batch(histories[start:stop]) for retriever, _ in models]
+        found = [beams.found[start:stop] for beams, _ in models]
         t1 = time.perf_counter()
         chunk_hist = loo.histories[start:stop]
         beam_rows = [[np.array([row_of[i] for i in f.items], np.int64) for f in per_user] for per_user in found]
@@ -154,7 +155,6 @@ def collect_candidates(models: list[tuple[Retriever, CandidateScorer]], loo: Lea
         logps += [t / len(models) for t in total]
         rows += chunk_rows
         t3 = time.perf_counter()
-        seconds["beam"] += t1 - t0
         seconds["text"] += t2 - t1
         seconds["scoring"] += t3 - t2
     width = max(len(r) for r in rows)
@@ -163,7 +163,8 @@ def collect_candidates(models: list[tuple[Retriever, CandidateScorer]], loo: Lea
         text={d: _padded(texts[d], width, HISTORY_TEXT_SCORE, np.float32) for d in decays},
         text_top={d: _padded([np.isin(r, list(t)) for r, t in zip(rows, tops[d])], width, False, bool)
                   for d in decays},
-        n_beam=np.array(n_beam, np.int64), seconds={k: round(v, 1) for k, v in seconds.items()}, pairs=pairs)
+        n_beam=np.array(n_beam, np.int64), seconds={k: round(v, 1) for k, v in seconds.items()}, pairs=pairs,
+        beam_reused=round(sum((b.seconds for b, _ in models if b.reused), 0.0), 1))
 
 
 def _union(beams: tuple[np.ndarray, ...]) -> np.ndarray:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from recbase.data.sequences import DomainSequences, item_counts
 from recbase.eval.metrics import retrieval_metrics
-from recbase.eval.retrieval import Retriever
+from recbase.eval.retrieval import Retrieved, Retriever
 from recbase.tokenizer.embed import unit_rows
 from recbase.vocab import Vocab
 
@@ -130,17 +130,34 @@ def user_chunks(n_users: int, desc: str):
             bar.set_postfix(users_per_s=f"{stop / (time.perf_counter() - t0):.1f}", refresh=False)
 
 
+@dataclass
+class Beams:
+    """One model's beam for every user of a split, in the split's user order."""
+
+    found: list[Retrieved]
+    seconds: float          # wall time of the search that returned them (in this pass, or the one that saved them)
+    reused: bool = False    # read back from an earlier pass's file (:mod:`recbase.eval.beam_store`), not searched
+    note: str = ""          # where they were read from, or why they were searched
+
+
+def search_beams(retriever: Retriever, loo: LeaveOneOutSet, item_tokens: np.ndarray, vocab: Vocab,
+                 desc: str = "retrieve") -> Beams:
+    """Beam search for every user of ``loo``, ``USERS_PER_CALL`` users per call (the same calls, so the same
+    batches, wherever a split's beam is searched)."""
+    histories = history_tokens(loo.histories, item_tokens, vocab)
+    found: list[Retrieved] = []
+    t0 = time.perf_counter()
+    for start, stop in user_chunks(len(loo), desc):
+        found += retriever.retrieve_batch(histories[start:stop])
+    return Beams(found, time.perf_counter() - t0)
+
+
 def model_metrics(retriever: Retriever, loo: LeaveOneOutSet, item_tokens: np.ndarray, vocab: Vocab,
                   item_ids: list[str], ks: list[int], desc: str = "retrieve") -> dict:
     """Recall/NDCG@K of beam-search retrieval on ``loo``, with the time it took and the users per second."""
-    histories = history_tokens(loo.histories, item_tokens, vocab)
-    targets = [item_ids[t] for t in loo.targets.tolist()]
-    ranks: list[float] = []
-    t0 = time.perf_counter()
-    for start, stop in user_chunks(len(loo), desc):
-        found = retriever.retrieve_batch(histories[start:stop])
-        ranks += [r.rank_of(t) for r, t in zip(found, targets[start:stop])]
-    return beam_metrics(ranks, ks, time.perf_counter() - t0, retriever.beam_width)
+    beams = search_beams(retriever, loo, item_tokens, vocab, desc)
+    ranks = [r.rank_of(item_ids[t]) for r, t in zip(beams.found, loo.targets.tolist())]
+    return beam_metrics(ranks, ks, beams.seconds, retriever.beam_width)
 
 
 def beam_metrics(ranks, ks: list[int], seconds: float, beam_width: int) -> dict:
