@@ -29,18 +29,20 @@ from recbase.eval.report import BAR
 from recbase.tokenizer.embed import load_embeddings
 
 LATEST = 10          # per-item cosines of the latest items
+RECENCY_BUCKETS = 16 # as recbase.train.embedding_head
 NEGATIVES = 10
 MAX_HISTORY = 50
 DECAYS = (0.5, 0.8, 0.9)
 SOFT_MAX = (0.05, 0.1)
-MEAN = 2 * LATEST    # the feature column of the bar: cosine with the history mean
-PROFILES = slice(MEAN, MEAN + 1 + len(DECAYS))   # cosines with the mean and the recency-weighted means
+PROFILES = slice(2 * LATEST, 2 * LATEST + 1 + len(DECAYS))   # feature columns: cosines with the mean and the
+                                                              # recency-weighted means
 
 
-def domain_examples(data: str, embeddings: str, domain: str, every_position: bool, seed: int, pairs: str = ""):
-    """Features ``[N, 1 + NEGATIVES, F]`` (the positive first) of one domain's users; with ``pairs`` (a folder of
-    ``recbase evaluate``'s pair scores), its eval set's users and candidates instead of new ones, and the bar's
-    own scores ``[N, C]`` from there (else None)."""
+def domain_slates(data: str, embeddings: str, domain: str, every_position: bool, seed: int, pairs: str = ""):
+    """One domain's slates: per example the history's centred unit vectors (latest first, at most
+    :data:`MAX_HISTORY`) and the candidates' (the positive first, then :data:`NEGATIVES` negatives); with ``pairs``
+    (a folder of ``recbase evaluate``'s pair scores), its eval set's users and candidates instead of new ones, and
+    the bar's own scores ``[N, C]`` from there (else None)."""
     items = read_item_ids(f"{data}/{domain}")
     emb = load_embeddings(embeddings, domain, items)[0].astype(np.float32)
     emb -= emb.mean(0)
@@ -48,26 +50,26 @@ def domain_examples(data: str, embeddings: str, domain: str, every_position: boo
     row = {item: i for i, item in enumerate(items)}
     histories = user_histories(f"{data}/{domain}")
     if pairs:
-        return eval_set_examples(f"{pairs}/{domain}.parquet", histories, emb, row)
+        return eval_set_slates(f"{pairs}/{domain}.parquet", histories, emb, row)
     users = [np.array([row[i] for i in seq]) for seq in histories.values() if len(seq) >= 3]
     pool = np.unique(np.concatenate(users))
     rng = np.random.default_rng(seed)
-    rows = []
+    slates = []
     for seq in users:
         for t in (range(2, len(seq)) if every_position else [len(seq) - 1]):
             candidates = np.r_[seq[t], sample_uniform_negatives(rng, pool, seq, NEGATIVES)]
             if len(candidates) == 1 + NEGATIVES:
-                rows.append(features(emb[seq[max(0, t - MAX_HISTORY):t]][::-1], emb[candidates]))
-    return torch.tensor(np.stack(rows), dtype=torch.float32), None
+                slates.append((emb[seq[max(0, t - MAX_HISTORY):t]][::-1], emb[candidates]))
+    return slates, None
 
 
-def eval_set_examples(path: str, histories: dict[str, list[str]], emb: np.ndarray, row: dict[str, int]):
+def eval_set_slates(path: str, histories: dict[str, list[str]], emb: np.ndarray, row: dict[str, int]):
     """The users of an eval set (its pair scores' file), each with its history (every item before its last, as
     the eval-set builder holds out the last) and its candidates, the positive first; and the bar's scores."""
     table = read_table(path, ["user_id", "candidate", "label", BAR])
     users = table["user_id"].to_numpy(zero_copy_only=False)
     cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
-    rows, bars = [], []
+    slates, bars = [], []
     for user, cands, labels, bar in zip(np.split(users, cuts), *(np.split(table[c].to_numpy(zero_copy_only=False), cuts)
                                                                 for c in ("candidate", "label", BAR))):
         order = np.argsort(-labels, kind="stable")   # the one positive first
@@ -75,9 +77,14 @@ def eval_set_examples(path: str, histories: dict[str, list[str]], emb: np.ndarra
         if seq[-1] != cands[order[0]]:
             raise SystemExit(f"{path}: user {user[0]}'s positive is not their last item")
         history = np.array([row[i] for i in seq[:-1][-MAX_HISTORY:]])
-        rows.append(features(emb[history][::-1], emb[[row[c] for c in cands[order]]]))
+        slates.append((emb[history][::-1], emb[[row[c] for c in cands[order]]]))
         bars.append(bar[order].astype(np.float64))
-    return torch.tensor(np.stack(rows), dtype=torch.float32), np.stack(bars)
+    return slates, np.stack(bars)
+
+
+def feature_tensor(slates) -> torch.Tensor:
+    """``[N, C, F]`` :func:`features` of every slate."""
+    return torch.tensor(np.stack([features(h, c) for h, c in slates]), dtype=torch.float32)
 
 
 def features(history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -112,6 +119,57 @@ def fit_ranker(x: torch.Tensor, seed: int, linear: bool, steps: int = 600):
         loss.backward()
         opt.step()
     return lambda z: net((z - mu) / sd).squeeze(-1).detach().double().numpy()  # noqa: E731
+
+
+class RecencyProfile(torch.nn.Module):
+    """The embedding head's transferable form alone: the cosine with the history's unit vectors averaged under
+    softmax(one learned bias per distance from the latest item, 16 buckets as the head's), fitted listwise here on
+    the real embeddings instead of by the head's cosine regression on the reconstructions."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(RECENCY_BUCKETS))
+        self.log_scale = torch.nn.Parameter(torch.tensor(float(np.log(5.0))))
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        distance = torch.arange(history.shape[1]).clamp(max=RECENCY_BUCKETS - 1)
+        weights = torch.softmax(self.bias[distance].expand(mask.shape).masked_fill(~mask, float("-inf")), -1)
+        profile = torch.nn.functional.normalize((weights[..., None] * history).sum(1), dim=-1)
+        return (candidates * profile[:, None]).sum(-1)
+
+
+def padded(slates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Histories ``[N, MAX_HISTORY, D]`` with their mask, and candidates ``[N, C, D]``."""
+    dim = slates[0][1].shape[1]
+    history = np.zeros((len(slates), MAX_HISTORY, dim), np.float32)
+    mask = np.zeros((len(slates), MAX_HISTORY), bool)
+    for i, (h, _) in enumerate(slates):
+        history[i, :len(h)], mask[i, :len(h)] = h, True
+    return torch.tensor(history), torch.tensor(mask), torch.tensor(np.stack([c for _, c in slates]))
+
+
+def fit_recency(slates, seed: int, steps: int = 400):
+    """:class:`RecencyProfile` fitted by softmax over each slate's candidates."""
+    torch.manual_seed(seed)
+    model = RecencyProfile()
+    opt = torch.optim.Adam(model.parameters(), 0.05)
+    history, mask, candidates = padded(slates)
+    target = torch.zeros(512, dtype=torch.long)
+    for _ in range(steps):
+        b = torch.randint(len(history), (512,))
+        loss = torch.nn.functional.cross_entropy(model.log_scale.exp() * model(history[b], mask[b], candidates[b]),
+                                                 target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"recency biases (latest first): {np.round(model.bias.detach().numpy(), 2).tolist()}")
+    return lambda held: model(*padded(held)).detach().double().numpy()  # noqa: E731
+
+
+def bar_scores(slates) -> np.ndarray:
+    """``[N, C]``: the bar, each candidate's cosine with the history's mean."""
+    unit = lambda v: v / (np.linalg.norm(v) + 1e-9)  # noqa: E731
+    return np.stack([c @ unit(h.mean(0)) for h, c in slates]).astype(np.float64)
 
 
 def fit_beta(scores: np.ndarray) -> float:
@@ -150,26 +208,33 @@ def main() -> None:
                         "recency-weighted means: what a re-weighting of the history (the embedding head) can use")
     parser.add_argument("--linear", action="store_true", help="a linear map instead of the MLP: with --profiles-only, "
                         "within a user one direction in the text space, a weighted mix of the history's profiles")
+    parser.add_argument("--recency", action="store_true", help="instead of the features, the embedding head's "
+                        "transferable form alone: one learned bias per distance from the latest item, fitted listwise")
     args = parser.parse_args()
     t0 = time.time()
-    train = torch.cat([domain_examples(args.data, args.embeddings, d, True, 0)[0] for d in args.train.split(",")])
-    heldout = {d: domain_examples(args.data, args.embeddings, d, False, 0, args.pairs) for d in args.heldout.split(",")}
-    if args.profiles_only:
-        train, heldout = _profiles(train), {d: (_profiles(x), bar) for d, (x, bar) in heldout.items()}
-    rankers = [fit_ranker(train, int(s), args.linear) for s in args.seeds.split(",")]
-    bar_beta = fit_beta(train[..., MEAN].double().numpy())
+    train = [s for d in args.train.split(",") for s in domain_slates(args.data, args.embeddings, d, True, 0)[0]]
+    heldout = {d: domain_slates(args.data, args.embeddings, d, False, 0, args.pairs) for d in args.heldout.split(",")}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.recency:
+        rankers = [fit_recency(train, s) for s in seeds]
+    else:
+        select = _profiles if args.profiles_only else (lambda x: x)
+        train_x = select(feature_tensor(train))
+        nets = [fit_ranker(train_x, s, args.linear) for s in seeds]
+        rankers = [lambda held, net=net: net(select(feature_tensor(held))) for net in nets]
+    bar_beta = fit_beta(bar_scores(train))
     ranker_betas = [fit_beta(r(train)) for r in rankers]
     print(f"{len(train):,} training examples from {args.train}; bar beta {bar_beta}, ranker beta {ranker_betas}")
     print("| domain | users | bar AUC | bar GAUC | ranker − bar, AUC | ranker − bar, GAUC | bar posterior − bar | "
           "ranker posterior − bar |\n|---|---|---|---|---|---|---|---|")
     cell = lambda v: f"{np.mean(v):+.4f} ± {(max(v) - min(v)) / 2:.4f}"  # noqa: E731
     rows = []
-    for domain, (x, bar_scores) in heldout.items():
-        bar = measures(x[..., MEAN].double().numpy() if bar_scores is None else bar_scores, bar_beta)
-        ranker = [measures(r(x), b) for r, b in zip(rankers, ranker_betas)]
+    for domain, (slates, bar) in heldout.items():
+        bar = measures(bar_scores(slates) if bar is None else bar, bar_beta)
+        ranker = [measures(r(slates), b) for r, b in zip(rankers, ranker_betas)]
         gaps = [[m[i] - bar[i if i < 2 else 0] for m in ranker] for i in range(3)]
         rows.append((bar, gaps))
-        print(f"| {domain} | {len(x)} | {bar[0]:.4f} | {bar[1]:.4f} | {cell(gaps[0])} | {cell(gaps[1])} | "
+        print(f"| {domain} | {len(slates)} | {bar[0]:.4f} | {bar[1]:.4f} | {cell(gaps[0])} | {cell(gaps[1])} | "
               f"{bar[2] - bar[0]:+.4f} | {cell(gaps[2])} |")
     mean = lambda i: [float(np.mean([g[i][s] for _, g in rows])) for s in range(len(rankers))]  # noqa: E731
     print(f"| **Overall** | | {np.mean([b[0] for b, _ in rows]):.4f} | {np.mean([b[1] for b, _ in rows]):.4f} | "
