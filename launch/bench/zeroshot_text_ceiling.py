@@ -9,7 +9,10 @@ small network over domain-agnostic features of (history, candidate) — the cand
 the 10 latest items, with the history mean, recency-weighted means and soft maxima, and the history's length — is
 fitted listwise on every position of the training domains' users (the next item against 10 negatives drawn
 uniformly from the domain's interacted items) and scores each held-out domain's users' last item against 10 such
-negatives. Nothing of a held-out domain is learned. Printed per held-out domain, mean ± half the range over the
+negatives (``--pairs``: the users and candidates of the suite's own eval sets). ``--profiles-only`` keeps the
+cosines with the history's mean and recency-weighted means, ``--linear`` drops the hidden layer, and
+``--recency`` fits the embedding head's own form instead (one bias per distance from the latest item). Nothing
+of a held-out domain is learned. Printed per held-out domain, mean ± half the range over the
 seeds of the network: the bar's AUC and GAUC, the ranker's gaps to them, and both as per-user slate posteriors
 (:func:`recbase.eval.calibrate.slate_posterior`, the softmax sharpness fitted on the training domains).
 """
