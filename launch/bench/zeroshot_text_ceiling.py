@@ -30,11 +30,10 @@ from recbase.eval.calibrate import slate_posterior
 from recbase.eval.metrics import auc, gauc
 from recbase.eval.report import BAR
 from recbase.tokenizer.embed import load_embeddings
+from recbase.train.head_recency import MAX_HISTORY, NEGATIVES, fit_recency, recency_scores
+from recbase.train.head_recency import domain_slates as domain_slates_rows
 
 LATEST = 10          # per-item cosines of the latest items
-RECENCY_BUCKETS = 16 # as recbase.train.embedding_head
-NEGATIVES = 10
-MAX_HISTORY = 50
 DECAYS = (0.5, 0.8, 0.9)
 SOFT_MAX = (0.05, 0.1)
 PROFILES = slice(2 * LATEST, 2 * LATEST + 1 + len(DECAYS))   # feature columns: cosines with the mean and the
@@ -124,23 +123,6 @@ def fit_ranker(x: torch.Tensor, seed: int, linear: bool, steps: int = 600):
     return lambda z: net((z - mu) / sd).squeeze(-1).detach().double().numpy()  # noqa: E731
 
 
-class RecencyProfile(torch.nn.Module):
-    """The embedding head's transferable form alone: the cosine with the history's unit vectors averaged under
-    softmax(one learned bias per distance from the latest item, 16 buckets as the head's), fitted listwise here on
-    the real embeddings instead of by the head's cosine regression on the reconstructions."""
-
-    def __init__(self):
-        super().__init__()
-        self.bias = torch.nn.Parameter(torch.zeros(RECENCY_BUCKETS))
-        self.log_scale = torch.nn.Parameter(torch.tensor(float(np.log(5.0))))
-
-    def forward(self, history: torch.Tensor, mask: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        distance = torch.arange(history.shape[1]).clamp(max=RECENCY_BUCKETS - 1)
-        weights = torch.softmax(self.bias[distance].expand(mask.shape).masked_fill(~mask, float("-inf")), -1)
-        profile = torch.nn.functional.normalize((weights[..., None] * history).sum(1), dim=-1)
-        return (candidates * profile[:, None]).sum(-1)
-
-
 def padded(slates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Histories ``[N, MAX_HISTORY, D]`` with their mask, and candidates ``[N, C, D]``."""
     dim = slates[0][1].shape[1]
@@ -151,22 +133,12 @@ def padded(slates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.tensor(history), torch.tensor(mask), torch.tensor(np.stack([c for _, c in slates]))
 
 
-def fit_recency(slates, seed: int, steps: int = 400):
-    """:class:`RecencyProfile` fitted by softmax over each slate's candidates."""
-    torch.manual_seed(seed)
-    model = RecencyProfile()
-    opt = torch.optim.Adam(model.parameters(), 0.05)
-    history, mask, candidates = padded(slates)
-    target = torch.zeros(512, dtype=torch.long)
-    for _ in range(steps):
-        b = torch.randint(len(history), (512,))
-        loss = torch.nn.functional.cross_entropy(model.log_scale.exp() * model(history[b], mask[b], candidates[b]),
-                                                 target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    print(f"recency biases (latest first): {np.round(model.bias.detach().numpy(), 2).tolist()}")
-    return lambda held: model(*padded(held)).detach().double().numpy()  # noqa: E731
+def fit_recency_ranker(data: str, embeddings: str, domains: list[str], seed: int):
+    """The head's recency biases fitted listwise on ``domains`` (:mod:`recbase.train.head_recency`), as a ranker of
+    slates."""
+    biases, _ = fit_recency([domain_slates_rows(data, embeddings, d, 0) for d in domains], seed)
+    print(f"recency biases (latest first): {np.round(biases, 2).tolist()}")
+    return lambda held: recency_scores(torch.from_numpy(biases), *padded(held)).double().numpy()  # noqa: E731
 
 
 def bar_scores(slates) -> np.ndarray:
@@ -219,7 +191,7 @@ def main() -> None:
     heldout = {d: domain_slates(args.data, args.embeddings, d, False, 0, args.pairs) for d in args.heldout.split(",")}
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.recency:
-        rankers = [fit_recency(train, s) for s in seeds]
+        rankers = [fit_recency_ranker(args.data, args.embeddings, args.train.split(","), s) for s in seeds]
     else:
         select = _profiles if args.profiles_only else (lambda x: x)
         train_x = select(feature_tensor(train))

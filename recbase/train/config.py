@@ -43,6 +43,8 @@ class ModelConfig:
     embedding_loss: str = "cosine"           # the head's loss: cosine (1 - cos) | contrastive (same-user negatives)
     embedding_weight: float = 1.0            # weight of the head's loss per predicted item beside the token loss
     embedding_lr_scale: float = 3.0          # the head's learning rate as a multiple of optim.lr
+    embedding_head_recency: str = ""         # recbase head-recency file: the attention head's recency biases start
+                                             # there and stay fixed (fitted listwise on real embeddings); "" = learned
     embedding_temperature: float = 0.1       # softmax temperature of the contrastive loss
     text_inputs: str = ""                    # tokenizer artifact: add each item's text vector (its reconstruction by
                                              # this tokenizer, projected) at the item's last token; "" = codes only
@@ -155,6 +157,9 @@ class TrainConfig:
         from recbase.train.embedding_head import KINDS as HEAD_KINDS   # torch only when a config is checked
         if m.embedding_head_kind not in HEAD_KINDS:
             raise ConfigError(f"model.embedding_head_kind: {m.embedding_head_kind!r} is not {' | '.join(HEAD_KINDS)}")
+        if m.embedding_head_recency and (not m.embedding_head or m.embedding_head_kind == "linear"):
+            raise ConfigError("model.embedding_head_recency sets the attention head's recency biases: it needs "
+                              "model.embedding_head and model.embedding_head_kind attention or features")
         if m.embedding_loss not in ("cosine", "contrastive"):
             raise ConfigError(f"model.embedding_loss: {m.embedding_loss!r} is not cosine | contrastive")
         if m.hidden_size % m.num_heads:

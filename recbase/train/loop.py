@@ -166,6 +166,10 @@ class Trainer:
             head = load_head_state(cfg.checkpoint.init_from)   # fine-tuning continues the pretrained head
             if head is not None:
                 model.embedding_head.load_state_dict(head)
+        if cfg.model.embedding_head_recency:   # fitted listwise beforehand, kept fixed
+            from recbase.train.head_recency import fix_recency
+
+            fix_recency(model.embedding_head, cfg.model.embedding_head_recency)
         if model.text_inputs is not None and cfg.checkpoint.init_from:
             from recbase.train.export import load_text_inputs_state
 
