@@ -1,19 +1,20 @@
 """How far above the centred text bar can any ranker get that sees only text geometry, learned on other domains?
 
     python launch/bench/zeroshot_text_ceiling.py --data runs/zs/data --embeddings runs/zs/embeddings \
-        --train movielens,amazon-books,amazon-electronics --heldout scientific,amazon-health,recipes
+        --train movielens,amazon-books,amazon-electronics --heldout scientific,amazon-health,recipes \
+        --pairs runs/zs/exp/s_a_s0/eval200/pairs
 
 Why: the zero-shot model's transferable part is a re-weighting of the history's text vectors (docs/evaluation.md,
 "The next-item embedding head"). This measures the ceiling of that family directly, without a language model: a
 small network over domain-agnostic features of (history, candidate) — the candidate's centred cosine with each of
 the 10 latest items, with the history mean, recency-weighted means and soft maxima, and the history's length — is
 fitted listwise on every position of the training domains' users (the next item against 10 negatives drawn
-uniformly from the domain's interacted items) and scores each held-out domain's users' last item against 10 such
-negatives (``--pairs``: the users and candidates of the suite's own eval sets). ``--profiles-only`` keeps the
-cosines with the history's mean and recency-weighted means, ``--linear`` drops the hidden layer, and
-``--recency`` fits the embedding head's own form instead (one bias per distance from the latest item). Nothing
-of a held-out domain is learned. Printed per held-out domain, mean ± half the range over the
-seeds of the network: the bar's AUC and GAUC, the ranker's gaps to them, and both as per-user slate posteriors
+uniformly from the domain's interacted items, as :mod:`recbase.train.head_recency` draws them) and scores the
+held-out domains' eval sets (``--pairs``: their users and candidates, from a ``recbase evaluate`` run's pair
+scores). ``--profiles-only`` keeps the cosines with the history's mean and recency-weighted means, ``--linear``
+drops the hidden layer, and ``--recency`` fits the embedding head's own form instead (one bias per distance from
+the latest item). Nothing of a held-out domain is learned. Printed per held-out domain, mean ± half the range over
+the seeds of the fit: the bar's AUC and GAUC, the ranker's gaps to them, and both as per-user slate posteriors
 (:func:`recbase.eval.calibrate.slate_posterior`, the softmax sharpness fitted on the training domains).
 """
 from __future__ import annotations
@@ -24,14 +25,11 @@ import time
 import numpy as np
 import torch
 
-from recbase.data.evalsets import sample_uniform_negatives
-from recbase.data.tables import read_item_ids, read_table, user_histories
+from recbase.data.tables import read_table, user_histories
 from recbase.eval.calibrate import slate_posterior
 from recbase.eval.metrics import auc, gauc
 from recbase.eval.report import BAR
-from recbase.tokenizer.embed import load_embeddings
-from recbase.train.head_recency import MAX_HISTORY, NEGATIVES, fit_recency, recency_scores
-from recbase.train.head_recency import domain_slates as domain_slates_rows
+from recbase.train.head_recency import MAX_HISTORY, centred_embeddings, domain_slates, fit_recency, recency_scores
 
 LATEST = 10          # per-item cosines of the latest items
 DECAYS = (0.5, 0.8, 0.9)
@@ -40,29 +38,20 @@ PROFILES = slice(2 * LATEST, 2 * LATEST + 1 + len(DECAYS))   # feature columns: 
                                                               # recency-weighted means
 
 
-def domain_slates(data: str, embeddings: str, domain: str, every_position: bool, seed: int, pairs: str = ""):
-    """One domain's slates: per example the history's centred unit vectors (latest first, at most
-    :data:`MAX_HISTORY`) and the candidates' (the positive first, then :data:`NEGATIVES` negatives); with ``pairs``
-    (a folder of ``recbase evaluate``'s pair scores), its eval set's users and candidates instead of new ones, and
-    the bar's own scores ``[N, C]`` from there (else None)."""
-    items = read_item_ids(f"{data}/{domain}")
-    emb = load_embeddings(embeddings, domain, items)[0].astype(np.float32)
-    emb -= emb.mean(0)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
+def training_slates(data: str, embeddings: str, domain: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every position of every user of a training domain (:func:`recbase.train.head_recency.domain_slates`, seed 0)
+    as (the history's vectors, latest first; the candidates', the next item first)."""
+    slates = domain_slates(data, embeddings, domain, 0)
+    vectors = slates.vectors.numpy()
+    return [(vectors[h[h >= 0]], vectors[c]) for h, c in zip(slates.history.numpy(), slates.candidates.numpy())]
+
+
+def heldout_slates(data: str, embeddings: str, domain: str, pairs: str):
+    """A held-out domain's eval set (``pairs``: a folder of ``recbase evaluate``'s pair scores) as slates, and the
+    bar's own scores ``[N, C]`` from there."""
+    items, emb = centred_embeddings(data, embeddings, domain)
     row = {item: i for i, item in enumerate(items)}
-    histories = user_histories(f"{data}/{domain}")
-    if pairs:
-        return eval_set_slates(f"{pairs}/{domain}.parquet", histories, emb, row)
-    users = [np.array([row[i] for i in seq]) for seq in histories.values() if len(seq) >= 3]
-    pool = np.unique(np.concatenate(users))
-    rng = np.random.default_rng(seed)
-    slates = []
-    for seq in users:
-        for t in (range(2, len(seq)) if every_position else [len(seq) - 1]):
-            candidates = np.r_[seq[t], sample_uniform_negatives(rng, pool, seq, NEGATIVES)]
-            if len(candidates) == 1 + NEGATIVES:
-                slates.append((emb[seq[max(0, t - MAX_HISTORY):t]][::-1], emb[candidates]))
-    return slates, None
+    return eval_set_slates(f"{pairs}/{domain}.parquet", user_histories(f"{data}/{domain}"), emb, row)
 
 
 def eval_set_slates(path: str, histories: dict[str, list[str]], emb: np.ndarray, row: dict[str, int]):
@@ -136,7 +125,7 @@ def padded(slates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def fit_recency_ranker(data: str, embeddings: str, domains: list[str], seed: int):
     """The head's recency biases fitted listwise on ``domains`` (:mod:`recbase.train.head_recency`), as a ranker of
     slates."""
-    biases, _ = fit_recency([domain_slates_rows(data, embeddings, d, 0) for d in domains], seed)
+    biases, _ = fit_recency([domain_slates(data, embeddings, d, 0) for d in domains], seed)
     print(f"recency biases (latest first): {np.round(biases, 2).tolist()}")
     return lambda held: recency_scores(torch.from_numpy(biases), *padded(held)).double().numpy()  # noqa: E731
 
@@ -177,8 +166,8 @@ def main() -> None:
     parser.add_argument("--train", required=True, help="domains to fit on, comma-separated")
     parser.add_argument("--heldout", required=True, help="domains to score, comma-separated")
     parser.add_argument("--seeds", default="0,1", help="seeds of the network (the examples use seed 0)")
-    parser.add_argument("--pairs", default="", help="score the held-out domains' eval sets: the folder of a "
-                        "`recbase evaluate` run's pair scores (<out_dir>/pairs); the bar is then its own column")
+    parser.add_argument("--pairs", required=True, help="the held-out domains' eval sets to score: the folder of a "
+                        "`recbase evaluate` run's pair scores (<out_dir>/pairs); the bar is its own column there")
     parser.add_argument("--profiles-only", action="store_true", help="only the cosines with the history's mean and "
                         "recency-weighted means: what a re-weighting of the history (the embedding head) can use")
     parser.add_argument("--linear", action="store_true", help="a linear map instead of the MLP: with --profiles-only, "
@@ -187,8 +176,8 @@ def main() -> None:
                         "transferable form alone: one learned bias per distance from the latest item, fitted listwise")
     args = parser.parse_args()
     t0 = time.time()
-    train = [s for d in args.train.split(",") for s in domain_slates(args.data, args.embeddings, d, True, 0)[0]]
-    heldout = {d: domain_slates(args.data, args.embeddings, d, False, 0, args.pairs) for d in args.heldout.split(",")}
+    train = [s for d in args.train.split(",") for s in training_slates(args.data, args.embeddings, d)]
+    heldout = {d: heldout_slates(args.data, args.embeddings, d, args.pairs) for d in args.heldout.split(",")}
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.recency:
         rankers = [fit_recency_ranker(args.data, args.embeddings, args.train.split(","), s) for s in seeds]
@@ -205,7 +194,7 @@ def main() -> None:
     cell = lambda v: f"{np.mean(v):+.4f} ± {(max(v) - min(v)) / 2:.4f}"  # noqa: E731
     rows = []
     for domain, (slates, bar) in heldout.items():
-        bar = measures(bar_scores(slates) if bar is None else bar, bar_beta)
+        bar = measures(bar, bar_beta)
         ranker = [measures(r(slates), b) for r, b in zip(rankers, ranker_betas)]
         gaps = [[m[i] - bar[i if i < 2 else 0] for m in ranker] for i in range(3)]
         rows.append((bar, gaps))

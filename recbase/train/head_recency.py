@@ -50,15 +50,21 @@ class Slates:
         return self.vectors[history.clamp_min(0)], history >= 0, self.vectors[self.candidates[rows]]
 
 
+def centred_embeddings(data_dir: str | Path, embeddings_dir: str | Path, domain: str) -> tuple[list[str], np.ndarray]:
+    """A domain's item ids and their text embeddings centred on the catalog's mean and unit, as the text bar's."""
+    items = read_item_ids(Path(data_dir) / domain)
+    emb = load_embeddings(embeddings_dir, domain, items)[0].astype(np.float32)
+    emb -= emb.mean(0)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+    return items, emb
+
+
 def domain_slates(data_dir: str | Path, embeddings_dir: str | Path, domain: str, seed: int,
                   negatives: int = NEGATIVES) -> Slates:
     """Every position of every user of ``domain`` with at least 3 items: its history and the next item among
     ``negatives`` drawn uniformly from the domain's interacted items (not the user's). Vectors are centred on the
     domain's catalog mean and unit, as the text bar's."""
-    items = read_item_ids(Path(data_dir) / domain)
-    emb = load_embeddings(embeddings_dir, domain, items)[0].astype(np.float32)
-    emb -= emb.mean(0)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+    items, emb = centred_embeddings(data_dir, embeddings_dir, domain)
     row = {item: i for i, item in enumerate(items)}
     users = [np.array([row[i] for i in seq]) for seq in user_histories(Path(data_dir) / domain).values()
              if len(seq) >= 3]
