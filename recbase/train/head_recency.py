@@ -25,7 +25,7 @@ from recbase.data.evalsets import sample_uniform_negatives
 from recbase.data.tables import read_item_ids, user_histories
 from recbase.errors import UserError
 from recbase.io import atomic_write_text
-from recbase.tokenizer.embed import load_embeddings
+from recbase.tokenizer.embed import load_embeddings, unit_rows
 from recbase.train.embedding_head import RECENCY_BUCKETS
 
 MAX_HISTORY = 50   # latest items of a history the profile averages
@@ -54,9 +54,7 @@ def centred_embeddings(data_dir: str | Path, embeddings_dir: str | Path, domain:
     """A domain's item ids and their text embeddings centred on the catalog's mean and unit, as the text bar's."""
     items = read_item_ids(Path(data_dir) / domain)
     emb = load_embeddings(embeddings_dir, domain, items)[0].astype(np.float32)
-    emb -= emb.mean(0)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
-    return items, emb
+    return items, unit_rows(emb - emb.mean(0))
 
 
 def domain_slates(data_dir: str | Path, embeddings_dir: str | Path, domain: str, seed: int,
