@@ -12,8 +12,11 @@ fitted listwise on every position of the training domains' users (the next item 
 uniformly from the domain's interacted items, as :mod:`recbase.train.head_recency` draws them) and scores the
 held-out domains' eval sets (``--pairs``: their users and candidates, from a ``recbase evaluate`` run's pair
 scores). ``--profiles-only`` keeps the cosines with the history's mean and recency-weighted means, ``--linear``
-drops the hidden layer, and ``--recency`` fits the embedding head's own form instead (one bias per distance from
-the latest item). Nothing of a held-out domain is learned. Printed per held-out domain, mean ± half the range over
+drops the hidden layer, ``--recency`` fits the embedding head's own form instead (one bias per distance from
+the latest item), and ``--metric RANK`` that form plus a learned low-rank metric on the text space (whether any
+direction of it matters alike across domains). ``--catalog`` adds the bar as a posterior over each held-out
+domain's whole catalog, the calibration a served model could do without seeing the slate. Nothing of a held-out
+domain is learned. Printed per held-out domain, mean ± half the range over
 the seeds of the fit: the bar's AUC and GAUC, the ranker's gaps to them, and both as per-user slate posteriors
 (:func:`recbase.eval.calibrate.slate_posterior`, the softmax sharpness fitted on the training domains).
 """
@@ -29,7 +32,9 @@ from recbase.data.tables import read_table, user_histories
 from recbase.eval.calibrate import slate_posterior
 from recbase.eval.metrics import auc, gauc
 from recbase.eval.report import BAR
-from recbase.train.head_recency import MAX_HISTORY, centred_embeddings, domain_slates, fit_recency, recency_scores
+from recbase.train.embedding_head import RECENCY_BUCKETS
+from recbase.train.head_recency import (MAX_HISTORY, centred_embeddings, domain_slates, fit_listwise, fit_recency,
+                                        recency_profile, recency_scores)
 
 LATEST = 10          # per-item cosines of the latest items
 DECAYS = (0.5, 0.8, 0.9)
@@ -47,11 +52,11 @@ def training_slates(data: str, embeddings: str, domain: str) -> list[tuple[np.nd
 
 
 def heldout_slates(data: str, embeddings: str, domain: str, pairs: str):
-    """A held-out domain's eval set (``pairs``: a folder of ``recbase evaluate``'s pair scores) as slates, and the
-    bar's own scores ``[N, C]`` from there."""
+    """A held-out domain's eval set (``pairs``: a folder of ``recbase evaluate``'s pair scores) as slates, the
+    bar's own scores ``[N, C]`` from there, and the domain's whole catalog of centred unit vectors."""
     items, emb = centred_embeddings(data, embeddings, domain)
     row = {item: i for i, item in enumerate(items)}
-    return eval_set_slates(f"{pairs}/{domain}.parquet", user_histories(f"{data}/{domain}"), emb, row)
+    return *eval_set_slates(f"{pairs}/{domain}.parquet", user_histories(f"{data}/{domain}"), emb, row), emb
 
 
 def eval_set_slates(path: str, histories: dict[str, list[str]], emb: np.ndarray, row: dict[str, int]):
@@ -130,6 +135,46 @@ def fit_recency_ranker(data: str, embeddings: str, domains: list[str], seed: int
     return lambda held: recency_scores(torch.from_numpy(biases), *padded(held)).double().numpy()  # noqa: E731
 
 
+def fit_metric_ranker(data: str, embeddings: str, domains: list[str], seed: int, rank: int, decay: float):
+    """The head's recency form plus a learned metric on the text space, fitted listwise on ``domains``: a
+    candidate's cosine with the recency profile ``p`` plus ``(U p) . (U c)``, ``U`` of ``rank`` rows, with an L2
+    penalty ``decay`` on ``U``: whether any direction of the text space matters alike in every domain."""
+    slates = [domain_slates(data, embeddings, d, 0) for d in domains]
+    torch.manual_seed(seed)
+    biases = torch.zeros(RECENCY_BUCKETS, requires_grad=True)
+    metric = (0.01 * torch.randn(rank, slates[0].vectors.shape[1])).requires_grad_()
+
+    def score(history, mask, candidates):
+        profile = recency_profile(biases, history, mask)
+        return (candidates * profile[:, None]).sum(-1) + ((profile @ metric.T)[:, None] * (candidates @ metric.T)).sum(-1)
+
+    fit_listwise(slates, score, [biases, metric], seed, lr=0.01, penalty=lambda: decay * (metric ** 2).sum())
+
+    @torch.no_grad()
+    def ranker(held):
+        return score(*padded(held)).double().numpy()
+    return ranker
+
+
+def catalog_posterior_gain(slates, bar: np.ndarray, catalog: np.ndarray) -> tuple[float, float]:
+    """The bar as a posterior over the domain's whole catalog, softmax(β × cosine) normalised over every catalog
+    item's cosine with the user's profile, not over the slate: (β, its pooled AUC − the bar's) at the best β of a
+    grid chosen on these users themselves, an upper bound of what calibrating without the slate gives."""
+    unit = lambda v: v / (np.linalg.norm(v) + 1e-9)  # noqa: E731
+    profiles = np.stack([unit(h.mean(0)) for h, _ in slates])
+    cosines = profiles @ catalog.T
+    labels = np.zeros(bar.shape)
+    labels[:, 0] = 1
+    plain = auc(bar.ravel(), labels.ravel())
+    gains = {}
+    for beta in (1, 2, 5, 10, 20, 40):
+        top = (beta * cosines).max(1, keepdims=True)
+        log_z = top + np.log(np.exp(beta * cosines - top).sum(1, keepdims=True))
+        gains[beta] = auc((beta * bar - log_z).ravel(), labels.ravel()) - plain
+    best = max(gains, key=gains.get)
+    return best, gains[best]
+
+
 def bar_scores(slates) -> np.ndarray:
     """``[N, C]``: the bar, each candidate's cosine with the history's mean."""
     unit = lambda v: v / (np.linalg.norm(v) + 1e-9)  # noqa: E731
@@ -174,6 +219,11 @@ def main() -> None:
                         "within a user one direction in the text space, a weighted mix of the history's profiles")
     parser.add_argument("--recency", action="store_true", help="instead of the features, the embedding head's "
                         "transferable form alone: one learned bias per distance from the latest item, fitted listwise")
+    parser.add_argument("--metric", type=int, default=0, metavar="RANK", help="instead of the features, the head's "
+                        "recency form plus a learned metric of this rank on the text space, fitted listwise")
+    parser.add_argument("--metric-decay", type=float, default=0.01, help="L2 penalty on the metric (--metric)")
+    parser.add_argument("--catalog", action="store_true", help="also the bar as a posterior over each held-out "
+                        "domain's whole catalog instead of the slate, at its best β (an upper bound)")
     args = parser.parse_args()
     t0 = time.time()
     train = [s for d in args.train.split(",") for s in training_slates(args.data, args.embeddings, d)]
@@ -181,6 +231,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.recency:
         rankers = [fit_recency_ranker(args.data, args.embeddings, args.train.split(","), s) for s in seeds]
+    elif args.metric:
+        rankers = [fit_metric_ranker(args.data, args.embeddings, args.train.split(","), s, args.metric,
+                                     args.metric_decay) for s in seeds]
     else:
         select = _profiles if args.profiles_only else (lambda x: x)
         train_x = select(feature_tensor(train))
@@ -193,7 +246,7 @@ def main() -> None:
           "ranker posterior − bar |\n|---|---|---|---|---|---|---|---|")
     cell = lambda v: f"{np.mean(v):+.4f} ± {(max(v) - min(v)) / 2:.4f}"  # noqa: E731
     rows = []
-    for domain, (slates, bar) in heldout.items():
+    for domain, (slates, bar, _) in heldout.items():
         bar = measures(bar, bar_beta)
         ranker = [measures(r(slates), b) for r, b in zip(rankers, ranker_betas)]
         gaps = [[m[i] - bar[i if i < 2 else 0] for m in ranker] for i in range(3)]
@@ -203,6 +256,12 @@ def main() -> None:
     mean = lambda i: [float(np.mean([g[i][s] for _, g in rows])) for s in range(len(rankers))]  # noqa: E731
     print(f"| **Overall** | | {np.mean([b[0] for b, _ in rows]):.4f} | {np.mean([b[1] for b, _ in rows]):.4f} | "
           f"{cell(mean(0))} | {cell(mean(1))} | {np.mean([b[2] - b[0] for b, _ in rows]):+.4f} | {cell(mean(2))} |")
+    if args.catalog:
+        print("\n| domain | bar as a catalog posterior − bar | its β |\n|---|---|---|")
+        gains = {d: catalog_posterior_gain(slates, bar, catalog) for d, (slates, bar, catalog) in heldout.items()}
+        for domain, (beta, gain) in gains.items():
+            print(f"| {domain} | {gain:+.4f} | {beta} |")
+        print(f"| **Overall** | {np.mean([g for _, g in gains.values()]):+.4f} | |")
     print(f"({time.time() - t0:.0f} s)")
 
 

@@ -83,35 +83,47 @@ def domain_slates(data_dir: str | Path, embeddings_dir: str | Path, domain: str,
     return Slates(torch.from_numpy(emb), torch.from_numpy(np.stack(histories)), torch.from_numpy(np.stack(candidates)))
 
 
-def recency_scores(biases: torch.Tensor, history: torch.Tensor, mask: torch.Tensor,
-                   candidates: torch.Tensor) -> torch.Tensor:
-    """``[N, C]``: each candidate's cosine with the history's unit vectors averaged under softmax(``biases`` of each
-    item's distance from the latest), what :class:`~recbase.train.embedding_head.EmbeddingHead` predicts with a
-    zero query (``history`` latest first)."""
+def recency_profile(biases: torch.Tensor, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[N, D]``: the unit mean of each history's vectors under softmax(``biases`` of each item's distance from the
+    latest), what :class:`~recbase.train.embedding_head.EmbeddingHead` predicts with a zero query (``history``
+    latest first)."""
     distance = torch.arange(history.shape[1]).clamp(max=RECENCY_BUCKETS - 1)
     logits = biases[distance].expand(mask.shape).masked_fill(~mask, float("-inf"))
-    profile = F.normalize((torch.softmax(logits, -1)[..., None] * history).sum(1), dim=-1)
-    return (candidates * profile[:, None]).sum(-1)
+    return F.normalize((torch.softmax(logits, -1)[..., None] * history).sum(1), dim=-1)
+
+
+def recency_scores(biases: torch.Tensor, history: torch.Tensor, mask: torch.Tensor,
+                   candidates: torch.Tensor) -> torch.Tensor:
+    """``[N, C]``: each candidate's cosine with :func:`recency_profile`."""
+    return (candidates * recency_profile(biases, history, mask)[:, None]).sum(-1)
+
+
+def fit_listwise(slates: list[Slates], score, params: list[torch.Tensor], seed: int, steps: int = 400,
+                 batch: int = 512, lr: float = 0.05, penalty=None) -> float:
+    """Fit ``params`` (and a softmax scale, returned) so that ``score(history, mask, candidates)`` ``[B, C]`` picks
+    the next item out of each slate, every domain's slates (:func:`domain_slates` of each) weighing alike;
+    ``penalty()``, when given, is added to the loss."""
+    torch.manual_seed(seed)
+    log_scale = torch.tensor(float(np.log(5.0)), requires_grad=True)
+    opt = torch.optim.Adam([*params, log_scale], lr)
+    target = torch.zeros(batch, dtype=torch.long)
+    for _ in range(steps):
+        loss = 0.0 if penalty is None else penalty()
+        for domain in slates:
+            history, mask, candidates = domain.batch(torch.randint(len(domain), (batch,)))
+            loss = loss + F.cross_entropy(log_scale.exp() * score(history, mask, candidates), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(log_scale.detach().exp())
 
 
 def fit_recency(slates: list[Slates], seed: int, steps: int = 400,
                 batch: int = 512, lr: float = 0.05) -> tuple[np.ndarray, float]:
-    """The biases (and the softmax scale) that best pick the next item out of each slate, every domain's slates
-    (:func:`domain_slates` of each) weighing alike."""
-    torch.manual_seed(seed)
+    """The biases (and the softmax scale) that best pick the next item out of each slate (:func:`fit_listwise`)."""
     biases = torch.zeros(RECENCY_BUCKETS, requires_grad=True)
-    log_scale = torch.tensor(float(np.log(5.0)), requires_grad=True)
-    opt = torch.optim.Adam([biases, log_scale], lr)
-    target = torch.zeros(batch, dtype=torch.long)
-    for _ in range(steps):
-        loss = 0.0
-        for domain in slates:
-            history, mask, candidates = domain.batch(torch.randint(len(domain), (batch,)))
-            loss = loss + F.cross_entropy(log_scale.exp() * recency_scores(biases, history, mask, candidates), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return biases.detach().numpy().astype(np.float32), float(log_scale.detach().exp())
+    scale = fit_listwise(slates, lambda h, m, c: recency_scores(biases, h, m, c), [biases], seed, steps, batch, lr)
+    return biases.detach().numpy().astype(np.float32), scale
 
 
 def _digest(biases: list[float]) -> str:
