@@ -18,7 +18,7 @@ from recbase.eval.job import EvalConfig, evaluate
 from recbase.tokenizer.artifact import Tokenizer
 from recbase.train.config import ModelConfig, load_train_config
 from recbase.eval.head_score import history_layout
-from recbase.train.embedding_head import (EmbeddingHead, ItemVectors, history_features, next_item_targets,
+from recbase.train.embedding_head import (HISTORY_WINDOW, EmbeddingHead, ItemVectors, history_features, next_item_targets,
                                           piecewise_linear)
 from recbase.train.export import HEAD_FILE
 from recbase.train.model import EmbeddingTarget, TokenLossModel, build_model, qwen2_config, segment_ids
@@ -187,6 +187,28 @@ def test_a_prediction_never_sees_the_item_it_predicts(kind):
     # the prediction after item 2 (of item 3) is the same whatever items 3.. are; later ones change
     torch.testing.assert_close(before[:2], after[:2])
     assert not torch.allclose(before[2:], after[2:])
+
+
+@pytest.mark.parametrize("kind", ["linear", "attention", "features"])
+def test_the_head_looks_at_the_latest_window_of_items_only(kind):
+    """Items further back than HISTORY_WINDOW change no prediction, in training and scoring alike (both lay the
+    history out for the same forward); the oldest item inside the window does."""
+    torch.manual_seed(0)
+    head = _randomise(EmbeddingHead(TINY.hidden_size, 8, kind))
+    n = HISTORY_WINDOW + 5
+    vectors = torch.nn.functional.normalize(torch.randn(n, 8), dim=-1)
+    allowed, distance = history_layout([n])
+    hidden = torch.randn(1, TINY.hidden_size)
+
+    def predict(v):
+        with torch.no_grad():
+            return head(hidden, v, allowed, distance)
+
+    outside, inside = vectors.clone(), vectors.clone()
+    outside[:5] = -outside[:5]                        # items HISTORY_WINDOW.. back (oldest first)
+    inside[5] = -inside[5]                            # the item HISTORY_WINDOW - 1 back
+    torch.testing.assert_close(predict(outside), predict(vectors))
+    assert not torch.allclose(predict(inside), predict(vectors))
 
 
 @pytest.mark.parametrize("loss,kind", [("cosine", "linear"), ("contrastive", "linear"), ("cosine", "attention"),

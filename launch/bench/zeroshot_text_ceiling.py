@@ -32,8 +32,8 @@ from recbase.data.tables import read_table, user_histories
 from recbase.eval.calibrate import slate_posterior
 from recbase.eval.metrics import auc, gauc
 from recbase.eval.report import BAR
-from recbase.train.embedding_head import RECENCY_BUCKETS
-from recbase.train.head_recency import (MAX_HISTORY, centred_embeddings, domain_slates, fit_listwise, fit_recency,
+from recbase.train.embedding_head import HISTORY_WINDOW, RECENCY_BUCKETS
+from recbase.train.head_recency import (centred_embeddings, domain_slates, fit_listwise, fit_recency,
                                         recency_profile, recency_scores)
 
 LATEST = 10          # per-item cosines of the latest items
@@ -72,7 +72,7 @@ def eval_set_slates(path: str, histories: dict[str, list[str]], emb: np.ndarray,
         seq = histories[user[0]]
         if seq[-1] != cands[order[0]]:
             raise SystemExit(f"{path}: user {user[0]}'s positive is not their last item")
-        history = np.array([row[i] for i in seq[:-1][-MAX_HISTORY:]])
+        history = np.array([row[i] for i in seq[:-1][-HISTORY_WINDOW:]])
         slates.append((emb[history][::-1], emb[[row[c] for c in cands[order]]]))
         bars.append(bar[order].astype(np.float64))
     return slates, np.stack(bars)
@@ -118,10 +118,10 @@ def fit_ranker(x: torch.Tensor, seed: int, linear: bool, steps: int = 600):
 
 
 def padded(slates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Histories ``[N, MAX_HISTORY, D]`` with their mask, and candidates ``[N, C, D]``."""
+    """Histories ``[N, HISTORY_WINDOW, D]`` with their mask, and candidates ``[N, C, D]``."""
     dim = slates[0][1].shape[1]
-    history = np.zeros((len(slates), MAX_HISTORY, dim), np.float32)
-    mask = np.zeros((len(slates), MAX_HISTORY), bool)
+    history = np.zeros((len(slates), HISTORY_WINDOW, dim), np.float32)
+    mask = np.zeros((len(slates), HISTORY_WINDOW), bool)
     for i, (h, _) in enumerate(slates):
         history[i, :len(h)], mask[i, :len(h)] = h, True
     return torch.tensor(history), torch.tensor(mask), torch.tensor(np.stack([c for _, c in slates]))
@@ -146,7 +146,8 @@ def fit_metric_ranker(data: str, embeddings: str, domains: list[str], seed: int,
 
     def score(history, mask, candidates):
         profile = recency_profile(biases, history, mask)
-        return (candidates * profile[:, None]).sum(-1) + ((profile @ metric.T)[:, None] * (candidates @ metric.T)).sum(-1)
+        learned = ((profile @ metric.T)[:, None] * (candidates @ metric.T)).sum(-1)
+        return (candidates * profile[:, None]).sum(-1) + learned
 
     fit_listwise(slates, score, [biases, metric], seed, lr=0.01, penalty=lambda: decay * (metric ** 2).sum())
 

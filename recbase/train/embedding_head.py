@@ -4,8 +4,8 @@ text-embedding space (centred on the domain's catalog, unit length) where item t
 Why: a concept-ID model pretrained on other domains ranks a new catalog at random, while the cosine of a
 candidate's centred text embedding with the history's mean clears 0.6-0.75 AUC on every unseen domain. The head is
 residual on that bar: it starts at the mean of the history items' unit vectors (:class:`EmbeddingHead` has two
-ways to move away from it), so an untrained head ranks exactly like the bar and training can only move it where
-the sequences of many domains agree.
+ways to move away from it), so an untrained head ranks exactly like the bar (over the latest
+:data:`HISTORY_WINDOW` items) and training can only move it where the sequences of many domains agree.
 
 Targets without a new shard format: an item's vector is the tokenizer's reconstruction of it from its L concept
 tokens (:meth:`recbase.tokenizer.artifact.Tokenizer.reconstruct`, in the tokenizer's per-domain centred input
@@ -31,6 +31,10 @@ STATE_PREFIX = "embedding_head."   # parameter names of the head beside the lang
 
 KINDS = ("linear", "attention", "features")
 RECENCY_BUCKETS = 16   # the attention head's learned bias per item distance from the end (0..15, 15 = older)
+# The latest items the head looks at, in training, scoring and the recency fit (recbase.train.head_recency) alike:
+# the oldest bucket's bias weighs every item from 15 back, so without one window a history of 500 items (MovieLens)
+# would put far more weight on its old items than the fit over 50 ever saw.
+HISTORY_WINDOW = 50
 FEATURES = ("cosine with the latest item", "cosine with the history mean", "position (1 latest, -1 first)")
 FEATURE_KNOTS = 9      # each feature's learned function is linear between its values at 9 even points of [-1, 1]
 
@@ -77,7 +81,8 @@ class EmbeddingHead(nn.Module):
       :func:`history_features` (zero-initialised), so the weights can follow what every catalog has.
 
     The history of prediction ``n`` is given as the rows ``m`` of ``vectors`` with ``allowed[n, m]``, each
-    ``distance[n, m]`` items before the latest (0 = the latest item itself).
+    ``distance[n, m]`` items before the latest (0 = the latest item itself); only the latest
+    :data:`HISTORY_WINDOW` count.
     """
 
     def __init__(self, hidden_size: int, dim: int, kind: str = "linear", key_dim: int = 32):
@@ -99,6 +104,7 @@ class EmbeddingHead(nn.Module):
                 distance: torch.Tensor) -> torch.Tensor:
         weight = self.proj.weight
         hidden, vectors = hidden.to(weight.dtype), vectors.to(weight.dtype)
+        allowed = allowed & (distance < HISTORY_WINDOW)
         if self.kind == "linear":
             counts = allowed.sum(1, keepdim=True).clamp_min(1).to(weight.dtype)
             mean = (allowed.to(weight.dtype) @ vectors) / counts

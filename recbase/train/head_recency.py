@@ -26,16 +26,15 @@ from recbase.data.tables import read_item_ids, user_histories
 from recbase.errors import UserError
 from recbase.io import atomic_write_text
 from recbase.tokenizer.embed import load_embeddings, unit_rows
-from recbase.train.embedding_head import RECENCY_BUCKETS
+from recbase.train.embedding_head import HISTORY_WINDOW, RECENCY_BUCKETS
 
-MAX_HISTORY = 50   # latest items of a history the profile averages
 NEGATIVES = 10     # per next item, as the eval sets' default
 FORMAT = "recbase.head_recency/1"
 
 
 class Slates:
     """One domain's slates as rows of its centred unit vectors ``vectors [I, D]``: per example the history's rows
-    ``history [N, MAX_HISTORY]`` (latest first, -1 = none) and the candidates' ``candidates [N, C]`` (the next item
+    ``history [N, HISTORY_WINDOW]`` (latest first, -1 = none) and the candidates' ``candidates [N, C]`` (the next item
     first). Rows, not vectors, so that a domain of many users costs megabytes, not gigabytes."""
 
     def __init__(self, vectors: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor):
@@ -45,7 +44,7 @@ class Slates:
         return len(self.history)
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Histories ``[B, MAX_HISTORY, D]`` (zeros where none), their mask and candidates ``[B, C, D]``."""
+        """Histories ``[B, HISTORY_WINDOW, D]`` (zeros where none), their mask and candidates ``[B, C, D]``."""
         history = self.history[rows]
         return self.vectors[history.clamp_min(0)], history >= 0, self.vectors[self.candidates[rows]]
 
@@ -75,8 +74,8 @@ def domain_slates(data_dir: str | Path, embeddings_dir: str | Path, domain: str,
         for t in range(2, len(seq)):
             drawn = sample_uniform_negatives(rng, pool, seq, negatives)
             if len(drawn) == negatives:
-                h = np.full(MAX_HISTORY, -1)
-                recent = seq[max(0, t - MAX_HISTORY):t][::-1]
+                h = np.full(HISTORY_WINDOW, -1)
+                recent = seq[max(0, t - HISTORY_WINDOW):t][::-1]
                 h[:len(recent)] = recent
                 histories.append(h)
                 candidates.append(np.r_[seq[t], drawn])
