@@ -502,11 +502,15 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     return record
 
 
-def recency_domains(cfg: PipelineConfig, sources: dict[str, str]) -> list[str]:
-    """The pretraining domains the head's recency biases are fitted on: those read from dataset files (a dataset
-    of the config, or tables ingested into ``<out>/data``), never the demo world's generated ones, whose fit
-    transfers worse to held-out real domains (docs/evaluation.md, "The head with its recency fitted listwise")."""
-    return [d for d in cfg.pretrain_domains if sources[d] != "world"]
+def recency_domains(cfg: PipelineConfig, sources: dict[str, str], data: Path) -> list[str]:
+    """The pretraining domains the head's recency biases are fitted on: those an ingest read from dataset files (a
+    dataset of the config, or tables ``recbase ingest`` wrote into ``<out>/data``; both leave the ingest's summary),
+    never the demo world's generated ones, whose fit transfers worse to held-out real domains (docs/evaluation.md,
+    "The head with its recency fitted listwise") — also when another run generated them into a data folder this
+    one shares, where they count as tables provided."""
+    from recbase.data.tables import SUMMARY_FILE
+
+    return [d for d in cfg.pretrain_domains if sources[d] != "world" and (data / d / SUMMARY_FILE).exists()]
 
 
 def _head_recency(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, emb_fps: dict[str, str], data: Path,
@@ -521,7 +525,7 @@ def _head_recency(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, 
     if cfg.head_recency == "learned" or not cfg.embedding_head:
         return [], ""
     model = load_config(TrainConfig, cfg.train_config, cfg.train_overrides, [CONFIG_DIR]).model
-    domains = recency_domains(cfg, sources)
+    domains = recency_domains(cfg, sources, data)
     if model.embedding_head_recency:
         why = f"from {model.embedding_head_recency} (train_overrides)"
     elif model.embedding_head_kind != "attention":

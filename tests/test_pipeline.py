@@ -419,6 +419,24 @@ def test_the_recency_is_fitted_on_the_real_pretraining_domains_and_fixed_in_pret
     assert json.loads(path.read_text())["steps"] == 21 and _pretrain_fingerprint(out) != first
 
 
+def test_tables_already_in_the_data_folder_count_as_real_only_when_an_ingest_wrote_them(tmp_path, monkeypatch):
+    """The dev suite's runs share one data folder: the first generates the demo world there, the others find those
+    tables already in ``<out>/data``; tables a user ingested there by hand sit beside them. The fit reads the
+    ingested ones (and the config's dataset), never the generated ones."""
+    import recbase.train.head_recency as head_recency
+    from recbase.data.synthetic import generate_world
+
+    monkeypatch.setattr(head_recency, "STEPS", 20)
+    data = tmp_path / "out" / "data"
+    generate_world(data, domains=["movies"], items_per_domain=60, users_per_domain=30)
+    assert main(["ingest", "movielens", str(_movielens(tmp_path / "src" / "ml")), "--out", str(data), "--domain", "ml",
+                 "--min-user-interactions", "0"]) == 0
+    cfg = _config(tmp_path, pretrain_domains=["movies", "shop", "ml"], train_steps=2, finetune_steps=0)
+    assert check_config(cfg) == {"shop": "dataset", "movies": "provided", "ml": "provided", "news": "world"}
+    _until_pretraining(cfg, monkeypatch)
+    assert json.loads((tmp_path / "out" / "run" / "head_recency.json").read_text())["domains"] == ["shop", "ml"]
+
+
 @pytest.mark.parametrize("changes, line", [
     ({"head_recency": "learned"}, None),
     ({"datasets": [], "pretrain_domains": ["movies", "books"]},
