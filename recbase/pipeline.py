@@ -479,8 +479,8 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     summary = domain_summary(data, codes, shard_dir, cfg.pretrain_domains, cfg.heldout_domains)
     results = None
     if cfg.train_steps > 0:
-        results = _model_stages(cfg, sources, stages, emb_fps, shards_fp, shard_dir, data, emb, codes, tok_dir,
-                                shards_root, run_dir)
+        results = _model_stages(cfg, stages, emb_fps, shards_fp, shard_dir, data, emb, codes, tok_dir, shards_root,
+                                run_dir)
     else:
         for i, name in ((5, "pretraining"), (6, "fine-tuning"), (7, "evaluation")):
             _stage(i, f"{name}: not asked for (train_steps=0)")
@@ -502,19 +502,19 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     return record
 
 
-def recency_domains(cfg: PipelineConfig, sources: dict[str, str], data: Path) -> list[str]:
+def recency_domains(cfg: PipelineConfig, data: Path) -> list[str]:
     """The pretraining domains the head's recency biases are fitted on: those an ingest read from dataset files (a
     dataset of the config, or tables ``recbase ingest`` wrote into ``<out>/data``; both leave the ingest's summary),
     never the demo world's generated ones, whose fit transfers worse to held-out real domains (docs/evaluation.md,
     "The head with its recency fitted listwise") — also when another run generated them into a data folder this
     one shares, where they count as tables provided."""
-    from recbase.data.tables import SUMMARY_FILE
+    from recbase.data.tables import ingested
 
-    return [d for d in cfg.pretrain_domains if sources[d] != "world" and (data / d / SUMMARY_FILE).exists()]
+    return [d for d in cfg.pretrain_domains if ingested(data / d)]
 
 
-def _head_recency(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, emb_fps: dict[str, str], data: Path,
-                  emb: Path, run_dir: Path) -> tuple[list[str], str]:
+def _head_recency(cfg: PipelineConfig, stages: Stages, emb_fps: dict[str, str], data: Path, emb: Path,
+                  run_dir: Path) -> tuple[list[str], str]:
     """With ``head_recency=real`` and an attention head: the stage that fits its recency biases on
     :func:`recency_domains` (``recbase head-recency`` with the run's seed and its default steps), and the pretraining
     option that keeps the head's biases there. Returns that option (or none: the head then learns its biases, as
@@ -525,7 +525,7 @@ def _head_recency(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, 
     if cfg.head_recency == "learned" or not cfg.embedding_head:
         return [], ""
     model = load_config(TrainConfig, cfg.train_config, cfg.train_overrides, [CONFIG_DIR]).model
-    domains = recency_domains(cfg, sources, data)
+    domains = recency_domains(cfg, data)
     if model.embedding_head_recency:
         why = f"from {model.embedding_head_recency} (train_overrides)"
     elif model.embedding_head_kind != "attention":
@@ -543,9 +543,8 @@ def _head_recency(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, 
     return [], ""
 
 
-def _model_stages(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, emb_fps: dict[str, str],
-                  shards_fp: str, shard_dir: Path, data: Path, emb: Path, codes: Path, tok_dir: Path,
-                  shards_root: Path, run_dir: Path) -> dict:
+def _model_stages(cfg: PipelineConfig, stages: Stages, emb_fps: dict[str, str], shards_fp: str, shard_dir: Path,
+                  data: Path, emb: Path, codes: Path, tok_dir: Path, shards_root: Path, run_dir: Path) -> dict:
     """Stages 5-7: pretraining (its head's recency biases from :func:`_head_recency`), fine-tuning on the first
     held-out domain, zero-shot evaluation."""
     from recbase.data.shards import ShardConfig, build_shards
@@ -554,7 +553,7 @@ def _model_stages(cfg: PipelineConfig, sources: dict[str, str], stages: Stages, 
 
     t0 = _stage(5, "pretraining (DeepSpeed ZeRO-3, CPU)")
     hf_dir = run_dir / "hf"
-    recency_args, recency_fp = _head_recency(cfg, sources, stages, emb_fps, data, emb, run_dir)
+    recency_args, recency_fp = _head_recency(cfg, stages, emb_fps, data, emb, run_dir)
     pretrain_args = ["--config", cfg.train_config, f"data.shards={shard_dir}", f"seed={cfg.seed}",
                      f"optim.max_steps={cfg.train_steps}", f"checkpoint.dir={run_dir / 'checkpoints'}",
                      f"checkpoint.export_dir={hf_dir}", f"logging.dir={run_dir / 'logs'}",
