@@ -77,6 +77,8 @@ class PipelineConfig:
     train_overrides: list[str] = field(default_factory=list)  # extra key=value for the train config
     embedding_head: bool = True              # train the next-item text-embedding head on this run's tokenizer
     text_inputs: bool = False                # give the model the items' text vectors (this run's tokenizer) as inputs
+    head_recency: str = "real"               # the attention head's recency biases: real (fitted on the pretraining
+                                             # domains from dataset files, then fixed) | learned (in pretraining)
     finetune_steps: int = 100                # fine-tuning steps on the first held-out domain (0 = no fine-tuning)
 
 
@@ -84,6 +86,8 @@ STAGES_DIR = "stages"
 HASH_CACHE = "file-hashes.json"   # in STAGES_DIR: the datasets' file hashes by path, size and mtime (not a stamp)
 CONFIG_FILE = "pipeline_config.json"
 N_STAGES = 8
+HEAD_RECENCY = ("real", "learned")
+RECENCY_FILE = "head_recency.json"   # in <out>/run: the recency biases the run's attention head keeps fixed
 
 
 class PipelineError(UserError):
@@ -145,6 +149,8 @@ def check_config(cfg: PipelineConfig) -> dict[str, str]:
         problems.append(f"datasets {', '.join(unused)} are in neither pretrain_domains nor heldout_domains")
     if cfg.train_steps > 0 and not cfg.heldout_domains:
         problems.append("train_steps > 0 evaluates on the held-out domains, but heldout_domains is empty")
+    if cfg.head_recency not in HEAD_RECENCY:
+        problems.append(f"head_recency: {cfg.head_recency!r} is not {' | '.join(HEAD_RECENCY)}")
     if problems:
         raise PipelineError("the pipeline config cannot run:\n  " + "\n  ".join(problems))
     return sources
@@ -473,7 +479,8 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     summary = domain_summary(data, codes, shard_dir, cfg.pretrain_domains, cfg.heldout_domains)
     results = None
     if cfg.train_steps > 0:
-        results = _model_stages(cfg, stages, shards_fp, shard_dir, data, emb, codes, tok_dir, shards_root, run_dir)
+        results = _model_stages(cfg, stages, emb_fps, shards_fp, shard_dir, data, emb, codes, tok_dir, shards_root,
+                                run_dir)
     else:
         for i, name in ((5, "pretraining"), (6, "fine-tuning"), (7, "evaluation")):
             _stage(i, f"{name}: not asked for (train_steps=0)")
@@ -495,21 +502,66 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False) -> dict:
     return record
 
 
-def _model_stages(cfg: PipelineConfig, stages: Stages, shards_fp: str, shard_dir: Path, data: Path, emb: Path,
-                  codes: Path, tok_dir: Path, shards_root: Path, run_dir: Path) -> dict:
-    """Stages 5-7: pretraining, fine-tuning on the first held-out domain, zero-shot evaluation."""
+def recency_domains(cfg: PipelineConfig, data: Path) -> list[str]:
+    """The pretraining domains the head's recency biases are fitted on: those an ingest read from dataset files (a
+    dataset of the config, or tables ``recbase ingest`` wrote into ``<out>/data``; both leave the ingest's summary),
+    never the demo world's generated ones, whose fit transfers worse to held-out real domains (docs/evaluation.md,
+    "The head with its recency fitted listwise") — also when another run generated them into a data folder this
+    one shares, where they count as tables provided."""
+    from recbase.data.tables import ingested
+
+    return [d for d in cfg.pretrain_domains if ingested(data / d)]
+
+
+def _head_recency(cfg: PipelineConfig, stages: Stages, emb_fps: dict[str, str], data: Path, emb: Path,
+                  run_dir: Path) -> tuple[list[str], str]:
+    """With ``head_recency=real`` and an attention head: the stage that fits its recency biases on
+    :func:`recency_domains` (``recbase head-recency`` with the run's seed and its default steps), and the pretraining
+    option that keeps the head's biases there. Returns that option (or none: the head then learns its biases, as
+    it does with ``head_recency=learned``) and the stage's fingerprint (or "")."""
+    from recbase.config import load_config
+    from recbase.train.config import CONFIG_DIR, TrainConfig
+
+    if cfg.head_recency == "learned" or not cfg.embedding_head:
+        return [], ""
+    model = load_config(TrainConfig, cfg.train_config, cfg.train_overrides, [CONFIG_DIR]).model
+    domains = recency_domains(cfg, data)
+    if model.embedding_head_recency:
+        why = f"from {model.embedding_head_recency} (train_overrides)"
+    elif model.embedding_head_kind != "attention":
+        why = f"learned: the fit is the attention head's, this run's head is {model.embedding_head_kind}"
+    elif not domains:
+        why = "learned: no pretraining domain comes from a dataset file (the demo world's are generated)"
+    else:
+        from recbase.train.head_recency import STEPS, fit_domains
+
+        path = run_dir / RECENCY_FILE
+        fp = stages.run("head-recency", (domains, {d: emb_fps[d] for d in domains}, cfg.seed, STEPS), [path],
+                        lambda: print(fit_domains(data, emb, domains, path, cfg.seed, STEPS), flush=True))
+        return [f"model.embedding_head_recency={path}"], fp
+    print(f"[head-recency] recency biases {why}", flush=True)
+    return [], ""
+
+
+def _model_stages(cfg: PipelineConfig, stages: Stages, emb_fps: dict[str, str], shards_fp: str, shard_dir: Path,
+                  data: Path, emb: Path, codes: Path, tok_dir: Path, shards_root: Path, run_dir: Path) -> dict:
+    """Stages 5-7: pretraining (its head's recency biases from :func:`_head_recency`), fine-tuning on the first
+    held-out domain, zero-shot evaluation."""
     from recbase.data.shards import ShardConfig, build_shards
     from recbase.eval.job import EvalConfig, evaluate
     from recbase.eval.report import read_metrics
 
     t0 = _stage(5, "pretraining (DeepSpeed ZeRO-3, CPU)")
     hf_dir = run_dir / "hf"
+    recency_args, recency_fp = _head_recency(cfg, stages, emb_fps, data, emb, run_dir)
     pretrain_args = ["--config", cfg.train_config, f"data.shards={shard_dir}", f"seed={cfg.seed}",
                      f"optim.max_steps={cfg.train_steps}", f"checkpoint.dir={run_dir / 'checkpoints'}",
                      f"checkpoint.export_dir={hf_dir}", f"logging.dir={run_dir / 'logs'}",
                      *([f"model.embedding_head={tok_dir}"] if cfg.embedding_head else []),
-                     *([f"model.text_inputs={tok_dir}"] if cfg.text_inputs else []), *cfg.train_overrides]
-    model_fp = stages.run("pretrain", (pretrain_args, shards_fp),
+                     *([f"model.text_inputs={tok_dir}"] if cfg.text_inputs else []), *recency_args,
+                     *cfg.train_overrides]
+    # a run whose head learns its biases keeps the parts (and so the stamp) it had before the fit existed
+    model_fp = stages.run("pretrain", (pretrain_args, shards_fp, *([recency_fp] if recency_fp else [])),
                           [run_dir / "checkpoints", hf_dir, run_dir / "logs"],
                           lambda: run_command("pretrain", *pretrain_args))
     stage_done(t0, f"model in {hf_dir}")

@@ -21,6 +21,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for stage in range(1, 9):
         assert f"=== {stage}/8 " in first.stdout
+    # the demo world alone: no real pretraining domain to fit the head's recency on, so it is learned
+    assert "[head-recency] recency biases learned: no pretraining domain comes from a dataset file" in first.stdout
+    assert not (out / "run" / "head_recency.json").exists()
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(metrics["domains"]) == {"news", "products"}
     assert set(metrics["overall"]["models"]) == {"zero-shot", "fine-tuned on news"}

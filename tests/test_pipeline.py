@@ -1,6 +1,7 @@
 """The pipeline runner on a tiny world plus one generic dataset, without the model stages: names checked before
 any work, a crash at any stage continues to the same bytes, the same inputs give the same bytes in any process and
-folder, --fresh deletes only the runner's own files."""
+folder, --fresh deletes only the runner's own files; the head's recency biases fitted on the dataset's domain
+alone, up to the arguments pretraining would start with, and through a two-step pretraining."""
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ import pytest
 
 from recbase.cli import main
 from recbase.pipeline import (HASH_CACHE, DatasetConfig, PipelineConfig, PipelineError, Stages, check_config,
-                              load_pipeline_config, run_pipeline)
+                              fingerprint, load_pipeline_config, run_pipeline)
+from recbase.train.head_recency import read_recency
 
 TOKENIZER = ["kind=rqkmeans", "rqkmeans.iters=5"]   # the stages, not the tokenizer's quality, are under test
 
@@ -360,3 +362,121 @@ def test_a_reader_that_names_no_files_is_known_by_its_folders_files(tmp_path, ca
     printed = capsys.readouterr().out
     assert "[tables-ml] changed since it ran: ratings.csv" in printed
     assert "[embed-ml] up to date" not in printed and "[shards] up to date" not in printed
+
+
+# ----------------------------------------------------------------- the head's recency biases, fitted before pretraining
+
+
+class _Pretraining(Exception):
+    """Where the runner would start pretraining."""
+
+
+def _until_pretraining(cfg: PipelineConfig, monkeypatch) -> list[str]:
+    """Run ``cfg`` up to pretraining; the arguments of the ``recbase pretrain`` it would start."""
+    started = []
+
+    def start(command, *args):
+        started.append([command, *args])
+        raise _Pretraining
+
+    monkeypatch.setattr("recbase.pipeline.run_command", start)
+    with pytest.raises(_Pretraining):
+        run_pipeline(cfg)
+    assert started[0][0] == "pretrain"
+    return started[0][1:]
+
+
+def _pretrain_fingerprint(out: Path) -> str:
+    return json.loads((out / "stages" / "pretrain.started.json").read_text())["fingerprint"]
+
+
+def test_the_recency_is_fitted_on_the_real_pretraining_domains_and_fixed_in_pretraining(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """movies (the demo world, generated) and shop (a dataset): the fit reads shop only, with the run's seed, and
+    pretraining gets its file; a rerun fits nothing again, and another fit (here more steps) gives pretraining
+    another fingerprint though its arguments are the same."""
+    import recbase.train.head_recency as head_recency
+
+    monkeypatch.setattr(head_recency, "STEPS", 20)   # the stage, not the fit's quality, is under test
+    cfg = _config(tmp_path, seed=3, train_steps=2, finetune_steps=0)
+    out = tmp_path / "out"
+    args = _until_pretraining(cfg, monkeypatch)
+    path = out / "run" / "head_recency.json"
+    assert args[-1] == f"model.embedding_head_recency={path}"
+    saved = json.loads(path.read_text())
+    assert (saved["domains"], saved["seed"], saved["steps"]) == (["shop"], 3, 20)
+    assert read_recency(path).tolist() == pytest.approx(saved["biases"])
+    first = _pretrain_fingerprint(out)
+
+    capsys.readouterr()
+    assert _until_pretraining(cfg, monkeypatch) == args
+    assert "[head-recency] up to date" in capsys.readouterr().out
+    assert _pretrain_fingerprint(out) == first
+
+    monkeypatch.setattr(head_recency, "STEPS", 21)
+    assert _until_pretraining(cfg, monkeypatch) == args
+    assert "[head-recency] up to date" not in capsys.readouterr().out
+    assert json.loads(path.read_text())["steps"] == 21 and _pretrain_fingerprint(out) != first
+
+
+def test_tables_already_in_the_data_folder_count_as_real_only_when_an_ingest_wrote_them(tmp_path, monkeypatch):
+    """The dev suite's runs share one data folder: the first generates the demo world there, the others find those
+    tables already in ``<out>/data``; tables a user ingested there by hand sit beside them. The fit reads the
+    ingested ones (and the config's dataset), never the generated ones."""
+    import recbase.train.head_recency as head_recency
+    from recbase.data.synthetic import generate_world
+
+    monkeypatch.setattr(head_recency, "STEPS", 20)
+    data = tmp_path / "out" / "data"
+    generate_world(data, domains=["movies"], items_per_domain=60, users_per_domain=30)
+    assert main(["ingest", "movielens", str(_movielens(tmp_path / "src" / "ml")), "--out", str(data), "--domain", "ml",
+                 "--min-user-interactions", "0"]) == 0
+    cfg = _config(tmp_path, pretrain_domains=["movies", "shop", "ml"], train_steps=2, finetune_steps=0)
+    assert check_config(cfg) == {"shop": "dataset", "movies": "provided", "ml": "provided", "news": "world"}
+    _until_pretraining(cfg, monkeypatch)
+    assert json.loads((tmp_path / "out" / "run" / "head_recency.json").read_text())["domains"] == ["shop", "ml"]
+
+
+@pytest.mark.parametrize("changes, line", [
+    ({"head_recency": "learned"}, None),
+    ({"datasets": [], "pretrain_domains": ["movies", "books"]},
+     "[head-recency] recency biases learned: no pretraining domain comes from a dataset file (the demo world's are "
+     "generated)"),
+    ({"train_overrides": ["model.embedding_head_kind=linear"]},
+     "[head-recency] recency biases learned: the fit is the attention head's, this run's head is linear")])
+def test_without_a_fit_pretraining_is_started_as_before(tmp_path, monkeypatch, capsys, changes, line):
+    """``head_recency=learned``, a run of the demo world alone, or a head that is not the attention head: no fit,
+    no recency file for pretraining, and the pretraining stage has the fingerprint it had before the fit existed
+    (its arguments and the shards'), so a run stamped then is still up to date."""
+    cfg = _config(tmp_path, train_steps=2, finetune_steps=0, **changes)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    args = _until_pretraining(cfg, monkeypatch)
+    printed = [s for s in capsys.readouterr().out.splitlines() if s.startswith("[head-recency]")]
+    assert printed == ([line] if line else [])
+    assert not any("embedding_head_recency" in a for a in args)
+    assert not (out / "run" / "head_recency.json").exists() and not (out / "stages" / "head-recency.json").exists()
+    shards = json.loads((out / "stages" / "shards.json").read_text())["fingerprint"]
+    assert _pretrain_fingerprint(out) == fingerprint(*Stages(out).in_run((args, shards)))
+
+
+def test_a_bad_head_recency_is_a_config_error(tmp_path, capsys):
+    _config(tmp_path)
+    assert main(["run", "--config", str(tmp_path / "pipeline.json"), "head_recency=fitted"]) == 2
+    assert "head_recency: 'fitted' is not real | learned" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_pretrained_head_keeps_the_fitted_recency(tmp_path, monkeypatch):
+    """The whole run with a real pretraining: the exported model records the recency file and its head's biases
+    are the file's."""
+    import recbase.train.head_recency as head_recency
+    from recbase.train.export import load_head_state, load_meta
+
+    monkeypatch.setattr(head_recency, "STEPS", 20)
+    cfg = _config(tmp_path, train_steps=2, finetune_steps=0,
+                  train_overrides=["checkpoint.every_steps=0", "logging.valid_every_steps=0"])
+    run_pipeline(cfg)
+    path, hf = tmp_path / "out" / "run" / "head_recency.json", tmp_path / "out" / "run" / "hf"
+    assert load_meta(hf)["train_config"]["model"]["embedding_head_recency"] == str(path)
+    assert load_head_state(hf)["recency"].tolist() == pytest.approx(read_recency(path).tolist())

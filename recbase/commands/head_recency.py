@@ -11,21 +11,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--domains", required=True, help="the pretraining domains, comma-separated")
     parser.add_argument("--out", required=True, help="the JSON file to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the negatives and of the fit")
-    parser.add_argument("--steps", type=int, default=400, help="optimizer steps (each a batch of every domain)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps, each a batch of every domain "
+                             "(default: recbase.train.head_recency.STEPS)")
 
 
 def run(args) -> int:
-    import time
+    from recbase.train.head_recency import STEPS, fit_domains
 
-    from recbase.train.head_recency import domain_slates, fit_recency, write_recency
-
-    t0 = time.perf_counter()
-    domains = args.domains.split(",")
-    slates = [domain_slates(args.data, args.embeddings, d, args.seed) for d in domains]
-    biases, scale = fit_recency(slates, args.seed, args.steps)
-    write_recency(args.out, biases, {"domains": domains, "slates": [len(s) for s in slates], "seed": args.seed,
-                                     "steps": args.steps, "scale": round(scale, 4)})
-    print(f"recency biases (latest first) {[round(float(b), 2) for b in biases]}, fitted on "
-          f"{sum(len(s) for s in slates):,} slates of {len(domains)} domains in {time.perf_counter() - t0:.0f} s; "
-          f"wrote {args.out}")
+    steps = STEPS if args.steps is None else args.steps
+    print(fit_domains(args.data, args.embeddings, args.domains.split(","), args.out, args.seed, steps))
     return 0

@@ -347,6 +347,12 @@ def has_tables(domain_dir: str | Path) -> bool:
     return (Path(domain_dir) / ITEMS_FILE).exists() and (Path(domain_dir) / INTERACTIONS_FILE).exists()
 
 
+def ingested(domain_dir: str | Path) -> bool:
+    """True when an ingest wrote ``domain_dir``'s tables from dataset files (its summary lies beside them); the
+    demo world's generated tables have none."""
+    return (Path(domain_dir) / SUMMARY_FILE).exists()
+
+
 def count_interactions(domain_dir: str | Path) -> int:
     """Rows of a domain's interactions table, from the Parquet footer (no data read)."""
     path = Path(domain_dir) / INTERACTIONS_FILE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from recbase.tokenizer.embed import load_embeddings, unit_rows
 from recbase.train.embedding_head import HISTORY_WINDOW, RECENCY_BUCKETS
 
 NEGATIVES = 10     # per next item, as the eval sets' default
+STEPS = 400        # optimizer steps of the fit, each a batch of every domain
 FORMAT = "recbase.head_recency/1"
 
 
@@ -117,12 +119,27 @@ def fit_listwise(slates: list[Slates], score, params: list[torch.Tensor], seed: 
     return float(log_scale.detach().exp())
 
 
-def fit_recency(slates: list[Slates], seed: int, steps: int = 400,
+def fit_recency(slates: list[Slates], seed: int, steps: int = STEPS,
                 batch: int = 512, lr: float = 0.05) -> tuple[np.ndarray, float]:
     """The biases (and the softmax scale) that best pick the next item out of each slate (:func:`fit_listwise`)."""
     biases = torch.zeros(RECENCY_BUCKETS, requires_grad=True)
     scale = fit_listwise(slates, lambda h, m, c: recency_scores(biases, h, m, c), [biases], seed, steps, batch, lr)
     return biases.detach().numpy().astype(np.float32), scale
+
+
+def fit_domains(data_dir: str | Path, embeddings_dir: str | Path, domains: list[str], path: str | Path, seed: int,
+                steps: int = STEPS) -> str:
+    """Fit the biases on ``domains`` (:func:`domain_slates` of each, :func:`fit_recency`) and write them to ``path``
+    with what they were fitted on; returns a line for the log. ``recbase head-recency`` and the pipeline runner
+    both run this."""
+    t0 = time.perf_counter()
+    slates = [domain_slates(data_dir, embeddings_dir, d, seed) for d in domains]
+    biases, scale = fit_recency(slates, seed, steps)
+    write_recency(path, biases, {"domains": list(domains), "slates": [len(s) for s in slates], "seed": seed,
+                                 "steps": steps, "scale": round(scale, 4)})
+    return (f"recency biases (latest first) {[round(float(b), 2) for b in biases]}, fitted on "
+            f"{sum(len(s) for s in slates):,} slates of {len(domains)} domains in {time.perf_counter() - t0:.0f} s; "
+            f"wrote {path}")
 
 
 def _digest(biases: list[float]) -> str:
