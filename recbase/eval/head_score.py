@@ -4,7 +4,8 @@ head predicts after the user's history and each candidate's centred text embeddi
 The prediction is made from the history alone: the model's hidden state at the history's last token and the
 history items' centred unit embeddings (whose mean is the text bar's own profile). A candidate enters only through
 its own centred embedding, never through its concept tokens, so nothing about a candidate can leak into the
-prediction it is compared with. An untrained head ranks exactly like the centred text similarity.
+prediction it is compared with. An untrained head ranks exactly like the centred text similarity
+when a history has at most the head's window of items (:data:`~recbase.train.embedding_head.HISTORY_WINDOW`).
 """
 from __future__ import annotations
 

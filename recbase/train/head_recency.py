@@ -99,7 +99,7 @@ def recency_scores(biases: torch.Tensor, history: torch.Tensor, mask: torch.Tens
     return (candidates * recency_profile(biases, history, mask)[:, None]).sum(-1)
 
 
-def fit_listwise(slates: list[Slates], score, params: list[torch.Tensor], seed: int, steps: int = 400,
+def fit_listwise(slates: list[Slates], score, params: list[torch.Tensor], seed: int, steps: int = STEPS,
                  batch: int = 512, lr: float = 0.05, penalty=None) -> float:
     """Fit ``params`` (and a softmax scale, returned) so that ``score(history, mask, candidates)`` ``[B, C]`` picks
     the next item out of each slate, every domain's slates (:func:`domain_slates` of each) weighing alike;
