@@ -32,6 +32,7 @@ from recbase.data.tables import read_table, user_histories
 from recbase.eval.calibrate import slate_posterior
 from recbase.eval.metrics import auc, gauc
 from recbase.eval.report import BAR
+from recbase.tokenizer.embed import unit_rows
 from recbase.train.embedding_head import HISTORY_WINDOW, RECENCY_BUCKETS
 from recbase.train.head_recency import (centred_embeddings, domain_slates, fit_listwise, fit_recency,
                                         recency_profile, recency_scores)
@@ -161,9 +162,7 @@ def catalog_posterior_gain(slates, bar: np.ndarray, catalog: np.ndarray) -> tupl
     """The bar as a posterior over the domain's whole catalog, softmax(β × cosine) normalised over every catalog
     item's cosine with the user's profile, not over the slate: (β, its pooled AUC − the bar's) at the best β of a
     grid chosen on these users themselves, an upper bound of what calibrating without the slate gives."""
-    unit = lambda v: v / (np.linalg.norm(v) + 1e-9)  # noqa: E731
-    profiles = np.stack([unit(h.mean(0)) for h, _ in slates])
-    cosines = profiles @ catalog.T
+    cosines = bar_profiles(slates) @ catalog.T
     labels = np.zeros(bar.shape)
     labels[:, 0] = 1
     plain = auc(bar.ravel(), labels.ravel())
@@ -176,10 +175,14 @@ def catalog_posterior_gain(slates, bar: np.ndarray, catalog: np.ndarray) -> tupl
     return best, gains[best]
 
 
+def bar_profiles(slates) -> np.ndarray:
+    """``[N, D]``: the bar's profile of each slate, its history's unit mean."""
+    return unit_rows(np.stack([h.mean(0) for h, _ in slates]))
+
+
 def bar_scores(slates) -> np.ndarray:
     """``[N, C]``: the bar, each candidate's cosine with the history's mean."""
-    unit = lambda v: v / (np.linalg.norm(v) + 1e-9)  # noqa: E731
-    return np.stack([c @ unit(h.mean(0)) for h, c in slates]).astype(np.float64)
+    return np.stack([c @ p for (_, c), p in zip(slates, bar_profiles(slates))]).astype(np.float64)
 
 
 def fit_beta(scores: np.ndarray) -> float:
