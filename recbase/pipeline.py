@@ -513,18 +513,15 @@ def recency_domains(cfg: PipelineConfig, data: Path) -> list[str]:
     return [d for d in cfg.pretrain_domains if ingested(data / d)]
 
 
-def _head_recency(cfg: PipelineConfig, stages: Stages, emb_fps: dict[str, str], data: Path, emb: Path,
+def _head_recency(cfg: PipelineConfig, model, stages: Stages, emb_fps: dict[str, str], data: Path, emb: Path,
                   run_dir: Path) -> tuple[list[str], str]:
     """With ``head_recency=real`` and an attention head: the stage that fits its recency biases on
     :func:`recency_domains` (``recbase head-recency`` with the run's seed and its default steps), and the pretraining
     option that keeps the head's biases there. Returns that option (or none: the head then learns its biases, as
-    it does with ``head_recency=learned``) and the stage's fingerprint (or "")."""
-    from recbase.config import load_config
-    from recbase.train.config import CONFIG_DIR, TrainConfig
-
+    it does with ``head_recency=learned``) and the stage's fingerprint (or ""). ``model``: the pretraining's model
+    config."""
     if cfg.head_recency == "learned" or not cfg.embedding_head:
         return [], ""
-    model = load_config(TrainConfig, cfg.train_config, cfg.train_overrides, [CONFIG_DIR]).model
     domains = recency_domains(cfg, data)
     if model.embedding_head_recency:
         why = f"from {model.embedding_head_recency} (train_overrides)"
@@ -547,13 +544,19 @@ def _model_stages(cfg: PipelineConfig, stages: Stages, emb_fps: dict[str, str], 
                   data: Path, emb: Path, codes: Path, tok_dir: Path, shards_root: Path, run_dir: Path) -> dict:
     """Stages 5-7: pretraining (its head's recency biases from :func:`_head_recency`), fine-tuning on the first
     held-out domain, zero-shot evaluation."""
+    import torch
+
+    from recbase.config import load_config
     from recbase.data.shards import ShardConfig, build_shards
     from recbase.eval.job import EvalConfig, evaluate
     from recbase.eval.report import read_metrics
+    from recbase.train.config import CONFIG_DIR, TrainConfig
 
-    t0 = _stage(5, "pretraining (DeepSpeed ZeRO-3, CPU)")
+    train = load_config(TrainConfig, cfg.train_config, cfg.train_overrides, [CONFIG_DIR])
+    device = "GPU" if torch.cuda.is_available() else "CPU"
+    t0 = _stage(5, f"pretraining ({cfg.train_config}, DeepSpeed ZeRO-{train.deepspeed.zero_stage}, {device})")
     hf_dir = run_dir / "hf"
-    recency_args, recency_fp = _head_recency(cfg, stages, emb_fps, data, emb, run_dir)
+    recency_args, recency_fp = _head_recency(cfg, train.model, stages, emb_fps, data, emb, run_dir)
     pretrain_args = ["--config", cfg.train_config, f"data.shards={shard_dir}", f"seed={cfg.seed}",
                      f"optim.max_steps={cfg.train_steps}", f"checkpoint.dir={run_dir / 'checkpoints'}",
                      f"checkpoint.export_dir={hf_dir}", f"logging.dir={run_dir / 'logs'}",

@@ -460,6 +460,14 @@ def test_without_a_fit_pretraining_is_started_as_before(tmp_path, monkeypatch, c
     assert _pretrain_fingerprint(out) == fingerprint(*Stages(out).in_run((args, shards)))
 
 
+def test_the_pretraining_stage_names_the_zero_stage_it_runs(tmp_path, monkeypatch, capsys):
+    cfg = _config(tmp_path, train_steps=2, finetune_steps=0, head_recency="learned",
+                  train_overrides=["deepspeed.zero_stage=0"])
+    capsys.readouterr()
+    _until_pretraining(cfg, monkeypatch)
+    assert "5/8 pretraining (tiny.json, DeepSpeed ZeRO-0, CPU)" in capsys.readouterr().out
+
+
 def test_a_bad_head_recency_is_a_config_error(tmp_path, capsys):
     _config(tmp_path)
     assert main(["run", "--config", str(tmp_path / "pipeline.json"), "head_recency=fitted"]) == 2
