@@ -130,6 +130,9 @@ def test_evaluate_reports_every_catalog_score_and_writes_it_per_pair(world, tmp_
                                                          pairs["label"].to_numpy()))
     off = evaluate(config(world, tmp_path / "off", catalog_users=0))["domains"]["books"]["models"]["zero_shot"]
     assert "auc_trie" in off and "auc_cpmi" not in off and off["auc_trie"] == books["auc_trie"]
+    # the report explains the catalog PMI only where it was computed
+    assert "histories h of a sample of 5 eval users" in (tmp_path / "out" / "report.md").read_text()
+    assert "*catalog PMI*" not in (tmp_path / "off" / "report.md").read_text()
     mass = np.stack([pairs[f"zero_shot/mass_{lvl}"] for lvl in range(3)], 1)
     logp = np.stack([pairs[f"zero_shot/logp_{lvl}"] for lvl in range(3)], 1)
     np.testing.assert_allclose(pairs["zero_shot/trie"], (logp - mass).sum(1), atol=1e-9)

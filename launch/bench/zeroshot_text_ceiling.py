@@ -13,11 +13,13 @@ uniformly from the domain's interacted items, as :mod:`recbase.train.head_recenc
 held-out domains' eval sets (``--pairs``: their users and candidates, from a ``recbase evaluate`` run's pair
 scores). ``--profiles-only`` keeps the cosines with the history's mean and recency-weighted means, ``--linear``
 drops the hidden layer, ``--recency`` fits the embedding head's own form instead (one bias per distance from
-the latest item), and ``--metric RANK`` that form plus a learned low-rank metric on the text space (whether any
-direction of it matters alike across domains). ``--catalog`` adds the bar as a posterior over each held-out
-domain's whole catalog, the calibration a served model could do without seeing the slate. Nothing of a held-out
-domain is learned. Printed per held-out domain, mean ± half the range over
-the seeds of the fit: the bar's AUC and GAUC, the ranker's gaps to them, and both as per-user slate posteriors
+the latest item), ``--metric RANK`` that form plus a learned low-rank metric on the text space (whether any
+direction of it matters alike across domains), and ``--density K`` that form plus a learned weight on how crowded
+the catalog's text space is around the candidate (its mean cosine with its K nearest catalog items, standardised
+per catalog: a candidate-only prior every catalog has without any interaction). ``--catalog`` adds the bar as a
+posterior over each held-out domain's whole catalog, the calibration a served model could do without seeing the
+slate. Nothing of a held-out domain is learned. Printed per held-out domain, mean ± half the range over the seeds of
+the fit: the bar's AUC and GAUC, the ranker's gaps to them, and both as per-user slate posteriors
 (:func:`recbase.eval.calibrate.slate_posterior`, the softmax sharpness fitted on the training domains).
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from recbase.eval.metrics import auc, gauc
 from recbase.eval.report import BAR
 from recbase.tokenizer.embed import unit_rows
 from recbase.train.embedding_head import HISTORY_WINDOW, RECENCY_BUCKETS
-from recbase.train.head_recency import (centred_embeddings, domain_slates, fit_listwise, fit_recency,
+from recbase.train.head_recency import (Slates, centred_embeddings, domain_slates, fit_listwise, fit_recency,
                                         recency_profile, recency_scores)
 
 LATEST = 10          # per-item cosines of the latest items
@@ -158,6 +160,45 @@ def fit_metric_ranker(data: str, embeddings: str, domains: list[str], seed: int,
     return ranker
 
 
+def catalog_density(catalog: np.ndarray, k: int) -> np.ndarray:
+    """``[I]``: each item's mean cosine with its ``k`` nearest other items of ``catalog``, standardised over it."""
+    sims = catalog @ catalog.T
+    np.fill_diagonal(sims, -np.inf)
+    crowd = np.partition(sims, -k, axis=1)[:, -k:].mean(1)
+    return ((crowd - crowd.mean()) / (crowd.std() + 1e-9)).astype(np.float32)
+
+
+def fit_density_ranker(data: str, embeddings: str, domains: list[str], catalogs: list[np.ndarray], seed: int, k: int):
+    """The head's recency form plus ``w`` × the candidate's :func:`catalog_density`, fitted listwise on ``domains``.
+    Each catalog vector carries its density as one more column, so the slates of the fit and of ``catalogs`` (the
+    held-out domains') are scored alike; the ranker looks a slate's candidates up by their vectors."""
+    slates = [domain_slates(data, embeddings, d, 0) for d in domains]
+    density = {}
+    for catalog in [s.vectors.numpy() for s in slates] + catalogs:
+        density.update(zip(map(bytes, catalog), catalog_density(catalog, k)))
+    torch.manual_seed(seed)
+    biases, weight = torch.zeros(RECENCY_BUCKETS, requires_grad=True), torch.zeros(1, requires_grad=True)
+
+    def score(history, mask, candidates):
+        return recency_scores(biases, history[..., :-1], mask, candidates[..., :-1]) + weight * candidates[..., -1]
+
+    def with_density(vectors: torch.Tensor) -> torch.Tensor:
+        column = [density[bytes(v)] for v in vectors.numpy()]
+        return torch.cat([vectors, torch.tensor(column)[:, None]], 1)
+
+    fit_listwise([Slates(with_density(s.vectors), s.history, s.candidates) for s in slates], score, [biases, weight],
+                 seed)
+    print(f"density weight {float(weight.detach()):+.3f}, recency biases (latest first) "
+          f"{[round(float(b), 2) for b in biases.detach()]}")
+
+    @torch.no_grad()
+    def ranker(held):
+        history, mask, candidates = padded(held)
+        column = torch.tensor([[density[bytes(v)] for v in c] for _, c in held])
+        return (recency_scores(biases, history, mask, candidates) + weight * column).double().numpy()
+    return ranker
+
+
 def catalog_posterior_gain(slates, bar: np.ndarray, catalog: np.ndarray) -> tuple[float, float]:
     """The bar as a posterior over the domain's whole catalog, softmax(β × cosine) normalised over every catalog
     item's cosine with the user's profile, not over the slate: (β, its pooled AUC − the bar's) at the best β of a
@@ -226,6 +267,9 @@ def main() -> None:
     parser.add_argument("--metric", type=int, default=0, metavar="RANK", help="instead of the features, the head's "
                         "recency form plus a learned metric of this rank on the text space, fitted listwise")
     parser.add_argument("--metric-decay", type=float, default=0.01, help="L2 penalty on the metric (--metric)")
+    parser.add_argument("--density", type=int, default=0, metavar="K", help="instead of the features, the head's "
+                        "recency form plus a learned weight on the candidate's mean cosine with its K nearest catalog "
+                        "items, fitted listwise")
     parser.add_argument("--catalog", action="store_true", help="also the bar as a posterior over each held-out "
                         "domain's whole catalog instead of the slate, at its best β (an upper bound)")
     args = parser.parse_args()
@@ -235,6 +279,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.recency:
         rankers = [fit_recency_ranker(args.data, args.embeddings, args.train.split(","), s) for s in seeds]
+    elif args.density:
+        catalogs = [catalog for _, _, catalog in heldout.values()]
+        rankers = [fit_density_ranker(args.data, args.embeddings, args.train.split(","), catalogs, s, args.density)
+                   for s in seeds]
     elif args.metric:
         rankers = [fit_metric_ranker(args.data, args.embeddings, args.train.split(","), s, args.metric,
                                      args.metric_decay) for s in seeds]
