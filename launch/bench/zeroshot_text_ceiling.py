@@ -170,8 +170,8 @@ def catalog_density(catalog: np.ndarray, k: int) -> np.ndarray:
 
 def fit_density_ranker(data: str, embeddings: str, domains: list[str], catalogs: list[np.ndarray], seed: int, k: int):
     """The head's recency form plus ``w`` × the candidate's :func:`catalog_density`, fitted listwise on ``domains``.
-    Each catalog vector carries its density as one more column, so the slates of the fit and of ``catalogs`` (the
-    held-out domains') are scored alike; the ranker looks a slate's candidates up by their vectors."""
+    Every catalog vector (of ``domains`` and of ``catalogs``, the held-out domains') carries its density as one more
+    column, looked up by the vector itself, so the fit and the held-out slates are scored by one function."""
     slates = [domain_slates(data, embeddings, d, 0) for d in domains]
     density = {}
     for catalog in [s.vectors.numpy() for s in slates] + catalogs:
@@ -179,23 +179,20 @@ def fit_density_ranker(data: str, embeddings: str, domains: list[str], catalogs:
     torch.manual_seed(seed)
     biases, weight = torch.zeros(RECENCY_BUCKETS, requires_grad=True), torch.zeros(1, requires_grad=True)
 
+    def with_density(vectors: np.ndarray) -> np.ndarray:
+        return np.c_[vectors, [density[bytes(v)] for v in vectors]].astype(np.float32)
+
     def score(history, mask, candidates):
         return recency_scores(biases, history[..., :-1], mask, candidates[..., :-1]) + weight * candidates[..., -1]
 
-    def with_density(vectors: torch.Tensor) -> torch.Tensor:
-        column = [density[bytes(v)] for v in vectors.numpy()]
-        return torch.cat([vectors, torch.tensor(column)[:, None]], 1)
-
-    fit_listwise([Slates(with_density(s.vectors), s.history, s.candidates) for s in slates], score, [biases, weight],
-                 seed)
+    fit_listwise([Slates(torch.from_numpy(with_density(s.vectors.numpy())), s.history, s.candidates) for s in slates],
+                 score, [biases, weight], seed)
     print(f"density weight {float(weight.detach()):+.3f}, recency biases (latest first) "
           f"{[round(float(b), 2) for b in biases.detach()]}")
 
     @torch.no_grad()
     def ranker(held):
-        history, mask, candidates = padded(held)
-        column = torch.tensor([[density[bytes(v)] for v in c] for _, c in held])
-        return (recency_scores(biases, history, mask, candidates) + weight * column).double().numpy()
+        return score(*padded([(with_density(h), with_density(c)) for h, c in held])).double().numpy()
     return ranker
 
 

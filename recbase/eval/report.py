@@ -168,6 +168,8 @@ def timing_table(results: dict) -> str:
 
 def render_markdown(results: dict) -> str:
     cfg = results["config"]
+    catalog_pmi = (f"*catalog PMI* = log P − log of the mean P(candidate | h) over the histories h of a sample of "
+                   f"{cfg['catalog_users']} eval users (the user's own left out); " if cfg.get("catalog_users") else "")
     parts = [
         "# Zero-shot evaluation",
         "",
@@ -182,9 +184,7 @@ def render_markdown(results: dict) -> str:
         f"standardised centred text similarity + {results['config'].get('fusion_weight', 0.1)} × the "
         f"standardised PMI. With the catalog's codes: *trie* = log P with each level renormalised over the codes the "
         f"catalog allows after the candidate's prefix; *trie PMI* = the same minus its value after `bos` alone; "
-        + (f"*catalog PMI* = log P − log of the mean P(candidate | h) over the histories h of a sample of "
-           f"{cfg['catalog_users']} eval users (the user's own left out); " if cfg.get("catalog_users", 0) else "")
-        + f"*level 1* / *levels 1/2^l* = the levels weighted 1, 0, 0, … / 1, 1/2, 1/4, …; "
+        f"{catalog_pmi}*level 1* / *levels 1/2^l* = the levels weighted 1, 0, 0, … / 1, 1/2, 1/4, …; "
         f"*X + head* = the embedding head fused with X as in *PMI + head*. "
         f"**{LABELS[BAR]}** is the zero-shot bar a model has to clear (*− bar*: model AUC minus its AUC). "
         f"Overall = unweighted mean over domains.",
