@@ -176,7 +176,6 @@ def fit_density_ranker(data: str, embeddings: str, domains: list[str], catalogs:
     density = {}
     for catalog in [s.vectors.numpy() for s in slates] + catalogs:
         density.update(zip(map(bytes, catalog), catalog_density(catalog, k)))
-    torch.manual_seed(seed)
     biases, weight = torch.zeros(RECENCY_BUCKETS, requires_grad=True), torch.zeros(1, requires_grad=True)
 
     def with_density(vectors: np.ndarray) -> np.ndarray:
